@@ -1,0 +1,2 @@
+//! eddy: a stateful stream-processing service.
+pub mod spec;
