@@ -1,2 +1,3 @@
 //! eddy: a stateful stream-processing service.
 pub mod spec;
+pub mod state;
