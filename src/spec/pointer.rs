@@ -4,7 +4,7 @@ use serde_json::Value;
 use std::fmt;
 
 /// A compiled JSON pointer: its text and its unescaped reference tokens.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Pointer {
     text: String,
     tokens: Vec<String>,
@@ -46,6 +46,13 @@ impl Pointer {
             Value::Array(items) => array_index(token).and_then(|i| items.get(i)),
             _ => None,
         })
+    }
+}
+
+/// Debug-prints as the quoted pointer text, which is how error details name a field.
+impl fmt::Debug for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text)
     }
 }
 

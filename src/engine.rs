@@ -1,0 +1,124 @@
+//! The engine: running pipelines by name, each a sequencer, N shard threads and an output log.
+//!
+//! Routing: `key_group = crc32c(key bytes) % 256` (CRC-32C, Castagnoli: fixed by its
+//! specification, so state rows tagged with it stay valid across releases and machines), and
+//! shard `s` of `n` owns the contiguous key groups `[256·s/n, 256·(s+1)/n)`.
+
+mod batch;
+mod definition;
+mod extract;
+mod operator;
+pub mod operators;
+mod output;
+mod pipeline;
+mod runner;
+mod shard;
+
+pub use batch::{BatchError, BodyFormat, EventError, MAX_REPORTED_ERRORS, parse_batch};
+pub use definition::OperatorDef;
+pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
+pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
+pub use output::{Output, OutputRecord};
+pub use pipeline::{Ack, Pipeline, Status};
+pub use shard::is_late;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+/// Number of key groups: the unit in which state can later move between instances.
+pub const KEY_GROUPS: u32 = 256;
+
+/// The key group of a key.
+pub fn key_group(key: &str) -> u32 {
+    crc32c::crc32c(key.as_bytes()) % KEY_GROUPS
+}
+
+/// The shard of `shards` that owns `key_group`.
+pub fn shard_of(key_group: u32, shards: usize) -> usize {
+    (key_group as usize * shards) / KEY_GROUPS as usize
+}
+
+/// How pipelines run.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Shard threads per pipeline.
+    pub shards: usize,
+    /// Batches a shard's mailbox holds before ingest answers 503.
+    pub shard_queue: usize,
+    /// Output records kept per pipeline (at least the newest this many).
+    pub output_retain: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shard_queue: 64,
+            output_retain: 100_000,
+        }
+    }
+}
+
+/// What the engine refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A shard mailbox is full: back off and retry.
+    #[error("pipeline {pipeline:?} is overloaded: a shard queue is full")]
+    Overloaded { pipeline: String },
+    /// The pipeline was deleted or its shards stopped.
+    #[error("pipeline {pipeline:?} is stopped")]
+    Stopped { pipeline: String },
+    #[error("pipeline {pipeline:?} has no operator {operator:?}")]
+    UnknownOperator { pipeline: String, operator: String },
+}
+
+/// The running pipelines by name.
+#[derive(Default)]
+pub struct Engine {
+    // std RwLock: held only to look up or swap an Arc, never across an await.
+    pipelines: RwLock<BTreeMap<String, Arc<Pipeline>>>,
+}
+
+impl Engine {
+    /// The pipeline called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Pipeline>> {
+        self.pipelines.read().expect("engine lock").get(name).cloned()
+    }
+
+    /// Adds a running pipeline (replacing one of the same name).
+    pub fn insert(&self, pipeline: Arc<Pipeline>) {
+        let name = pipeline.name().to_owned();
+        self.pipelines.write().expect("engine lock").insert(name, pipeline);
+    }
+
+    /// Removes a pipeline; its shards stop once the last handle is gone.
+    pub fn remove(&self, name: &str) -> Option<Arc<Pipeline>> {
+        self.pipelines.write().expect("engine lock").remove(name)
+    }
+
+    /// Every pipeline, by name.
+    pub fn list(&self) -> Vec<Arc<Pipeline>> {
+        self.pipelines.read().expect("engine lock").values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_groups_are_crc32c_mod_256() {
+        // CRC-32C("123456789") = 0xE3069283, the standard check value.
+        assert_eq!(key_group("123456789"), 0x83);
+    }
+
+    #[test]
+    fn shards_own_contiguous_key_group_ranges() {
+        assert_eq!(shard_of(0, 2), 0);
+        assert_eq!(shard_of(127, 2), 0);
+        assert_eq!(shard_of(128, 2), 1);
+        assert_eq!(shard_of(255, 2), 1);
+        assert!((0..256).all(|g| shard_of(g, 1) == 0));
+        assert!((0..256).all(|g| shard_of(g, 3) < 3));
+    }
+}

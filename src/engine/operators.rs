@@ -1,0 +1,94 @@
+//! The six built-in operators and how a spec becomes running instances of them.
+
+mod aggregate;
+mod calendar;
+mod last_n;
+mod latest;
+mod map;
+mod session;
+mod stats;
+mod window;
+
+pub use aggregate::{Aggregate, AggregateState};
+pub use calendar::period_start;
+pub use last_n::LastN;
+pub use latest::{Latest, LatestState};
+pub use map::MapOp;
+pub use session::{Session, SessionOp, SessionState};
+pub use stats::{Stats, StatsFunction};
+pub use window::{WindowOp, WindowState};
+
+use super::definition::OperatorDef;
+use super::extract::{FieldKind, Inputs};
+use super::operator::Context;
+use crate::spec::{OperatorKind, OperatorSpec};
+
+/// At most one pending event-time timer per key: the earliest one its state needs. A later
+/// need is met when that timer fires and re-arms; an earlier one registers anew.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimerSlot(Option<i64>);
+
+impl TimerSlot {
+    /// Makes sure a timer at or before `due` is pending.
+    pub fn arm(&mut self, due: i64, cx: &mut Context<'_>) {
+        if self.0.is_none_or(|pending| due < pending) {
+            cx.register_event_time_timer(due);
+            self.0 = Some(due);
+        }
+    }
+
+    /// Forgets the pending timer once the watermark reached it.
+    pub fn fired(&mut self, watermark: i64) {
+        if self.0.is_some_and(|pending| is_due(pending, watermark)) {
+            self.0 = None;
+        }
+    }
+}
+
+/// A timer at `time` is due once the watermark is at least `time`.
+pub fn is_due(time: i64, watermark: i64) -> bool {
+    time <= watermark
+}
+
+/// The definition of a built-in operator from its spec.
+pub(crate) fn definition(spec: &OperatorSpec) -> OperatorDef {
+    let mut inputs = Inputs {
+        key: spec.key.clone(),
+        filter: spec.filter.clone(),
+        value: None,
+        entry_key: None,
+    };
+    let name = spec.name.clone();
+    match &spec.kind {
+        OperatorKind::Latest { value } => {
+            inputs.value = Some((value.clone(), FieldKind::Json));
+            OperatorDef::new(name, inputs, || Latest)
+        }
+        OperatorKind::LastN { value, n } => {
+            inputs.value = Some((value.clone(), FieldKind::Json));
+            let n = *n;
+            OperatorDef::new(name, inputs, move || LastN { n })
+        }
+        OperatorKind::Map { entry_key, value, reduce } => {
+            inputs.value = value.clone().map(|v| (v, FieldKind::Number));
+            inputs.entry_key = Some(entry_key.clone());
+            let reduce = *reduce;
+            OperatorDef::new(name, inputs, move || MapOp { reduce })
+        }
+        OperatorKind::Aggregate { value, functions, reset } => {
+            inputs.value = value.clone().map(|v| (v, FieldKind::Number));
+            let (functions, reset) = (*functions, *reset);
+            OperatorDef::new(name, inputs, move || Aggregate { functions, reset })
+        }
+        OperatorKind::Session { gap } => {
+            let gap = gap.millis();
+            OperatorDef::new(name, inputs, move || SessionOp { gap })
+        }
+        OperatorKind::Window { value, size, slide, functions, retain } => {
+            inputs.value = value.clone().map(|v| (v, FieldKind::Number));
+            let (size, functions, retain) = (size.millis(), *functions, *retain);
+            let slide = slide.map_or(size, |s| s.millis());
+            OperatorDef::new(name, inputs, move || WindowOp { size, slide, functions, retain })
+        }
+    }
+}

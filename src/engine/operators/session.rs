@@ -1,0 +1,108 @@
+//! `session`: Flink's merging session windows. Two events of a key share a session when their
+//! times differ by at most `gap`, chained; a session closes when the watermark passes
+//! `end + gap` (no on-time event can join it any more) and is emitted as `session_closed`.
+
+use super::{TimerSlot, is_due};
+use crate::engine::operator::{Context, Input, Operator, TimeDomain};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use smallvec::SmallVec;
+
+/// The `session` operator.
+pub struct SessionOp {
+    /// Gap in milliseconds.
+    pub gap: i64,
+}
+
+/// One open session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// First event time.
+    pub start: i64,
+    /// Last event time.
+    pub end: i64,
+    pub events: u64,
+}
+
+/// The open sessions of one key.
+///
+/// Invariant: sorted by start, and any two are more than `gap` apart, so ends are sorted too
+/// and the first session is the first to close.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SessionState {
+    sessions: SmallVec<[Session; 1]>,
+    #[serde(skip)]
+    timer: TimerSlot,
+}
+
+impl SessionOp {
+    fn closes_at(&self, session: &Session) -> i64 {
+        session.end.saturating_add(self.gap).saturating_add(1)
+    }
+
+    fn arm(&self, state: &mut SessionState, cx: &mut Context<'_>) {
+        if let Some(first) = state.sessions.first() {
+            state.timer.arm(self.closes_at(first), cx);
+        }
+    }
+
+    fn answer(session: &Session) -> Value {
+        json!({
+            "start": session.start,
+            "end": session.end,
+            "duration_ms": session.end - session.start,
+            "events": session.events,
+        })
+    }
+}
+
+impl Operator for SessionOp {
+    type State = SessionState;
+
+    fn on_event(&self, state: &mut SessionState, input: &Input<'_>, cx: &mut Context<'_>) {
+        if input.late {
+            return;
+        }
+        let t = input.time;
+        let mut merged = Session { start: t, end: t, events: 1 };
+        state.sessions.retain(|s| {
+            let joins = s.start.saturating_sub(self.gap) <= t && t <= s.end.saturating_add(self.gap);
+            if joins {
+                merged.start = merged.start.min(s.start);
+                merged.end = merged.end.max(s.end);
+                merged.events += s.events;
+            }
+            !joins
+        });
+        let at = state.sessions.partition_point(|s| s.start < merged.start);
+        state.sessions.insert(at, merged);
+        self.arm(state, cx);
+    }
+
+    fn on_timer(&self, state: &mut SessionState, _: i64, _: TimeDomain, cx: &mut Context<'_>) {
+        let Some(watermark) = cx.watermark() else { return };
+        state.timer.fired(watermark);
+        let closing = state
+            .sessions
+            .iter()
+            .take_while(|s| is_due(self.closes_at(s), watermark))
+            .count();
+        for session in state.sessions.drain(..closing) {
+            cx.emit("session_closed", Self::answer(&session));
+        }
+        self.arm(state, cx);
+    }
+
+    fn is_empty(&self, state: &SessionState) -> bool {
+        state.sessions.is_empty()
+    }
+
+    fn query(&self, state: &SessionState) -> Value {
+        let sessions: Vec<Value> = state.sessions.iter().map(Self::answer).collect();
+        json!({ "sessions": sessions })
+    }
+
+    fn restore_timers(&self, state: &mut SessionState, cx: &mut Context<'_>) {
+        self.arm(state, cx);
+    }
+}

@@ -1,0 +1,218 @@
+//! The output log of a pipeline: collects each batch's emissions from every shard it was sent
+//! to, orders them canonically, numbers them, and keeps the newest records for readers.
+//!
+//! Invariant: batches are finalised in sequence order, and within a batch records are ordered
+//! by (step, phase, operator, key), each key's own records in emission order. That order is a
+//! function of the input alone, so offsets do not depend on the number of shards and recur
+//! identically on replay.
+
+use super::operator::Emission;
+use crate::state::Key;
+use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{oneshot, watch};
+
+/// One output record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputRecord {
+    pub offset: u64,
+    pub operator: Arc<str>,
+    pub key: Key,
+    /// `session_closed`, `window_closed`, or a custom operator's kind.
+    pub kind: &'static str,
+    pub value: Value,
+}
+
+impl Serialize for OutputRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut r = s.serialize_struct("OutputRecord", 5)?;
+        r.serialize_field("offset", &self.offset)?;
+        r.serialize_field("operator", &*self.operator)?;
+        r.serialize_field("key", self.key.as_str())?;
+        r.serialize_field("type", self.kind)?;
+        r.serialize_field("value", &self.value)?;
+        r.end()
+    }
+}
+
+struct Pending {
+    seq: u64,
+    remaining: usize,
+    emitted: Vec<Emission>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+struct Log {
+    pending: VecDeque<Pending>,
+    records: VecDeque<Arc<OutputRecord>>,
+    next_offset: u64,
+}
+
+/// A pipeline's output log.
+pub struct Output {
+    log: Mutex<Log>,
+    last_offset: watch::Sender<u64>,
+    operators: Vec<Arc<str>>,
+    retain: usize,
+}
+
+impl Output {
+    /// An empty log for a pipeline with these operators, keeping the newest `retain` records.
+    pub(crate) fn new(operators: Vec<Arc<str>>, retain: usize) -> Output {
+        let log = Log {
+            pending: VecDeque::new(),
+            records: VecDeque::new(),
+            next_offset: 1,
+        };
+        Output {
+            log: Mutex::new(log),
+            last_offset: watch::channel(0).0,
+            operators,
+            retain: retain.max(1),
+        }
+    }
+
+    /// Announces batch `seq`, sent to `parts` shards; the receiver fires once it is applied
+    /// and its records are in the log. Called in sequence order (under the sequencer lock).
+    pub(crate) fn register(&self, seq: u64, parts: usize) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut log = self.log.lock().expect("output lock");
+        log.pending.push_back(Pending {
+            seq,
+            remaining: parts,
+            emitted: Vec::new(),
+            done: Some(tx),
+        });
+        self.flush(&mut log);
+        rx
+    }
+
+    /// A shard finished its part of batch `seq`.
+    pub(crate) fn complete(&self, seq: u64, mut emitted: Vec<Emission>) {
+        let mut log = self.log.lock().expect("output lock");
+        let front = log.pending.front().map_or(seq, |p| p.seq);
+        let pending = &mut log.pending[(seq - front) as usize];
+        debug_assert_eq!(pending.seq, seq);
+        pending.remaining -= 1;
+        pending.emitted.append(&mut emitted);
+        self.flush(&mut log);
+    }
+
+    fn flush(&self, log: &mut Log) {
+        let mut appended = false;
+        while log.pending.front().is_some_and(|p| p.remaining == 0) {
+            let mut batch = log.pending.pop_front().expect("checked");
+            // Stable: a key lives in one shard, so its own records keep their order.
+            batch.emitted.sort_by(|a, b| {
+                (a.step, a.phase, a.operator, &a.key).cmp(&(b.step, b.phase, b.operator, &b.key))
+            });
+            for e in batch.emitted {
+                let record = OutputRecord {
+                    offset: log.next_offset,
+                    operator: self.operators[usize::from(e.operator)].clone(),
+                    key: e.key,
+                    kind: e.kind,
+                    value: e.value,
+                };
+                log.next_offset += 1;
+                log.records.push_back(Arc::new(record));
+                appended = true;
+            }
+            while log.records.len() > self.retain {
+                log.records.pop_front();
+            }
+            if let Some(done) = batch.done.take() {
+                let _ = done.send(());
+            }
+        }
+        if appended {
+            self.last_offset.send_replace(log.next_offset - 1);
+        }
+    }
+
+    /// Up to `limit` records with offset > `after` (default: from the oldest kept), and the
+    /// offset to read after next time.
+    pub fn read(&self, after: Option<u64>, limit: usize) -> (Vec<Arc<OutputRecord>>, u64) {
+        let log = self.log.lock().expect("output lock");
+        let oldest = log.records.front().map_or(log.next_offset, |r| r.offset);
+        let after = after.unwrap_or(oldest.saturating_sub(1));
+        let skip = (after + 1).saturating_sub(oldest) as usize;
+        let records: Vec<_> = log.records.iter().skip(skip).take(limit).cloned().collect();
+        let next = records.last().map_or(after, |r| r.offset);
+        (records, next)
+    }
+
+    /// Offset of the newest record (0 before any).
+    pub fn last_offset(&self) -> u64 {
+        *self.last_offset.borrow()
+    }
+
+    /// Changes of the newest offset, for long polls and streams.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.last_offset.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn emission(step: u32, operator: u16, key: &str) -> Emission {
+        Emission {
+            step,
+            phase: 1,
+            operator,
+            key: key.into(),
+            kind: "session_closed",
+            value: json!(step),
+        }
+    }
+
+    fn output(retain: usize) -> Output {
+        Output::new(vec!["a".into(), "b".into()], retain)
+    }
+
+    #[test]
+    fn batches_finalise_in_sequence_order_whatever_order_shards_finish() {
+        let out = output(10);
+        let mut first = out.register(0, 2);
+        let mut second = out.register(1, 1);
+        out.complete(1, vec![emission(0, 0, "z")]);
+        out.complete(0, vec![emission(3, 0, "k")]);
+        assert!(second.try_recv().is_err(), "batch 1 must wait for batch 0");
+        out.complete(0, vec![emission(1, 1, "a"), emission(1, 0, "b")]);
+        assert!(first.try_recv().is_ok() && second.try_recv().is_ok());
+        let (records, next) = out.read(None, 10);
+        let order: Vec<_> = records.iter().map(|r| (r.offset, r.key.as_str(), &*r.operator)).collect();
+        assert_eq!(order, [(1, "b", "a"), (2, "a", "b"), (3, "k", "a"), (4, "z", "a")]);
+        assert_eq!(next, 4);
+    }
+
+    #[test]
+    fn reads_page_after_an_offset_and_old_records_are_trimmed() {
+        let out = output(3);
+        out.register(0, 1);
+        out.complete(0, (0..5).map(|i| emission(i, 0, "k")).collect());
+        let (records, next) = out.read(None, 2);
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(next, 4);
+        let (records, next) = out.read(Some(4), 10);
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [5]);
+        assert_eq!(next, 5);
+        let (records, next) = out.read(Some(9), 10);
+        assert!(records.is_empty());
+        assert_eq!(next, 9);
+        assert_eq!(out.last_offset(), 5);
+    }
+
+    #[test]
+    fn a_batch_sent_to_no_shard_completes_at_once() {
+        let out = output(3);
+        let mut done = out.register(0, 0);
+        assert!(done.try_recv().is_ok());
+    }
+}

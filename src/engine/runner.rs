@@ -1,0 +1,157 @@
+//! Runs one operator instance over its keyed state: the type-erased face a shard drives, so a
+//! shard holds built-in and user operators alike as `Box<dyn Runner>`.
+
+use super::operator::{Context, Emission, Input, Operator, TimeDomain};
+use crate::state::{Key, KeyedState, TimerQueue};
+use serde_json::Value;
+
+/// Where a shard stands when it calls a runner.
+pub(crate) struct Step<'a> {
+    pub watermark: Option<i64>,
+    pub step: u32,
+    pub out: &'a mut Vec<Emission>,
+}
+
+/// What a shard needs of an operator instance.
+pub(crate) trait Runner: Send {
+    fn apply(&mut self, key: &Key, input: &Input<'_>, at: Step<'_>);
+    /// Fires due event-time timers and expires keys past their TTL.
+    fn advance_watermark(&mut self, at: Step<'_>);
+    /// Fires due processing-time timers.
+    fn advance_clock(&mut self, now: i64, at: Step<'_>);
+    fn query(&self, key: &str) -> Option<Value>;
+    /// Up to `limit` keys after `after` that start with `prefix`, in byte order, answered.
+    fn list(&self, after: Option<&str>, prefix: &str, limit: usize) -> Vec<(Key, Value)>;
+    fn key_count(&self) -> usize;
+    fn changed_keys(&self) -> usize;
+}
+
+/// An operator with its keyed state, its timers and the pipeline's TTL.
+pub(crate) struct OperatorRunner<O: Operator> {
+    op: O,
+    index: u16,
+    state: KeyedState<O::State>,
+    event_timers: TimerQueue,
+    processing_timers: TimerQueue,
+    /// (expire-check time, key): lazily re-armed from the key's newest event time.
+    ttl_timers: TimerQueue,
+    ttl: Option<i64>,
+}
+
+impl<O: Operator> OperatorRunner<O> {
+    pub fn new(op: O, index: u16, ttl: Option<i64>) -> Self {
+        OperatorRunner {
+            op,
+            index,
+            state: KeyedState::default(),
+            event_timers: TimerQueue::default(),
+            processing_timers: TimerQueue::default(),
+            ttl_timers: TimerQueue::default(),
+            ttl,
+        }
+    }
+
+    fn fire(&mut self, key: &Key, time: i64, domain: TimeDomain, phase: u8, at: &mut Step<'_>) {
+        let Self { op, state, event_timers, processing_timers, index, .. } = self;
+        state.update(key, None, false, |s| op.is_empty(s), |s| {
+            let mut cx = Context {
+                key,
+                watermark: at.watermark,
+                event_timers,
+                processing_timers,
+                out: at.out,
+                step: at.step,
+                phase,
+                operator: *index,
+            };
+            op.on_timer(s, time, domain, &mut cx);
+        });
+    }
+
+    /// Drops a key whose newest event is older than watermark − TTL, or re-arms its check.
+    fn expire(&mut self, key: Key, watermark: i64, ttl: i64) {
+        let Some(last) = self.state.last_time(&key) else {
+            return;
+        };
+        let due = last.saturating_add(ttl).saturating_add(1);
+        if due <= watermark {
+            self.state.remove(&key);
+        } else {
+            self.ttl_timers.register(due, key);
+        }
+    }
+}
+
+impl<O: Operator> Runner for OperatorRunner<O> {
+    fn apply(&mut self, key: &Key, input: &Input<'_>, at: Step<'_>) {
+        let Self { op, state, event_timers, processing_timers, index, .. } = self;
+        let existed = state.get(key).is_some();
+        state.update(key, Some(input.time), true, |s| op.is_empty(s), |s| {
+            let mut cx = Context {
+                key,
+                watermark: at.watermark,
+                event_timers,
+                processing_timers,
+                out: at.out,
+                step: at.step,
+                phase: 0,
+                operator: *index,
+            };
+            op.on_event(s, input, &mut cx);
+        });
+        if let Some(ttl) = self.ttl
+            && !existed
+            && self.state.get(key).is_some()
+        {
+            let due = input.time.saturating_add(ttl).saturating_add(1);
+            self.ttl_timers.register(due, key.clone());
+        }
+    }
+
+    fn advance_watermark(&mut self, mut at: Step<'_>) {
+        let Some(wm) = at.watermark else { return };
+        while let Some((time, key)) = self.event_timers.pop_due(wm) {
+            self.fire(&key, time, TimeDomain::EventTime, 1, &mut at);
+        }
+        if let Some(ttl) = self.ttl {
+            while let Some((_, key)) = self.ttl_timers.pop_due(wm) {
+                self.expire(key, wm, ttl);
+            }
+        }
+    }
+
+    fn advance_clock(&mut self, now: i64, mut at: Step<'_>) {
+        while let Some((time, key)) = self.processing_timers.pop_due(now) {
+            self.fire(&key, time, TimeDomain::ProcessingTime, 1, &mut at);
+        }
+    }
+
+    fn query(&self, key: &str) -> Option<Value> {
+        self.state.get(key).map(|s| self.op.query(s))
+    }
+
+    fn list(&self, after: Option<&str>, prefix: &str, limit: usize) -> Vec<(Key, Value)> {
+        let mut keys: Vec<&Key> = self
+            .state
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        if keys.len() > limit {
+            keys.select_nth_unstable(limit);
+            keys.truncate(limit);
+        }
+        keys.sort_unstable();
+        keys.into_iter()
+            .map(|k| (k.clone(), self.op.query(self.state.get(k).expect("listed"))))
+            .collect()
+    }
+
+    fn key_count(&self) -> usize {
+        self.state.len()
+    }
+
+    fn changed_keys(&self) -> usize {
+        self.state.changed_len()
+    }
+}

@@ -1,0 +1,157 @@
+//! A shard: one OS thread that owns the operator instances of its key groups and applies
+//! batches in sequence order. Single writer: nothing here is shared or locked; queries arrive
+//! as messages in the same mailbox, so they see every batch sent before them.
+
+use super::extract::OpInput;
+use super::operator::{Emission, Input};
+use super::output::Output;
+use super::runner::{Runner, Step};
+use crate::state::Key;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// A watermark change: after the event at `step`, the watermark is `watermark`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pub step: u32,
+    pub watermark: i64,
+}
+
+/// One (event, operator) pair routed to this shard.
+#[derive(Debug)]
+pub(crate) struct Item {
+    pub step: u32,
+    pub operator: u16,
+    pub time: i64,
+    pub input: OpInput,
+}
+
+/// This shard's part of one sequenced batch.
+#[derive(Debug)]
+pub(crate) struct ShardBatch {
+    pub seq: u64,
+    pub items: Vec<Item>,
+    /// Every watermark change of the batch (each shard needs all of them: timers of its keys
+    /// fire on watermarks moved by events of other shards).
+    pub marks: Arc<[Mark]>,
+    /// A processing-time tick at the end of the batch.
+    pub clock: Option<i64>,
+}
+
+/// A message to a shard.
+pub(crate) enum Command {
+    Batch(ShardBatch),
+    Get {
+        operator: usize,
+        key: Key,
+        reply: oneshot::Sender<Option<Value>>,
+    },
+    List {
+        operator: usize,
+        after: Option<String>,
+        prefix: String,
+        limit: usize,
+        reply: oneshot::Sender<Vec<(Key, Value)>>,
+    },
+    /// Per operator: (keys with state, keys changed since the last checkpoint).
+    KeyCounts {
+        reply: oneshot::Sender<Vec<(usize, usize)>>,
+    },
+}
+
+/// An event is late when its time is strictly below the watermark it is judged against.
+pub fn is_late(time: i64, watermark: Option<i64>) -> bool {
+    watermark.is_some_and(|w| time < w)
+}
+
+pub(crate) struct Shard {
+    runners: Vec<Box<dyn Runner>>,
+    watermark: Option<i64>,
+    output: Arc<Output>,
+}
+
+impl Shard {
+    pub fn new(runners: Vec<Box<dyn Runner>>, output: Arc<Output>) -> Shard {
+        Shard {
+            runners,
+            watermark: None,
+            output,
+        }
+    }
+
+    /// Serves the mailbox until every sender is gone.
+    pub fn run(mut self, mut mailbox: mpsc::Receiver<Command>) {
+        while let Some(command) = mailbox.blocking_recv() {
+            self.handle(command);
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Batch(batch) => {
+                let seq = batch.seq;
+                let emitted = self.process(batch);
+                self.output.complete(seq, emitted);
+            }
+            Command::Get { operator, key, reply } => {
+                let _ = reply.send(self.runners[operator].query(&key));
+            }
+            Command::List { operator, after, prefix, limit, reply } => {
+                let _ = reply.send(self.runners[operator].list(after.as_deref(), &prefix, limit));
+            }
+            Command::KeyCounts { reply } => {
+                let counts = self.runners.iter().map(|r| (r.key_count(), r.changed_keys()));
+                let _ = reply.send(counts.collect());
+            }
+        }
+    }
+
+    fn process(&mut self, batch: ShardBatch) -> Vec<Emission> {
+        let mut out = Vec::new();
+        let mut marks = batch.marks.iter().peekable();
+        for item in &batch.items {
+            while let Some(mark) = marks.next_if(|m| m.step < item.step) {
+                self.advance(mark, &mut out);
+            }
+            let input = Input {
+                time: item.time,
+                late: is_late(item.time, self.watermark),
+                value: &item.input.value,
+                entry_key: item.input.entry_key.as_ref(),
+            };
+            let at = Step {
+                watermark: self.watermark,
+                step: item.step,
+                out: &mut out,
+            };
+            self.runners[usize::from(item.operator)].apply(&item.input.key, &input, at);
+        }
+        for mark in marks {
+            self.advance(mark, &mut out);
+        }
+        if let Some(now) = batch.clock {
+            for runner in &mut self.runners {
+                let at = Step {
+                    watermark: self.watermark,
+                    step: u32::MAX,
+                    out: &mut out,
+                };
+                runner.advance_clock(now, at);
+            }
+        }
+        out
+    }
+
+    fn advance(&mut self, mark: &Mark, out: &mut Vec<Emission>) {
+        self.watermark = Some(mark.watermark);
+        for runner in &mut self.runners {
+            let at = Step {
+                watermark: self.watermark,
+                step: mark.step,
+                out,
+            };
+            runner.advance_watermark(at);
+        }
+    }
+}
