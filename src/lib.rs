@@ -1,5 +1,12 @@
 //! eddy: a stateful stream-processing service. Events arrive over HTTP, are routed by key into
 //! keyed operator state on shard threads, and are queried and checkpointed through a REST API.
-pub mod engine;
-pub mod spec;
-pub mod state;
+//!
+//! Layout (dependencies flow downwards):
+pub mod api; // HTTP handlers, DTOs, problem+json, the OpenAPI document
+pub mod app; // AppState, router and layers, start-up, serving
+pub mod config; // flags, environment and TOML settings
+pub mod engine; // pipelines: sequencer, shards, operators, output log
+pub mod spec; // pipeline specs and their validation
+pub mod state; // keyed state primitives, keyed backend, timers
+pub mod store; // every SQL statement: PostgreSQL and SQLite backends
+pub mod telemetry; // tracing set-up

@@ -15,6 +15,7 @@ use crate::state::Key;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// What the sequencer has decided so far.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,6 +61,8 @@ pub struct Pipeline {
     shards: Vec<mpsc::Sender<Command>>,
     sequencer: Mutex<Sequencer>,
     output: Arc<Output>,
+    /// Cancelled when the pipeline is deleted: ends its long polls and streams.
+    closed: CancellationToken,
 }
 
 impl Pipeline {
@@ -114,6 +117,7 @@ impl Pipeline {
                 ..Sequencer::default()
             }),
             output,
+            closed: CancellationToken::new(),
         }
     }
 
@@ -135,6 +139,21 @@ impl Pipeline {
     /// The output log.
     pub fn output(&self) -> &Output {
         &self.output
+    }
+
+    /// A shared handle on the output log, for readers that outlive a request.
+    pub fn output_handle(&self) -> Arc<Output> {
+        self.output.clone()
+    }
+
+    /// Cancelled once the pipeline is deleted.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    /// Marks the pipeline deleted (readers end); its shards stop when the last handle goes.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// Operator names, in spec order.

@@ -1,0 +1,59 @@
+//! The REST API of the contract. Each module registers its own routes with their OpenAPI
+//! annotations, so the route table and the published document cannot drift apart.
+
+mod events;
+mod health;
+mod output;
+mod pipelines;
+pub mod problem;
+mod queries;
+
+pub use events::{EventsAccepted, WatermarkRequest, WatermarkResponse};
+pub use output::OutputPage;
+pub use pipelines::{PipelineList, PipelineSpecDoc, PipelineStatus};
+pub use queries::{StateItem, StatePage};
+
+use crate::app::AppState;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "eddy",
+        version = "0.1.0",
+        description = "A stateful stream-processing service: keyed state, event time, checkpoints."
+    ),
+    tags(
+        (name = "pipelines", description = "Pipeline definitions and their live status"),
+        (name = "events", description = "Ingest and watermarks"),
+        (name = "state", description = "Live keyed state of operators"),
+        (name = "output", description = "Closed sessions and windows as a feed"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// Every route of the API with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(pipelines::routes())
+        .merge(events::routes())
+        .merge(queries::routes())
+        .merge(output::routes())
+        .merge(health::routes())
+}
+
+/// The OpenAPI document of the API, as generated from the code.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// Checks `?limit=`: default 100, from 1 to 1000.
+fn page_limit(limit: Option<u32>) -> Result<usize, problem::ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n @ 1..=1000) => Ok(n as usize),
+        Some(n) => Err(problem::ApiError::bad_request(format!("limit must be from 1 to 1000, not {n}"))),
+    }
+}

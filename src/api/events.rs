@@ -1,0 +1,188 @@
+//! `POST …/events` and `POST …/watermark`: ingest. The body is read once, under the configured
+//! limit, parsed and validated as one atomic batch, then sequenced. The answer comes once the
+//! batch is applied (and, with the WAL, durable).
+
+use super::problem::{ApiError, Problem};
+use crate::app::{AppState, now_ms};
+use crate::engine::{BatchError, BodyFormat, parse_batch};
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, header};
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Instant;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        // The events route enforces its own (configurable) limit while reading the body.
+        .routes(routes!(post_events))
+        .layer(DefaultBodyLimit::disable())
+        .merge(OpenApiRouter::new().routes(routes!(post_watermark)))
+}
+
+/// The answer to an accepted batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsAccepted {
+    pub accepted: u64,
+    /// Offset of the batch's first event (offsets start at 1 and are never reused).
+    pub first_offset: u64,
+    pub last_offset: u64,
+}
+
+/// A watermark advance.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the document for OpenAPI; the server reads it as JSON
+pub struct WatermarkRequest {
+    /// Epoch ms, or `"max"` (end of stream: closes everything).
+    #[schema(value_type = Object, example = 1_700_000_000_000_i64)]
+    time: Value,
+}
+
+/// The watermark after an advance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WatermarkResponse {
+    pub watermark: Option<i64>,
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let unsupported = |found: &str| ApiError::UnsupportedMediaType {
+        detail: format!("content type must be application/json or application/x-ndjson, not {found}"),
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported("none"));
+    };
+    let text = value.to_str().map_err(|_| unsupported("an unreadable header"))?;
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::NdJson),
+        _ => Err(unsupported(text)),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = e
+            .into_inner()
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some();
+        match too_large {
+            true => ApiError::PayloadTooLarge { limit },
+            false => ApiError::bad_request("the request body could not be read"),
+        }
+    })
+}
+
+/// Post a batch of events
+#[utoipa::path(
+    post, path = "/v1/pipelines/{name}/events", tag = "events",
+    params(
+        ("name" = String, Path, description = "Pipeline name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Answer a retry with the first answer"),
+    ),
+    request_body(
+        description = "One event object or an array of them (JSON), or one object per line (NDJSON)",
+        content(
+            (Object = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 200, description = "The batch is applied", body = EventsAccepted),
+        (status = 400, description = "Invalid events (`errors`) or unparseable body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Missing or other content type", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded: retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn post_events(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<EventsAccepted>, ApiError> {
+    let started = Instant::now();
+    let pipeline = app.pipeline(&name)?;
+    let format = body_format(&headers)?;
+    let bytes = read_body(body, app.config.max_body_bytes).await?;
+    let events = parse_batch(&bytes, format, pipeline.extractor()).map_err(|e| match e {
+        BatchError::Syntax(detail) => ApiError::InvalidJson { detail },
+        BatchError::Empty => ApiError::bad_request(e.to_string()),
+        BatchError::Invalid(errors) => ApiError::InvalidEvents { errors },
+    })?;
+    let ack = pipeline.ingest(events, now_ms()).await?;
+    metrics::counter!("eddy_events_ingested_total", "pipeline" => name).increment(ack.accepted);
+    metrics::histogram!("eddy_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    Ok(Json(EventsAccepted {
+        accepted: ack.accepted,
+        first_offset: ack.first_offset,
+        last_offset: ack.last_offset,
+    }))
+}
+
+fn watermark_time(body: &[u8]) -> Result<i64, ApiError> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { detail: e.to_string() })?;
+    let expected = "body must be {\"time\": <epoch ms integer> | \"max\"}";
+    let obj = doc.as_object().filter(|o| o.len() == 1).ok_or_else(|| ApiError::bad_request(expected))?;
+    match obj.get("time") {
+        Some(Value::String(s)) if s == "max" => Ok(i64::MAX),
+        Some(t) => t.as_i64().ok_or_else(|| ApiError::bad_request(expected)),
+        None => Err(ApiError::bad_request(expected)),
+    }
+}
+
+/// Advance the watermark
+#[utoipa::path(
+    post, path = "/v1/pipelines/{name}/watermark", tag = "events",
+    params(("name" = String, Path, description = "Pipeline name")),
+    request_body(content = WatermarkRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The watermark now (a lower time is ignored)", body = WatermarkResponse),
+        (status = 400, description = "Bad body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn post_watermark(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<WatermarkResponse>, ApiError> {
+    let pipeline = app.pipeline(&name)?;
+    let time = watermark_time(&body)?;
+    let watermark = pipeline.advance_watermark(time).await?;
+    Ok(Json(WatermarkResponse { watermark }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_bodies_take_an_integer_or_max_only() {
+        assert_eq!(watermark_time(br#"{"time": 5}"#).unwrap(), 5);
+        assert_eq!(watermark_time(br#"{"time": "max"}"#).unwrap(), i64::MAX);
+        for bad in [&br#"{"time": 1.5}"#[..], br#"{"time": "soon"}"#, br#"{}"#, br#"[5]"#, br#"{"time": 1, "x": 2}"#] {
+            assert!(matches!(watermark_time(bad), Err(ApiError::BadRequest { .. })));
+        }
+        assert!(matches!(watermark_time(b"nope"), Err(ApiError::InvalidJson { .. })));
+    }
+
+    #[test]
+    fn content_types_are_matched_on_their_essence() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            body_format(&h)
+        };
+        assert_eq!(with("application/json; charset=utf-8").unwrap(), BodyFormat::Json);
+        assert_eq!(with("Application/X-NDJSON").unwrap(), BodyFormat::NdJson);
+        assert!(with("text/plain").is_err());
+        assert!(body_format(&HeaderMap::new()).is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! `GET …/output` (paged, long-polling with `wait`) and `GET …/output/stream` (Server-Sent
+//! Events, resumable with `Last-Event-ID`): closed sessions and windows in offset order.
+
+use super::page_limit;
+use super::problem::{ApiError, Problem};
+use crate::app::AppState;
+use crate::engine::{Output, OutputRecord};
+use crate::spec::Span;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Longest `wait` of a long poll.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_output)).routes(routes!(stream_output))
+}
+
+/// Query parameters of an output read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutputParams {
+    /// Records with offset above this (default: from the oldest kept).
+    after: Option<u64>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// Long-poll up to this duration (e.g. `5s`, at most `60s`) when there is no record yet.
+    wait: Option<String>,
+}
+
+/// A page of output records.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputPage {
+    #[schema(value_type = Vec<OutputRecordDoc>)]
+    pub records: Vec<Arc<OutputRecord>>,
+    /// Pass as `after` to read on.
+    pub next: u64,
+}
+
+/// One output record.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes OutputRecord's JSON for OpenAPI
+pub struct OutputRecordDoc {
+    offset: u64,
+    operator: String,
+    key: String,
+    /// `session_closed` or `window_closed`.
+    #[schema(rename = "type")]
+    kind: String,
+    /// One session, or one window with `"closed": true`.
+    #[schema(value_type = Object)]
+    value: Value,
+}
+
+/// Read output records
+#[utoipa::path(
+    get, path = "/v1/pipelines/{name}/output", tag = "output",
+    params(("name" = String, Path, description = "Pipeline name"), OutputParams),
+    responses(
+        (status = 200, description = "Records after `after`", body = OutputPage),
+        (status = 400, description = "Bad limit or wait", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_output(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<OutputParams>,
+) -> Result<Json<OutputPage>, ApiError> {
+    let pipeline = app.pipeline(&name)?;
+    let limit = page_limit(params.limit)?;
+    let wait = params.wait.as_deref().map(parse_wait).transpose()?.unwrap_or_default();
+    let output = pipeline.output();
+    let mut updates = output.subscribe();
+    let (mut records, mut next) = output.read(params.after, limit);
+    let deadline = tokio::time::Instant::now() + wait;
+    let closed = pipeline.closed();
+    while records.is_empty() && !wait.is_zero() {
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = app.shutdown.cancelled() => break,
+            _ = closed.cancelled() => break,
+        }
+        (records, next) = output.read(Some(next), limit);
+    }
+    Ok(Json(OutputPage { records, next }))
+}
+
+fn parse_wait(text: &str) -> Result<Duration, ApiError> {
+    let span = Span::parse(text).map_err(|e| ApiError::bad_request(format!("wait: {e}")))?;
+    let wait = Duration::from_millis(span.millis() as u64);
+    if wait > MAX_WAIT {
+        return Err(ApiError::bad_request("wait must be at most 60s"));
+    }
+    Ok(wait)
+}
+
+/// Query parameters of an output stream.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Records with offset above this; `Last-Event-ID` wins when both are given.
+    after: Option<u64>,
+}
+
+/// Stream output records (Server-Sent Events)
+#[utoipa::path(
+    get, path = "/v1/pipelines/{name}/output/stream", tag = "output",
+    params(
+        ("name" = String, Path, description = "Pipeline name"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this offset"),
+        StreamParams,
+    ),
+    responses(
+        (status = 200, description = "`id` is the offset, `data` the record's JSON", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad Last-Event-ID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn stream_output(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<StreamParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let pipeline = app.pipeline(&name)?;
+    let last_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an output offset"))?,
+        ),
+        None => None,
+    };
+    let stop = CancellationToken::new();
+    let (shutdown, closed, stop_on) = (app.shutdown.clone(), pipeline.closed(), stop.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {},
+            _ = closed.cancelled() => {},
+            _ = stop_on.cancelled() => {},
+        }
+        stop_on.cancel();
+    });
+    let feed = Feed {
+        output: pipeline.output_handle(),
+        after: last_id.or(params.after),
+        buffered: VecDeque::new(),
+        stop: stop.clone(),
+        _guard: stop.drop_guard(),
+    };
+    Ok(Sse::new(futures::stream::unfold(feed, Feed::next)).keep_alive(KeepAlive::default()))
+}
+
+/// The state of one SSE stream.
+struct Feed {
+    output: Arc<Output>,
+    after: Option<u64>,
+    buffered: VecDeque<Arc<OutputRecord>>,
+    /// Cancelled on shutdown or pipeline deletion.
+    stop: CancellationToken,
+    /// Cancels `stop` when the client goes (the stream is dropped), ending the watcher task.
+    _guard: tokio_util::sync::DropGuard,
+}
+
+impl Feed {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Feed)> {
+        let stop = self.stop.clone();
+        let mut updates = self.output.subscribe();
+        loop {
+            if let Some(record) = self.buffered.pop_front() {
+                let data = serde_json::to_string(&*record).expect("records serialise");
+                let event = Event::default().id(record.offset.to_string()).data(data);
+                return Some((Ok(event), self));
+            }
+            let (records, next) = self.output.read(self.after, 1_000);
+            self.after = Some(next);
+            if !records.is_empty() {
+                self.buffered.extend(records);
+                continue;
+            }
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { return None },
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+}

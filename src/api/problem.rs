@@ -1,0 +1,202 @@
+//! The one error type of the HTTP edge: every failure leaves as RFC 9457 problem+json with a
+//! stable `code`. 5xx answers carry a fixed detail; their cause is logged, never sent.
+
+use crate::engine::{EngineError, EventError};
+use crate::spec::FieldError;
+use crate::store::StoreError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: `title` is the HTTP status phrase.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable cause, e.g. `invalid_spec`.
+    pub code: &'static str,
+    /// Spec problems (`invalid_spec`) or bad events (`invalid_events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub errors: Option<serde_json::Value>,
+    /// The running checkpoint (`checkpoint_running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_id: Option<i64>,
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: a malformed request (query, header, body shape).
+    #[error("{detail}")]
+    BadRequest { detail: String },
+    /// 400: the body is not JSON.
+    #[error("body is not valid JSON: {detail}")]
+    InvalidJson { detail: String },
+    /// 400: some events of a batch are invalid; nothing was applied.
+    #[error("{} event(s) of the batch are invalid; nothing was applied", errors.len())]
+    InvalidEvents { errors: Vec<EventError> },
+    /// 422: the pipeline spec is invalid.
+    #[error("the pipeline spec is invalid")]
+    InvalidSpec { errors: Vec<FieldError> },
+    /// 404.
+    #[error("pipeline {name:?} does not exist")]
+    PipelineNotFound { name: String },
+    /// 404.
+    #[error("pipeline {pipeline:?} has no operator {operator:?}")]
+    OperatorNotFound { pipeline: String, operator: String },
+    /// 404: the key has no state.
+    #[error("key {key:?} has no state in operator {operator:?}")]
+    KeyNotFound { operator: String, key: String },
+    /// 404: no such route.
+    #[error("no route for {path}")]
+    RouteNotFound { path: String },
+    /// 405.
+    #[error("{detail}")]
+    MethodNotAllowed { detail: String },
+    /// 409.
+    #[error("pipeline {name:?} already exists")]
+    PipelineExists { name: String },
+    /// 413.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415.
+    #[error("{detail}")]
+    UnsupportedMediaType { detail: String },
+    /// 503 with `Retry-After`: a shard queue is full.
+    #[error("pipeline {pipeline:?} is overloaded; retry shortly")]
+    Overloaded { pipeline: String },
+    /// 503: recovery is not finished or the store does not answer.
+    #[error("{detail}")]
+    Unavailable { detail: String },
+    /// 500: the cause is logged, the answer says nothing of it.
+    #[error("internal error")]
+    Internal { cause: String },
+}
+
+impl ApiError {
+    /// The HTTP status of the error.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            BadRequest { .. } | InvalidJson { .. } | InvalidEvents { .. } => StatusCode::BAD_REQUEST,
+            InvalidSpec { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            PipelineNotFound { .. } | OperatorNotFound { .. } | KeyNotFound { .. } | RouteNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            PipelineExists { .. } => StatusCode::CONFLICT,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Overloaded { .. } | Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code of the error.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            BadRequest { .. } => "bad_request",
+            InvalidJson { .. } => "invalid_json",
+            InvalidEvents { .. } => "invalid_events",
+            InvalidSpec { .. } => "invalid_spec",
+            PipelineNotFound { .. } => "pipeline_not_found",
+            OperatorNotFound { .. } => "operator_not_found",
+            KeyNotFound { .. } => "key_not_found",
+            RouteNotFound { .. } => "route_not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            PipelineExists { .. } => "pipeline_exists",
+            PayloadTooLarge { .. } => "payload_too_large",
+            UnsupportedMediaType { .. } => "unsupported_media_type",
+            Overloaded { .. } => "overloaded",
+            Unavailable { .. } => "unavailable",
+            Internal { .. } => "internal",
+        }
+    }
+
+    /// A bad request with this detail.
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::BadRequest { detail: detail.into() }
+    }
+
+    /// An internal error whose cause chain is logged.
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> ApiError {
+        let mut chain = cause.to_string();
+        let mut source = cause.source();
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        ApiError::Internal { cause: chain }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal { cause } = &self {
+            tracing::error!(error.cause_chain = %cause, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), code = self.code(), detail = %self, "request refused");
+        }
+        let errors = match &self {
+            ApiError::InvalidEvents { errors } => serde_json::to_value(errors).ok(),
+            ApiError::InvalidSpec { errors } => serde_json::to_value(errors).ok(),
+            _ => None,
+        };
+        let mut response = problem_response(status, self.code(), self.to_string(), errors);
+        if matches!(self, ApiError::Overloaded { .. }) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A problem+json response: `title` is the status phrase, `code` the stable cause.
+pub fn problem_response(
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    errors: Option<serde_json::Value>,
+) -> Response {
+    let body = Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        code,
+        errors,
+        checkpoint_id: None,
+    };
+    (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(body)).into_response()
+}
+
+/// The media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Overloaded { pipeline } => ApiError::Overloaded { pipeline },
+            EngineError::UnknownOperator { pipeline, operator } => ApiError::OperatorNotFound { pipeline, operator },
+            e @ EngineError::Stopped { .. } => ApiError::Unavailable { detail: e.to_string() },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Duplicate { name } => ApiError::PipelineExists { name },
+            e => ApiError::internal(&e),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The service: shared state, the router with its layers, start-up (store, migrations,
+//! pipelines), the processing-time ticker, and serving with graceful shutdown.
+
+use crate::api;
+use crate::api::problem::{ApiError, PROBLEM_JSON, problem_response};
+use crate::config::Config;
+use crate::engine::{Engine, Pipeline};
+use crate::spec::PipelineSpec;
+use crate::store::{self, Store, StoreError};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    /// Set once pipelines are loaded (and, later, recovered).
+    pub ready: Arc<AtomicBool>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the service shuts down (ends long polls and streams).
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The running pipeline `name`.
+    pub fn pipeline(&self, name: &str) -> Result<Arc<Pipeline>, ApiError> {
+        self.engine.get(name).ok_or_else(|| ApiError::PipelineNotFound { name: name.to_owned() })
+    }
+}
+
+/// Failures of start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("stored pipeline {name:?} is no longer valid: {detail}")]
+    InvalidStoredSpec { name: String, detail: String },
+}
+
+/// The process-wide Prometheus recorder (metrics has one global recorder per process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full("eddy_batch_duration_seconds".into()), &buckets)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed: then our handle renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Opens the store, applies migrations and starts every stored pipeline.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let store = store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    let state = AppState {
+        engine: Arc::new(Engine::default()),
+        store,
+        config: Arc::new(config),
+        ready: Arc::new(AtomicBool::new(false)),
+        metrics: metrics_handle(),
+        shutdown,
+    };
+    for stored in state.store.pipelines().await? {
+        let spec = PipelineSpec::from_json(&stored.spec).map_err(|errors| StartError::InvalidStoredSpec {
+            name: stored.name.clone(),
+            detail: format!("{errors:?}"),
+        })?;
+        state.engine.insert(Arc::new(Pipeline::from_spec(spec, &state.config.engine)));
+        tracing::info!(pipeline = %stored.name, "pipeline started");
+    }
+    state.ready.store(true, Ordering::Release);
+    Ok(state)
+}
+
+/// Epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Ticks every pipeline once a second (processing-time watermark and timers) until shutdown.
+pub fn spawn_ticker(state: &AppState) -> tokio::task::JoinHandle<()> {
+    let (engine, shutdown) = (state.engine.clone(), state.shutdown.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            for pipeline in engine.list() {
+                // A full queue skips this tick; the next one catches up (the clock only grows).
+                if let Err(e) = pipeline.tick(now_ms()).await {
+                    tracing::debug!(pipeline = pipeline.name(), error = %e, "tick skipped");
+                }
+            }
+        }
+    })
+}
+
+/// The full router: the API, `/docs`, problem+json for every error, and the layers.
+pub fn router(state: AppState) -> Router {
+    let (api_router, openapi) = api::routes().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    api_router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(route_not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_ready))
+        .layer(middleware::map_response(problem_for_bare_errors))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.config.request_timeout))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req.extensions().get::<MatchedPath>().map_or(req.uri().path(), |m| m.as_str());
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, request_id = id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn route_not_found(req: Request) -> ApiError {
+    ApiError::RouteNotFound { path: req.uri().path().to_owned() }
+}
+
+/// The API answers 503 until start-up (and recovery) is done.
+async fn require_ready(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/v1/") && !state.ready.load(Ordering::Acquire) {
+        let detail = "eddy is starting: recovery is not finished".into();
+        return ApiError::Unavailable { detail }.into_response();
+    }
+    next.run(req).await
+}
+
+/// Turns axum's own plain-text rejections (bad query, 405, timeout…) into problem+json.
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let (code, detail) = match status {
+        StatusCode::NOT_FOUND => ("route_not_found", detail),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this path".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", detail),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", detail),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took longer than the request timeout".into()),
+        s if s.is_server_error() => {
+            tracing::error!(error.cause_chain = %detail, "request failed");
+            ("internal", "internal error".into())
+        }
+        _ => ("bad_request", detail),
+    };
+    let mut fixed = problem_response(status, code, detail, None);
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name, value.clone());
+        }
+    }
+    let (mut fixed_parts, body) = fixed.into_parts();
+    fixed_parts.extensions = parts.extensions;
+    Response::from_parts(fixed_parts, Body::new(body))
+}

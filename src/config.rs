@@ -1,0 +1,195 @@
+//! Configuration: command-line flags and environment variables (clap), over an optional TOML
+//! file (`--config`), over defaults. Validated once at start; a bad value fails with its name.
+
+use crate::engine::EngineConfig;
+use crate::spec::Span;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// eddy: a stateful stream-processing service.
+#[derive(Debug, Parser)]
+#[command(name = "eddy", version, about)]
+pub struct Cli {
+    /// A TOML file with settings; flags and environment variables win over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do (default: serve).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve {
+        /// Listen beyond loopback even without a tokens file (open access).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+/// Settings, each from a flag, its environment variable, or the TOML file.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "EDDY_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Directory of the WAL and the SQLite file [default: ./data].
+    #[arg(long, env = "EDDY_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// postgres://… or sqlite://… [default: sqlite://$EDDY_DATA_DIR/eddy.db].
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Tracing filter [default: info].
+    #[arg(long, env = "EDDY_LOG", global = true)]
+    pub log: Option<String>,
+    /// Shard threads per pipeline [default: number of cores].
+    #[arg(long, env = "EDDY_SHARDS", global = true)]
+    pub shards: Option<usize>,
+    /// Batches a shard queues before ingest answers 503 [default: 64].
+    #[arg(long, env = "EDDY_SHARD_QUEUE", global = true)]
+    pub shard_queue: Option<usize>,
+    /// Largest request body of an events post, in bytes [default: 16777216].
+    #[arg(long, env = "EDDY_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+    /// Longest time a request may take to answer, e.g. "90s" [default: 90s].
+    #[arg(long, env = "EDDY_REQUEST_TIMEOUT", global = true)]
+    pub request_timeout: Option<String>,
+    /// Output records kept per pipeline [default: 100000].
+    #[arg(long, env = "EDDY_OUTPUT_RETAIN", global = true)]
+    pub output_retain: Option<usize>,
+}
+
+impl Settings {
+    /// These settings, with any unset one taken from `file`.
+    pub fn or(self, file: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(file.listen),
+            data_dir: self.data_dir.or(file.data_dir),
+            database_url: self.database_url.or(file.database_url),
+            log: self.log.or(file.log),
+            shards: self.shards.or(file.shards),
+            shard_queue: self.shard_queue.or(file.shard_queue),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            request_timeout: self.request_timeout.or(file.request_timeout),
+            output_retain: self.output_retain.or(file.output_retain),
+        }
+    }
+
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Toml { path: path.to_owned(), detail: e.to_string() })
+    }
+}
+
+/// A bad setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {detail}")]
+    Toml { path: PathBuf, detail: String },
+    #[error("{name}: {detail}")]
+    Invalid { name: &'static str, detail: String },
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub log: String,
+    pub engine: EngineConfig,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Resolves settings against the defaults.
+    pub fn resolve(s: Settings) -> Result<Config, ConfigError> {
+        let invalid = |name, detail: String| ConfigError::Invalid { name, detail };
+        let listen = s.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = listen
+            .parse()
+            .map_err(|e| invalid("EDDY_LISTEN", format!("{listen:?} is not an address: {e}")))?;
+        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let database_url = s
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("eddy.db").display()));
+        let timeout = s.request_timeout.as_deref().unwrap_or("90s");
+        let timeout = Span::parse(timeout).map_err(|e| invalid("EDDY_REQUEST_TIMEOUT", e))?;
+        let defaults = EngineConfig::default();
+        let positive = |name, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(invalid(name, "must be at least 1".into())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        Ok(Config {
+            listen,
+            data_dir,
+            database_url,
+            log: s.log.unwrap_or_else(|| "info".into()),
+            engine: EngineConfig {
+                shards: positive("EDDY_SHARDS", s.shards, defaults.shards)?,
+                shard_queue: positive("EDDY_SHARD_QUEUE", s.shard_queue, defaults.shard_queue)?,
+                output_retain: positive("EDDY_OUTPUT_RETAIN", s.output_retain, defaults.output_retain)?,
+            },
+            max_body_bytes: positive("EDDY_MAX_BODY_BYTES", s.max_body_bytes, 16 * 1024 * 1024)?,
+            request_timeout: Duration::from_millis(timeout.millis() as u64),
+        })
+    }
+
+    /// A configuration for tests: loopback, the given data dir and database.
+    pub fn for_tests(data_dir: PathBuf, database_url: String) -> Config {
+        let settings = Settings {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data_dir),
+            database_url: Some(database_url),
+            shards: Some(2),
+            ..Settings::default()
+        };
+        Config::resolve(settings).expect("test settings are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::resolve(Settings::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://./data/eddy.db");
+        assert_eq!(c.max_body_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn flags_and_environment_win_over_the_file() {
+        let cli = Settings { listen: Some("127.0.0.1:1".into()), ..Settings::default() };
+        let file: Settings = toml::from_str("listen = \"127.0.0.1:2\"\nshards = 3").unwrap();
+        let c = Config::resolve(cli.or(file)).unwrap();
+        assert_eq!((c.listen.port(), c.engine.shards), (1, 3));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let bad = Settings { request_timeout: Some("5 s".into()), ..Settings::default() };
+        assert!(Config::resolve(bad).unwrap_err().to_string().starts_with("EDDY_REQUEST_TIMEOUT"));
+        let bad = Settings { shards: Some(0), ..Settings::default() };
+        assert!(Config::resolve(bad).unwrap_err().to_string().starts_with("EDDY_SHARDS"));
+        assert!(toml::from_str::<Settings>("nope = 1").is_err());
+    }
+}
