@@ -1,0 +1,226 @@
+//! Test support: a real eddy server on a loopback port, driven by a real HTTP client, on a
+//! fresh SQLite file or a fresh PostgreSQL database. PostgreSQL tests need `DATABASE_URL`
+//! (scripts/test.sh starts a throwaway server); without it they fail, never skip.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use eddy::app::{self, AppState};
+use eddy::config::Config;
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Which store a test server uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(Backend)` once per backend, as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::Backend::Postgres).await })*
+        }
+    };
+}
+
+/// The admin URL of the test PostgreSQL server.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set: PostgreSQL tests need a server. Run scripts/test.sh, which \
+             starts a throwaway PostgreSQL, or set DATABASE_URL=postgres://…"
+        )
+    })
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A new, empty PostgreSQL database; its URL.
+pub async fn fresh_postgres_url() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let admin = database_url();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let db = format!("eddy_test_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({}): {e}", eddy::store::redact(&admin)));
+    sqlx::query(&format!("create database \"{db}\"")).execute(&mut conn).await.expect("create test database");
+    with_database(&admin, &db)
+}
+
+/// A database URL of `backend` for data dir `dir`.
+pub async fn database_for(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("eddy.db").display()),
+        Backend::Postgres => fresh_postgres_url().await,
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    pub base: String,
+    pub client: Client,
+    pub state: AppState,
+    pub config: Config,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    dir: Option<TempDir>,
+}
+
+impl TestServer {
+    /// A server on a fresh database of `backend`.
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// A server on a fresh database of `backend`, its configuration adjusted by `tweak`.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = TempDir::new().expect("temp dir");
+        let url = database_for(backend, dir.path()).await;
+        let mut config = Config::for_tests(dir.path().to_owned(), url);
+        tweak(&mut config);
+        Self::start_config(config, Some(dir)).await
+    }
+
+    /// A server with exactly this configuration.
+    pub async fn start_config(config: Config, dir: Option<TempDir>) -> TestServer {
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = app::start(config.clone(), shutdown.clone()).await.expect("start");
+        let task = tokio::spawn(app::serve(listener, state.clone(), shutdown.clone().cancelled_owned()));
+        TestServer { base, client: Client::new(), state, config, shutdown, task: Some(task), dir }
+    }
+
+    /// Stops the server gracefully; keeps its data dir for a restart.
+    pub async fn stop(mut self) -> (Config, Option<TempDir>) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("serve");
+        }
+        (self.config.clone(), self.dir.take())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client.delete(self.url(path)).send().await.expect("DELETE")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("POST")
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
+        let mut req = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header(CONTENT_TYPE, ct);
+        }
+        req.send().await.expect("POST")
+    }
+
+    /// Creates the contract's seed pipeline `clicks`.
+    pub async fn create_seed(&self) {
+        let resp = self.post_json("/v1/pipelines", &seed_spec()).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
+    }
+
+    /// Posts events as JSON and expects 200.
+    pub async fn post_events(&self, pipeline: &str, events: &Value) -> Value {
+        let resp = self.post_json(&format!("/v1/pipelines/{pipeline}/events"), events).await;
+        body_json(resp, StatusCode::OK).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The contract's example pipeline.
+pub fn seed_spec() -> Value {
+    json!({
+      "name": "clicks",
+      "key": "/user_id",
+      "time": { "field": "/ts", "format": "epoch_ms", "max_out_of_orderness": "5s" },
+      "checkpoint_interval": "10s",
+      "retain_checkpoints": 5,
+      "state_ttl": "7d",
+      "operators": [
+        { "name": "sessions",   "kind": "session",   "gap": "30m" },
+        { "name": "last_pages", "kind": "last_n",    "value": "/page", "n": 5 },
+        { "name": "cart",       "kind": "map",       "where": {"/type": "cart"},
+          "entry_key": "/product_id", "value": "/qty", "reduce": "sum" },
+        { "name": "spend",      "kind": "aggregate", "where": {"/type": "purchase"},
+          "value": "/amount", "functions": ["sum", "count"], "reset": "month" },
+        { "name": "last_login", "kind": "latest",    "where": {"/type": "login"}, "value": "/ts" },
+        { "name": "page_views", "kind": "window",    "key": "/page", "size": "1m",
+          "functions": ["count"], "retain": 10 }
+      ]
+    })
+}
+
+/// The JSON body of `resp`, after checking its status and content type.
+#[track_caller]
+pub fn body_json(resp: Response, status: StatusCode) -> impl std::future::Future<Output = Value> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let got = resp.status();
+        let ct = resp.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let text = resp.text().await.expect("body");
+        assert_eq!(got, status, "at {caller}: body {text}");
+        assert!(ct.starts_with("application/json"), "at {caller}: content type {ct:?}, body {text}");
+        serde_json::from_str(&text).expect("JSON body")
+    }
+}
+
+/// The problem document of `resp`, after checking status, content type, fields and code.
+#[track_caller]
+pub fn expect_problem(resp: Response, status: StatusCode, code: &'static str) -> impl std::future::Future<Output = Value> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let got = resp.status();
+        let ct = resp.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let text = resp.text().await.expect("body");
+        assert_eq!(got, status, "at {caller}: body {text}");
+        assert_eq!(ct, "application/problem+json", "at {caller}: body {text}");
+        let doc: Value = serde_json::from_str(&text).expect("problem JSON");
+        for field in ["type", "title", "status", "detail"] {
+            assert!(doc.get(field).is_some(), "at {caller}: problem lacks {field}: {doc}");
+        }
+        assert_eq!(doc["status"], status.as_u16(), "at {caller}");
+        assert_eq!(doc["code"], code, "at {caller}: {doc}");
+        doc
+    }
+}
