@@ -54,6 +54,8 @@ fn page_limit(limit: Option<u32>) -> Result<usize, problem::ApiError> {
     match limit {
         None => Ok(100),
         Some(n @ 1..=1000) => Ok(n as usize),
-        Some(n) => Err(problem::ApiError::bad_request(format!("limit must be from 1 to 1000, not {n}"))),
+        Some(n) => Err(problem::ApiError::bad_request(format!(
+            "limit must be from 1 to 1000, not {n}"
+        ))),
     }
 }

@@ -41,7 +41,11 @@ pub struct AppState {
 impl AppState {
     /// The running pipeline `name`.
     pub fn pipeline(&self, name: &str) -> Result<Arc<Pipeline>, ApiError> {
-        self.engine.get(name).ok_or_else(|| ApiError::PipelineNotFound { name: name.to_owned() })
+        self.engine
+            .get(name)
+            .ok_or_else(|| ApiError::PipelineNotFound {
+                name: name.to_owned(),
+            })
     }
 }
 
@@ -49,7 +53,10 @@ impl AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("stored pipeline {name:?} is no longer valid: {detail}")]
@@ -61,9 +68,14 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full("eddy_batch_duration_seconds".into()), &buckets)
+                .set_buckets_for_metric(
+                    Matcher::Full("eddy_batch_duration_seconds".into()),
+                    &buckets,
+                )
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -91,11 +103,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppSta
         shutdown,
     };
     for stored in state.store.pipelines().await? {
-        let spec = PipelineSpec::from_json(&stored.spec).map_err(|errors| StartError::InvalidStoredSpec {
-            name: stored.name.clone(),
-            detail: format!("{errors:?}"),
+        let spec = PipelineSpec::from_json(&stored.spec).map_err(|errors| {
+            StartError::InvalidStoredSpec {
+                name: stored.name.clone(),
+                detail: format!("{errors:?}"),
+            }
         })?;
-        state.engine.insert(Arc::new(Pipeline::from_spec(spec, &state.config.engine)));
+        state
+            .engine
+            .insert(Arc::new(Pipeline::from_spec(spec, &state.config.engine)));
         tracing::info!(pipeline = %stored.name, "pipeline started");
     }
     state.ready.store(true, Ordering::Release);
@@ -104,7 +120,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppSta
 
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Ticks every pipeline once a second (processing-time watermark and timers) until shutdown.
@@ -137,11 +155,21 @@ pub fn router(state: AppState) -> Router {
         .fallback(route_not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_ready))
         .layer(middleware::map_response(problem_for_bare_errors))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.config.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.config.request_timeout,
+        ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req.extensions().get::<MatchedPath>().map_or(req.uri().path(), |m| m.as_str());
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or(req.uri().path(), |m| m.as_str());
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             tracing::info_span!("request", method = %req.method(), route, request_id = id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -154,11 +182,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn route_not_found(req: Request) -> ApiError {
-    ApiError::RouteNotFound { path: req.uri().path().to_owned() }
+    ApiError::RouteNotFound {
+        path: req.uri().path().to_owned(),
+    }
 }
 
 /// The API answers 503 until start-up (and recovery) is done.
@@ -181,17 +213,25 @@ async fn problem_for_bare_errors(response: Response) -> Response {
         return response;
     }
     let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let detail = match String::from_utf8_lossy(&text).trim() {
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         text => text.to_owned(),
     };
     let (code, detail) = match status {
         StatusCode::NOT_FOUND => ("route_not_found", detail),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this path".into()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "method not allowed on this path".into(),
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", detail),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", detail),
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took longer than the request timeout".into()),
+        StatusCode::REQUEST_TIMEOUT => (
+            "timeout",
+            "the request took longer than the request timeout".into(),
+        ),
         s if s.is_server_error() => {
             tracing::error!(error.cause_chain = %detail, "request failed");
             ("internal", "internal error".into())

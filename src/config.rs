@@ -88,8 +88,14 @@ impl Settings {
 
     /// Reads a TOML settings file.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Toml { path: path.to_owned(), detail: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Toml {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -97,7 +103,10 @@ impl Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {detail}")]
     Toml { path: PathBuf, detail: String },
     #[error("{name}: {detail}")]
@@ -144,7 +153,11 @@ impl Config {
             engine: EngineConfig {
                 shards: positive("EDDY_SHARDS", s.shards, defaults.shards)?,
                 shard_queue: positive("EDDY_SHARD_QUEUE", s.shard_queue, defaults.shard_queue)?,
-                output_retain: positive("EDDY_OUTPUT_RETAIN", s.output_retain, defaults.output_retain)?,
+                output_retain: positive(
+                    "EDDY_OUTPUT_RETAIN",
+                    s.output_retain,
+                    defaults.output_retain,
+                )?,
             },
             max_body_bytes: positive("EDDY_MAX_BODY_BYTES", s.max_body_bytes, 16 * 1024 * 1024)?,
             request_timeout: Duration::from_millis(timeout.millis() as u64),
@@ -178,7 +191,10 @@ mod tests {
 
     #[test]
     fn flags_and_environment_win_over_the_file() {
-        let cli = Settings { listen: Some("127.0.0.1:1".into()), ..Settings::default() };
+        let cli = Settings {
+            listen: Some("127.0.0.1:1".into()),
+            ..Settings::default()
+        };
         let file: Settings = toml::from_str("listen = \"127.0.0.1:2\"\nshards = 3").unwrap();
         let c = Config::resolve(cli.or(file)).unwrap();
         assert_eq!((c.listen.port(), c.engine.shards), (1, 3));
@@ -186,10 +202,26 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let bad = Settings { request_timeout: Some("5 s".into()), ..Settings::default() };
-        assert!(Config::resolve(bad).unwrap_err().to_string().starts_with("EDDY_REQUEST_TIMEOUT"));
-        let bad = Settings { shards: Some(0), ..Settings::default() };
-        assert!(Config::resolve(bad).unwrap_err().to_string().starts_with("EDDY_SHARDS"));
+        let bad = Settings {
+            request_timeout: Some("5 s".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::resolve(bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("EDDY_REQUEST_TIMEOUT")
+        );
+        let bad = Settings {
+            shards: Some(0),
+            ..Settings::default()
+        };
+        assert!(
+            Config::resolve(bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("EDDY_SHARDS")
+        );
         assert!(toml::from_str::<Settings>("nope = 1").is_err());
     }
 }

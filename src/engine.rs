@@ -82,13 +82,20 @@ pub struct Engine {
 impl Engine {
     /// The pipeline called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Pipeline>> {
-        self.pipelines.read().expect("engine lock").get(name).cloned()
+        self.pipelines
+            .read()
+            .expect("engine lock")
+            .get(name)
+            .cloned()
     }
 
     /// Adds a running pipeline (replacing one of the same name).
     pub fn insert(&self, pipeline: Arc<Pipeline>) {
         let name = pipeline.name().to_owned();
-        self.pipelines.write().expect("engine lock").insert(name, pipeline);
+        self.pipelines
+            .write()
+            .expect("engine lock")
+            .insert(name, pipeline);
     }
 
     /// Removes a pipeline; its shards stop once the last handle is gone.
@@ -98,7 +105,12 @@ impl Engine {
 
     /// Every pipeline, by name.
     pub fn list(&self) -> Vec<Arc<Pipeline>> {
-        self.pipelines.read().expect("engine lock").values().cloned().collect()
+        self.pipelines
+            .read()
+            .expect("engine lock")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 

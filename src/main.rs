@@ -19,7 +19,12 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve { insecure: false });
     if let Command::Openapi = command {
-        println!("{}", eddy::api::openapi().to_pretty_json().expect("the document serialises"));
+        println!(
+            "{}",
+            eddy::api::openapi()
+                .to_pretty_json()
+                .expect("the document serialises")
+        );
         return ExitCode::SUCCESS;
     }
     eddy::telemetry::init(&config.log);
@@ -83,7 +88,8 @@ async fn on_signal(shutdown: CancellationToken) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         term.recv().await;
     };
     #[cfg(not(unix))]

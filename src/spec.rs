@@ -67,12 +67,33 @@ pub struct OperatorSpec {
 /// The built-in operators and their parameters.
 #[derive(Clone, Debug)]
 pub enum OperatorKind {
-    Latest { value: Pointer },
-    LastN { value: Pointer, n: usize },
-    Map { entry_key: Pointer, value: Option<Pointer>, reduce: Reduce },
-    Aggregate { value: Option<Pointer>, functions: Functions, reset: Option<Period> },
-    Session { gap: Span },
-    Window { value: Option<Pointer>, size: Span, slide: Option<Span>, functions: Functions, retain: usize },
+    Latest {
+        value: Pointer,
+    },
+    LastN {
+        value: Pointer,
+        n: usize,
+    },
+    Map {
+        entry_key: Pointer,
+        value: Option<Pointer>,
+        reduce: Reduce,
+    },
+    Aggregate {
+        value: Option<Pointer>,
+        functions: Functions,
+        reset: Option<Period>,
+    },
+    Session {
+        gap: Span,
+    },
+    Window {
+        value: Option<Pointer>,
+        size: Span,
+        slide: Option<Span>,
+        functions: Functions,
+        retain: usize,
+    },
 }
 
 impl OperatorKind {

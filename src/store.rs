@@ -42,7 +42,10 @@ pub enum StoreError {
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored spec of {name:?} is not valid JSON")]
-    Corrupt { name: String, source: serde_json::Error },
+    Corrupt {
+        name: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Persistence of eddy's definitions and (later) checkpoints.
@@ -91,7 +94,10 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 fn decode_spec(name: String, text: &str) -> Result<StoredPipeline, StoreError> {
-    let spec = serde_json::from_str(text).map_err(|source| StoreError::Corrupt { name: name.clone(), source })?;
+    let spec = serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        name: name.clone(),
+        source,
+    })?;
     Ok(StoredPipeline { name, spec })
 }
 
@@ -101,7 +107,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted_from_urls() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("sqlite://data/eddy.db"), "sqlite://data/eddy.db");
     }
 }

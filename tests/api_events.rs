@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Backend, TestServer, body_json, expect_problem};
-use eddy::engine::{Context, Input, Inputs, OperatorDef, Operator, Pipeline};
+use eddy::engine::{Context, Input, Inputs, Operator, OperatorDef, Pipeline};
 use eddy::spec::PipelineSpec;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -26,15 +26,36 @@ async fn a_json_object_an_array_and_ndjson_are_batches_with_increasing_offsets(b
     let s = TestServer::start(backend).await;
     s.create_seed().await;
     let one = s.post_events("clicks", &click("a", 1)).await;
-    assert_eq!(one, json!({"accepted": 1, "first_offset": 1, "last_offset": 1}));
-    let two = s.post_events("clicks", &json!([click("a", 2), click("b", 3)])).await;
-    assert_eq!(two, json!({"accepted": 2, "first_offset": 2, "last_offset": 3}));
+    assert_eq!(
+        one,
+        json!({"accepted": 1, "first_offset": 1, "last_offset": 1})
+    );
+    let two = s
+        .post_events("clicks", &json!([click("a", 2), click("b", 3)]))
+        .await;
+    assert_eq!(
+        two,
+        json!({"accepted": 2, "first_offset": 2, "last_offset": 3})
+    );
     let ndjson = format!("{}\n\n{}\n", click("c", 4), click("a", 5));
-    let resp = s.post_raw(EVENTS, Some("application/x-ndjson"), ndjson).await;
-    assert_eq!(body_json(resp, StatusCode::OK).await, json!({"accepted": 2, "first_offset": 4, "last_offset": 5}));
+    let resp = s
+        .post_raw(EVENTS, Some("application/x-ndjson"), ndjson)
+        .await;
+    assert_eq!(
+        body_json(resp, StatusCode::OK).await,
+        json!({"accepted": 2, "first_offset": 4, "last_offset": 5})
+    );
     let st = status(&s).await;
-    assert_eq!((st["events"].clone(), st["wal_offset"].clone()), (json!(5), json!(5)));
-    let state = body_json(s.get("/v1/pipelines/clicks/operators/sessions/state?key=a").await, StatusCode::OK).await;
+    assert_eq!(
+        (st["events"].clone(), st["wal_offset"].clone()),
+        (json!(5), json!(5))
+    );
+    let state = body_json(
+        s.get("/v1/pipelines/clicks/operators/sessions/state?key=a")
+            .await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(state["value"]["sessions"][0]["events"], 3);
 }
 
@@ -49,12 +70,30 @@ async fn one_bad_event_refuses_the_whole_batch_naming_every_bad_one(backend: Bac
         {"user_id": "a", "ts": 3, "page": "/x", "type": "cart", "product_id": "p"},
         {"user_id": "a", "ts": 3, "page": "/x", "type": "purchase", "amount": "12"},
     ]);
-    let doc = expect_problem(s.post_json(EVENTS, &batch).await, StatusCode::BAD_REQUEST, "invalid_events").await;
-    let indices: Vec<_> = doc["errors"].as_array().unwrap().iter().map(|e| e["index"].clone()).collect();
+    let doc = expect_problem(
+        s.post_json(EVENTS, &batch).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_events",
+    )
+    .await;
+    let indices: Vec<_> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].clone())
+        .collect();
     assert_eq!(indices, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
-    let details: Vec<_> = doc["errors"].as_array().unwrap().iter().map(|e| e["detail"].as_str().unwrap().to_owned()).collect();
+    let details: Vec<_> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap().to_owned())
+        .collect();
     assert!(details[0].contains("/ts"), "{details:?}");
-    assert!(details[3].contains("/product_id") || details[3].contains("/qty"), "{details:?}");
+    assert!(
+        details[3].contains("/product_id") || details[3].contains("/qty"),
+        "{details:?}"
+    );
     assert!(details[4].contains("/amount"), "{details:?}");
     assert_eq!(status(&s).await["events"], 0, "nothing was applied");
 }
@@ -62,19 +101,37 @@ async fn one_bad_event_refuses_the_whole_batch_naming_every_bad_one(backend: Bac
 async fn ndjson_errors_are_numbered_by_line(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    let body = format!("{}\n{{broken\n\n{}\n", click("a", 1), json!({"user_id": "a"}));
+    let body = format!(
+        "{}\n{{broken\n\n{}\n",
+        click("a", 1),
+        json!({"user_id": "a"})
+    );
     let resp = s.post_raw(EVENTS, Some("application/x-ndjson"), body).await;
     let doc = expect_problem(resp, StatusCode::BAD_REQUEST, "invalid_events").await;
-    let indices: Vec<_> = doc["errors"].as_array().unwrap().iter().map(|e| e["index"].clone()).collect();
+    let indices: Vec<_> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].clone())
+        .collect();
     assert_eq!(indices, [json!(1), json!(3)]);
 }
 
 async fn a_body_that_does_not_parse_is_400_with_its_position(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    let resp = s.post_raw(EVENTS, Some("application/json"), "[{\"user_id\": \"a\",\n \"ts\" 1}]").await;
+    let resp = s
+        .post_raw(
+            EVENTS,
+            Some("application/json"),
+            "[{\"user_id\": \"a\",\n \"ts\" 1}]",
+        )
+        .await;
     let doc = expect_problem(resp, StatusCode::BAD_REQUEST, "invalid_json").await;
-    assert!(doc["detail"].as_str().unwrap().contains("line 2 column"), "{doc}");
+    assert!(
+        doc["detail"].as_str().unwrap().contains("line 2 column"),
+        "{doc}"
+    );
     let resp = s.post_raw(EVENTS, Some("application/json"), "[]").await;
     expect_problem(resp, StatusCode::BAD_REQUEST, "bad_request").await;
 }
@@ -93,15 +150,29 @@ async fn a_missing_or_other_content_type_is_415(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
     let body = click("a", 1).to_string();
-    expect_problem(s.post_raw(EVENTS, None, body.clone()).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
-    expect_problem(s.post_raw(EVENTS, Some("text/plain"), body).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
+    expect_problem(
+        s.post_raw(EVENTS, None, body.clone()).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    expect_problem(
+        s.post_raw(EVENTS, Some("text/plain"), body).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
 }
 
 async fn an_unknown_pipeline_is_404(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let resp = s.post_json("/v1/pipelines/nope/events", &click("a", 1)).await;
+    let resp = s
+        .post_json("/v1/pipelines/nope/events", &click("a", 1))
+        .await;
     expect_problem(resp, StatusCode::NOT_FOUND, "pipeline_not_found").await;
-    let resp = s.post_json("/v1/pipelines/nope/watermark", &json!({"time": 1})).await;
+    let resp = s
+        .post_json("/v1/pipelines/nope/watermark", &json!({"time": 1}))
+        .await;
     expect_problem(resp, StatusCode::NOT_FOUND, "pipeline_not_found").await;
 }
 
@@ -110,20 +181,58 @@ async fn the_watermark_advances_ignores_lower_times_and_max_closes_everything(ba
     s.create_seed().await;
     s.post_events("clicks", &click("a", 1_000_000)).await;
     let wm = "/v1/pipelines/clicks/watermark";
-    assert_eq!(body_json(s.post_json(wm, &json!({"time": 2_000_000})).await, StatusCode::OK).await, json!({"watermark": 2_000_000}));
-    assert_eq!(body_json(s.post_json(wm, &json!({"time": 5})).await, StatusCode::OK).await, json!({"watermark": 2_000_000}));
+    assert_eq!(
+        body_json(
+            s.post_json(wm, &json!({"time": 2_000_000})).await,
+            StatusCode::OK
+        )
+        .await,
+        json!({"watermark": 2_000_000})
+    );
+    assert_eq!(
+        body_json(s.post_json(wm, &json!({"time": 5})).await, StatusCode::OK).await,
+        json!({"watermark": 2_000_000})
+    );
     assert_eq!(status(&s).await["watermark"], 2_000_000);
-    let max = body_json(s.post_json(wm, &json!({"time": "max"})).await, StatusCode::OK).await;
+    let max = body_json(
+        s.post_json(wm, &json!({"time": "max"})).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(max, json!({"watermark": i64::MAX}));
     let out = body_json(s.get("/v1/pipelines/clicks/output").await, StatusCode::OK).await;
-    let types: Vec<_> = out["records"].as_array().unwrap().iter().map(|r| r["type"].clone()).collect();
+    let types: Vec<_> = out["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].clone())
+        .collect();
     // The window [960000, 1020000) closed at 2_000_000 already; the 30m session only at max.
     assert_eq!(types, [json!("window_closed"), json!("session_closed")]);
-    assert_eq!(status(&s).await["events"], 1, "a watermark takes no event offset");
-    for bad in [json!({"time": "soon"}), json!({"time": 1.5}), json!({}), json!([1])] {
-        expect_problem(s.post_json(wm, &bad).await, StatusCode::BAD_REQUEST, "bad_request").await;
+    assert_eq!(
+        status(&s).await["events"],
+        1,
+        "a watermark takes no event offset"
+    );
+    for bad in [
+        json!({"time": "soon"}),
+        json!({"time": 1.5}),
+        json!({}),
+        json!([1]),
+    ] {
+        expect_problem(
+            s.post_json(wm, &bad).await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
     }
-    expect_problem(s.post_raw(wm, Some("application/json"), "{").await, StatusCode::BAD_REQUEST, "invalid_json").await;
+    expect_problem(
+        s.post_raw(wm, Some("application/json"), "{").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    )
+    .await;
 }
 
 /// An operator that holds its shard until the gate opens: makes a full queue deterministic.
@@ -154,11 +263,18 @@ async fn a_full_shard_queue_is_503_with_retry_after_and_applies_nothing(backend:
         c.engine.shard_queue = 1;
     })
     .await;
-    let (entered, open) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (entered, open) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let spec = PipelineSpec::from_json(&json!({"name": "gated", "key": "/k",
-        "operators": [{"name": "g", "kind": "latest", "value": "/k"}]})).unwrap();
+        "operators": [{"name": "g", "kind": "latest", "value": "/k"}]}))
+    .unwrap();
     let (e, o) = (entered.clone(), open.clone());
-    let gate = OperatorDef::new("g", Inputs::default(), move || Gate { entered: e.clone(), open: o.clone() });
+    let gate = OperatorDef::new("g", Inputs::default(), move || Gate {
+        entered: e.clone(),
+        open: o.clone(),
+    });
     let pipeline = Arc::new(Pipeline::start(&spec, vec![gate], &s.state.config.engine));
     s.state.engine.insert(pipeline.clone());
 
@@ -166,7 +282,15 @@ async fn a_full_shard_queue_is_503_with_retry_after_and_applies_nothing(backend:
     let (client, url) = (s.client.clone(), s.url(path));
     let post = move || {
         let (client, url) = (client.clone(), url.clone());
-        tokio::spawn(async move { client.post(url).json(&json!({"k": "x"})).send().await.unwrap().status() })
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"k": "x"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
     };
     let first = post();
     while !entered.load(Ordering::SeqCst) {
@@ -182,19 +306,31 @@ async fn a_full_shard_queue_is_503_with_retry_after_and_applies_nothing(backend:
     open.store(true, Ordering::SeqCst);
     assert_eq!(first.await.unwrap(), StatusCode::OK);
     assert_eq!(second.await.unwrap(), StatusCode::OK);
-    assert_eq!(pipeline.status().await.unwrap().events, 2, "the refused batch left no trace");
+    assert_eq!(
+        pipeline.status().await.unwrap().events,
+        2,
+        "the refused batch left no trace"
+    );
 }
 
 async fn under_a_flood_every_batch_is_accepted_or_refused_whole(backend: Backend) {
     let s = TestServer::start_with(backend, |c| c.engine.shard_queue = 1).await;
     s.create_seed().await;
-    let batch: Vec<Value> = (0..2_000).map(|i| click(&format!("u{}", i % 300), i)).collect();
+    let batch: Vec<Value> = (0..2_000)
+        .map(|i| click(&format!("u{}", i % 300), i))
+        .collect();
     let body = Arc::new(serde_json::to_vec(&batch).unwrap());
     let tasks: Vec<_> = (0..24)
         .map(|_| {
             let (client, url, body) = (s.client.clone(), s.url(EVENTS), body.clone());
             tokio::spawn(async move {
-                let resp = client.post(url).header("content-type", "application/json").body((*body).clone()).send().await.unwrap();
+                let resp = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body((*body).clone())
+                    .send()
+                    .await
+                    .unwrap();
                 let retry = resp.headers().get("retry-after").is_some();
                 (resp.status(), retry)
             })

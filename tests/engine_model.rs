@@ -69,11 +69,19 @@ enum Step {
 #[derive(Clone, Debug)]
 enum KeyState {
     Session(Vec<i64>),
-    Window { open: BTreeMap<i64, (u64, i64)>, closed: VecDeque<(i64, u64, i64)> },
+    Window {
+        open: BTreeMap<i64, (u64, i64)>,
+        closed: VecDeque<(i64, u64, i64)>,
+    },
     Latest(i64, i64),
     LastN(VecDeque<i64>),
     Map(BTreeMap<String, i64>),
-    Agg { count: u64, sum: i64, min: i64, max: i64 },
+    Agg {
+        count: u64,
+        sum: i64,
+        min: i64,
+        max: i64,
+    },
 }
 
 #[derive(Default)]
@@ -124,18 +132,30 @@ impl KeyState {
     fn answer(&self) -> Value {
         match self {
             KeyState::Session(times) => {
-                let s: Vec<Value> = components(times).into_iter().map(|(a, b, n)| session_json(a, b, n)).collect();
+                let s: Vec<Value> = components(times)
+                    .into_iter()
+                    .map(|(a, b, n)| session_json(a, b, n))
+                    .collect();
                 json!({"sessions": s})
             }
             KeyState::Window { open, closed } => {
-                let c = closed.iter().map(|(s, n, sum)| window_json(*s, *n, *sum, true));
-                let o = open.iter().map(|(s, (n, sum))| window_json(*s, *n, *sum, false));
+                let c = closed
+                    .iter()
+                    .map(|(s, n, sum)| window_json(*s, *n, *sum, true));
+                let o = open
+                    .iter()
+                    .map(|(s, (n, sum))| window_json(*s, *n, *sum, false));
                 json!({"windows": c.chain(o).collect::<Vec<_>>()})
             }
             KeyState::Latest(t, v) => json!({"value": v, "time": t}),
             KeyState::LastN(vs) => json!({"values": vs.iter().rev().collect::<Vec<_>>()}),
             KeyState::Map(m) => json!({"entries": m}),
-            KeyState::Agg { count, sum, min, max } => {
+            KeyState::Agg {
+                count,
+                sum,
+                min,
+                max,
+            } => {
                 json!({"period_start": null, "count": count, "sum": sum, "min": min, "max": max})
             }
         }
@@ -146,11 +166,19 @@ impl Model {
     fn apply(&mut self, op: usize, key: String, ev: &Ev, late: bool) {
         let fresh = match op {
             0 => KeyState::Session(Vec::new()),
-            1 => KeyState::Window { open: BTreeMap::new(), closed: VecDeque::new() },
+            1 => KeyState::Window {
+                open: BTreeMap::new(),
+                closed: VecDeque::new(),
+            },
             2 => KeyState::Latest(i64::MIN, 0),
             3 => KeyState::LastN(VecDeque::new()),
             4 => KeyState::Map(BTreeMap::new()),
-            _ => KeyState::Agg { count: 0, sum: 0, min: i64::MAX, max: i64::MIN },
+            _ => KeyState::Agg {
+                count: 0,
+                sum: 0,
+                min: i64::MAX,
+                max: i64::MIN,
+            },
         };
         let existed = self.ops[op].contains_key(&key);
         let (mut state, last) = self.ops[op].remove(&key).unwrap_or((fresh, ev.t));
@@ -175,7 +203,12 @@ impl Model {
                     m.remove(&ev.e.to_string());
                 }
             }
-            KeyState::Agg { count, sum, min, max } => {
+            KeyState::Agg {
+                count,
+                sum,
+                min,
+                max,
+            } => {
                 *count += 1;
                 *sum += ev.v;
                 *min = (*min).min(ev.v);
@@ -224,7 +257,8 @@ impl Model {
             KeyState::Session(times) => {
                 for (start, end, n) in components(times) {
                     if end + GAP < wm {
-                        self.output.push(record(session_json(start, end, n), "session_closed"));
+                        self.output
+                            .push(record(session_json(start, end, n), "session_closed"));
                         times.retain(|t| *t < start || *t > end);
                     }
                 }
@@ -233,7 +267,8 @@ impl Model {
                 let due: Vec<i64> = open.keys().copied().filter(|s| s + SIZE <= wm).collect();
                 for start in due {
                     let (n, sum) = open.remove(&start).unwrap();
-                    self.output.push(record(window_json(start, n, sum, true), "window_closed"));
+                    self.output
+                        .push(record(window_json(start, n, sum, true), "window_closed"));
                     closed.push_back((start, n, sum));
                     if closed.len() > RETAIN {
                         closed.pop_front();
@@ -245,12 +280,19 @@ impl Model {
     }
 }
 
-async fn run_engine(steps: &[Step], shards: usize) -> (Vec<Value>, Vec<Vec<(String, Value)>>, Value) {
-    let p = Pipeline::from_spec(spec(), &EngineConfig { shards, ..EngineConfig::default() });
+async fn run_engine(steps: &[Step], shards: usize) -> Observed {
+    let p = Pipeline::from_spec(
+        spec(),
+        &EngineConfig {
+            shards,
+            ..EngineConfig::default()
+        },
+    );
     for step in steps {
         match step {
             Step::Batch(evs) => {
-                let body = serde_json::to_vec(&evs.iter().map(Ev::json).collect::<Vec<_>>()).unwrap();
+                let body =
+                    serde_json::to_vec(&evs.iter().map(Ev::json).collect::<Vec<_>>()).unwrap();
                 let batch = parse_batch(&body, BodyFormat::Json, p.extractor()).unwrap();
                 p.ingest(batch, 0).await.unwrap();
             }
@@ -260,7 +302,10 @@ async fn run_engine(steps: &[Step], shards: usize) -> (Vec<Value>, Vec<Vec<(Stri
         }
     }
     let (records, _) = p.output().read(None, usize::MAX);
-    let output = records.iter().map(|r| serde_json::to_value(&**r).unwrap()).collect();
+    let output = records
+        .iter()
+        .map(|r| serde_json::to_value(&**r).unwrap())
+        .collect();
     let mut states = Vec::new();
     for op in OPS {
         let mut all = Vec::new();
@@ -277,11 +322,15 @@ async fn run_engine(steps: &[Step], shards: usize) -> (Vec<Value>, Vec<Vec<(Stri
     }
     let s = p.status().await.unwrap();
     let keys: Map<String, Value> = s.keys.into_iter().map(|(k, n)| (k, n.into())).collect();
-    let status = json!({"events": s.events, "late": s.late_events, "watermark": s.watermark, "keys": keys});
+    let status =
+        json!({"events": s.events, "late": s.late_events, "watermark": s.watermark, "keys": keys});
     (output, states, status)
 }
 
-fn run_model(steps: &[Step]) -> (Vec<Value>, Vec<Vec<(String, Value)>>, Value) {
+/// Output feed, per-operator (key, answer) lists, and status.
+type Observed = (Vec<Value>, Vec<Vec<(String, Value)>>, Value);
+
+fn run_model(steps: &[Step]) -> Observed {
     let mut m = Model::default();
     for step in steps {
         match step {
@@ -302,16 +351,29 @@ fn run_model(steps: &[Step]) -> (Vec<Value>, Vec<Vec<(String, Value)>>, Value) {
     let states = m
         .ops
         .iter()
-        .map(|op| op.iter().map(|(k, (s, _))| (k.clone(), s.answer())).collect())
+        .map(|op| {
+            op.iter()
+                .map(|(k, (s, _))| (k.clone(), s.answer()))
+                .collect()
+        })
         .collect();
-    let keys: Map<String, Value> = OPS.iter().zip(&m.ops).map(|(n, op)| (n.to_string(), op.len().into())).collect();
-    let status = json!({"events": m.events, "late": m.late, "watermark": m.watermark, "keys": keys});
+    let keys: Map<String, Value> = OPS
+        .iter()
+        .zip(&m.ops)
+        .map(|(n, op)| (n.to_string(), op.len().into()))
+        .collect();
+    let status =
+        json!({"events": m.events, "late": m.late, "watermark": m.watermark, "keys": keys});
     (output, states, status)
 }
 
 fn event() -> impl Strategy<Value = Ev> {
     let keys = prop_oneof![
-        Just(json!("a")), Just(json!("b")), Just(json!("c")), Just(json!(1)), Just(json!(22))
+        Just(json!("a")),
+        Just(json!("b")),
+        Just(json!("c")),
+        Just(json!(1)),
+        Just(json!(22))
     ];
     (keys, 0..3u8, 0..250i64, -3..=3i64, 0..3u8).prop_map(|(k, p, t, v, e)| Ev {
         k,

@@ -50,13 +50,22 @@ pub struct WatermarkResponse {
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
     let unsupported = |found: &str| ApiError::UnsupportedMediaType {
-        detail: format!("content type must be application/json or application/x-ndjson, not {found}"),
+        detail: format!(
+            "content type must be application/json or application/x-ndjson, not {found}"
+        ),
     };
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Err(unsupported("none"));
     };
-    let text = value.to_str().map_err(|_| unsupported("an unreadable header"))?;
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let text = value
+        .to_str()
+        .map_err(|_| unsupported("an unreadable header"))?;
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(BodyFormat::Json),
         "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::NdJson),
@@ -126,9 +135,14 @@ async fn post_events(
 }
 
 fn watermark_time(body: &[u8]) -> Result<i64, ApiError> {
-    let doc: Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { detail: e.to_string() })?;
+    let doc: Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson {
+        detail: e.to_string(),
+    })?;
     let expected = "body must be {\"time\": <epoch ms integer> | \"max\"}";
-    let obj = doc.as_object().filter(|o| o.len() == 1).ok_or_else(|| ApiError::bad_request(expected))?;
+    let obj = doc
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or_else(|| ApiError::bad_request(expected))?;
     match obj.get("time") {
         Some(Value::String(s)) if s == "max" => Ok(i64::MAX),
         Some(t) => t.as_i64().ok_or_else(|| ApiError::bad_request(expected)),
@@ -167,10 +181,22 @@ mod tests {
     fn watermark_bodies_take_an_integer_or_max_only() {
         assert_eq!(watermark_time(br#"{"time": 5}"#).unwrap(), 5);
         assert_eq!(watermark_time(br#"{"time": "max"}"#).unwrap(), i64::MAX);
-        for bad in [&br#"{"time": 1.5}"#[..], br#"{"time": "soon"}"#, br#"{}"#, br#"[5]"#, br#"{"time": 1, "x": 2}"#] {
-            assert!(matches!(watermark_time(bad), Err(ApiError::BadRequest { .. })));
+        for bad in [
+            &br#"{"time": 1.5}"#[..],
+            br#"{"time": "soon"}"#,
+            br#"{}"#,
+            br#"[5]"#,
+            br#"{"time": 1, "x": 2}"#,
+        ] {
+            assert!(matches!(
+                watermark_time(bad),
+                Err(ApiError::BadRequest { .. })
+            ));
         }
-        assert!(matches!(watermark_time(b"nope"), Err(ApiError::InvalidJson { .. })));
+        assert!(matches!(
+            watermark_time(b"nope"),
+            Err(ApiError::InvalidJson { .. })
+        ));
     }
 
     #[test]
@@ -180,7 +206,10 @@ mod tests {
             h.insert(header::CONTENT_TYPE, v.parse().unwrap());
             body_format(&h)
         };
-        assert_eq!(with("application/json; charset=utf-8").unwrap(), BodyFormat::Json);
+        assert_eq!(
+            with("application/json; charset=utf-8").unwrap(),
+            BodyFormat::Json
+        );
         assert_eq!(with("Application/X-NDJSON").unwrap(), BodyFormat::NdJson);
         assert!(with("text/plain").is_err());
         assert!(body_format(&HeaderMap::new()).is_err());

@@ -26,7 +26,9 @@ use utoipa_axum::routes;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_output)).routes(routes!(stream_output))
+    OpenApiRouter::new()
+        .routes(routes!(get_output))
+        .routes(routes!(stream_output))
 }
 
 /// Query parameters of an output read.
@@ -82,7 +84,12 @@ async fn get_output(
 ) -> Result<Json<OutputPage>, ApiError> {
     let pipeline = app.pipeline(&name)?;
     let limit = page_limit(params.limit)?;
-    let wait = params.wait.as_deref().map(parse_wait).transpose()?.unwrap_or_default();
+    let wait = params
+        .wait
+        .as_deref()
+        .map(parse_wait)
+        .transpose()?
+        .unwrap_or_default();
     let output = pipeline.output();
     let mut updates = output.subscribe();
     let (mut records, mut next) = output.read(params.after, limit);

@@ -149,15 +149,26 @@ async fn answer(pipeline: &Pipeline) -> Result<Value, ApiError> {
         (status = 422, description = "The spec is invalid; `errors` names each field", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn create_pipeline(State(app): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
-    let doc: Value = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson { detail: e.to_string() })?;
+async fn create_pipeline(
+    State(app): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let doc: Value = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson {
+        detail: e.to_string(),
+    })?;
     let spec = PipelineSpec::from_json(&doc).map_err(|errors| ApiError::InvalidSpec { errors })?;
-    app.store.insert_pipeline(&spec.name, &spec.document).await?;
+    app.store
+        .insert_pipeline(&spec.name, &spec.document)
+        .await?;
     let pipeline = Arc::new(Pipeline::from_spec(spec, &app.config.engine));
     app.engine.insert(pipeline.clone());
     tracing::info!(pipeline = pipeline.name(), "pipeline created");
     let location = format!("/v1/pipelines/{}", pipeline.name());
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(answer(&pipeline).await?)))
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(answer(&pipeline).await?),
+    ))
 }
 
 /// List pipelines
@@ -182,7 +193,10 @@ async fn list_pipelines(State(app): State<AppState>) -> Result<Json<Value>, ApiE
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn get_pipeline(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_pipeline(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let pipeline = app.pipeline(&name)?;
     Ok(Json(answer(&pipeline).await?))
 }
@@ -196,7 +210,10 @@ async fn get_pipeline(State(app): State<AppState>, Path(name): Path<String>) -> 
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn delete_pipeline(State(app): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_pipeline(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     app.pipeline(&name)?;
     if !app.store.delete_pipeline(&name).await? {
         return Err(ApiError::PipelineNotFound { name });

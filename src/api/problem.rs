@@ -4,9 +4,9 @@
 use crate::engine::{EngineError, EventError};
 use crate::spec::FieldError;
 use crate::store::StoreError;
+use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -85,11 +85,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            BadRequest { .. } | InvalidJson { .. } | InvalidEvents { .. } => StatusCode::BAD_REQUEST,
-            InvalidSpec { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            PipelineNotFound { .. } | OperatorNotFound { .. } | KeyNotFound { .. } | RouteNotFound { .. } => {
-                StatusCode::NOT_FOUND
+            BadRequest { .. } | InvalidJson { .. } | InvalidEvents { .. } => {
+                StatusCode::BAD_REQUEST
             }
+            InvalidSpec { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            PipelineNotFound { .. }
+            | OperatorNotFound { .. }
+            | KeyNotFound { .. }
+            | RouteNotFound { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             PipelineExists { .. } => StatusCode::CONFLICT,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -123,7 +126,9 @@ impl ApiError {
 
     /// A bad request with this detail.
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError::BadRequest { detail: detail.into() }
+        ApiError::BadRequest {
+            detail: detail.into(),
+        }
     }
 
     /// An internal error whose cause chain is logged.
@@ -154,7 +159,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = problem_response(status, self.code(), self.to_string(), errors);
         if matches!(self, ApiError::Overloaded { .. }) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -186,8 +193,12 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e {
             EngineError::Overloaded { pipeline } => ApiError::Overloaded { pipeline },
-            EngineError::UnknownOperator { pipeline, operator } => ApiError::OperatorNotFound { pipeline, operator },
-            e @ EngineError::Stopped { .. } => ApiError::Unavailable { detail: e.to_string() },
+            EngineError::UnknownOperator { pipeline, operator } => {
+                ApiError::OperatorNotFound { pipeline, operator }
+            }
+            e @ EngineError::Stopped { .. } => ApiError::Unavailable {
+                detail: e.to_string(),
+            },
         }
     }
 }

@@ -76,15 +76,28 @@ async fn get_state(
     let pipeline = app.pipeline(&name)?;
     if let Some(key) = params.key {
         let value = pipeline.state(&op, &key).await?;
-        let value = value.ok_or_else(|| ApiError::KeyNotFound { operator: op, key: key.clone() })?;
+        let value = value.ok_or_else(|| ApiError::KeyNotFound {
+            operator: op,
+            key: key.clone(),
+        })?;
         return Ok(Json(StateAnswer::One(StateItem { key, value })));
     }
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let prefix = params.prefix.unwrap_or_default();
-    let (items, more) = pipeline.list_state(&op, after.as_deref(), &prefix, limit).await?;
-    let next_cursor = more.then(|| items.last().map(|(k, _)| hex::encode(k.as_bytes()))).flatten();
-    let items = items.into_iter().map(|(k, value)| StateItem { key: k.to_string(), value }).collect();
+    let (items, more) = pipeline
+        .list_state(&op, after.as_deref(), &prefix, limit)
+        .await?;
+    let next_cursor = more
+        .then(|| items.last().map(|(k, _)| hex::encode(k.as_bytes())))
+        .flatten();
+    let items = items
+        .into_iter()
+        .map(|(k, value)| StateItem {
+            key: k.to_string(),
+            value,
+        })
+        .collect();
     Ok(Json(StateAnswer::Page(StatePage { items, next_cursor })))
 }
 
@@ -93,5 +106,7 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
     hex::decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| ApiError::bad_request(format!("cursor {cursor:?} is not one this server gave")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("cursor {cursor:?} is not one this server gave"))
+        })
 }

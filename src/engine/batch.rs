@@ -41,7 +41,11 @@ pub enum BatchError {
 }
 
 /// Parses and extracts every event of `body`.
-pub fn parse_batch(body: &[u8], format: BodyFormat, extractor: &Extractor) -> Result<Vec<Event>, BatchError> {
+pub fn parse_batch(
+    body: &[u8],
+    format: BodyFormat,
+    extractor: &Extractor,
+) -> Result<Vec<Event>, BatchError> {
     let docs: Vec<(usize, Result<Value, String>)> = match format {
         BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
             Ok(Value::Array(items)) => items.into_iter().map(Ok).enumerate().collect(),
@@ -52,7 +56,12 @@ pub fn parse_batch(body: &[u8], format: BodyFormat, extractor: &Extractor) -> Re
             .split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, line)| !line.trim_ascii().is_empty())
-            .map(|(i, line)| (i, serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))))
+            .map(|(i, line)| {
+                (
+                    i,
+                    serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}")),
+                )
+            })
             .collect(),
     };
     if docs.is_empty() {
@@ -63,11 +72,17 @@ pub fn parse_batch(body: &[u8], format: BodyFormat, extractor: &Extractor) -> Re
     for (index, doc) in docs {
         match doc.and_then(|doc| extractor.extract(&doc)) {
             Ok(event) => events.push(event),
-            Err(detail) if errors.len() < MAX_REPORTED_ERRORS => errors.push(EventError { index, detail }),
+            Err(detail) if errors.len() < MAX_REPORTED_ERRORS => {
+                errors.push(EventError { index, detail })
+            }
             Err(_) => {}
         }
     }
-    if errors.is_empty() { Ok(events) } else { Err(BatchError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(BatchError::Invalid(errors))
+    }
 }
 
 #[cfg(test)]
@@ -89,8 +104,18 @@ mod tests {
     #[test]
     fn a_json_object_is_one_event_and_an_array_is_many() {
         let e = extractor();
-        assert_eq!(parse_batch(br#"{"k": "a"}"#, BodyFormat::Json, &e).unwrap().len(), 1);
-        assert_eq!(parse_batch(br#"[{"k": "a"}, {"k": 2}]"#, BodyFormat::Json, &e).unwrap().len(), 2);
+        assert_eq!(
+            parse_batch(br#"{"k": "a"}"#, BodyFormat::Json, &e)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            parse_batch(br#"[{"k": "a"}, {"k": 2}]"#, BodyFormat::Json, &e)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -111,7 +136,9 @@ mod tests {
     fn unparseable_json_reports_the_position() {
         let e = extractor();
         match parse_batch(b"[{\"k\": 1},\n {\"k\" 2}]", BodyFormat::Json, &e) {
-            Err(BatchError::Syntax(detail)) => assert!(detail.contains("line 2 column"), "{detail}"),
+            Err(BatchError::Syntax(detail)) => {
+                assert!(detail.contains("line 2 column"), "{detail}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -119,14 +146,23 @@ mod tests {
     #[test]
     fn empty_bodies_are_refused() {
         let e = extractor();
-        assert_eq!(parse_batch(b"[]", BodyFormat::Json, &e).unwrap_err(), BatchError::Empty);
-        assert_eq!(parse_batch(b"\n \n", BodyFormat::NdJson, &e).unwrap_err(), BatchError::Empty);
+        assert_eq!(
+            parse_batch(b"[]", BodyFormat::Json, &e).unwrap_err(),
+            BatchError::Empty
+        );
+        assert_eq!(
+            parse_batch(b"\n \n", BodyFormat::NdJson, &e).unwrap_err(),
+            BatchError::Empty
+        );
     }
 
     #[test]
     fn at_most_a_hundred_errors_are_reported() {
         let e = extractor();
         let body = format!("[{}]", vec!["1"; 150].join(","));
-        assert_eq!(indices(parse_batch(body.as_bytes(), BodyFormat::Json, &e)).len(), MAX_REPORTED_ERRORS);
+        assert_eq!(
+            indices(parse_batch(body.as_bytes(), BodyFormat::Json, &e)).len(),
+            MAX_REPORTED_ERRORS
+        );
     }
 }

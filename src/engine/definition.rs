@@ -41,6 +41,8 @@ impl OperatorDef {
 
 impl std::fmt::Debug for OperatorDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorDef").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("OperatorDef")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }

@@ -63,7 +63,11 @@ pub struct Extractor {
 impl Extractor {
     /// A plan for a pipeline keyed by `key`, timed by `time`, with these operators.
     pub fn new(key: Pointer, time: Option<TimeSpec>, operators: Vec<(String, Inputs)>) -> Self {
-        Extractor { key, time, operators }
+        Extractor {
+            key,
+            time,
+            operators,
+        }
     }
 
     /// Extracts one event; the error names the field and what is wrong with it.
@@ -79,14 +83,20 @@ impl Extractor {
         let inputs = self
             .operators
             .iter()
-            .map(|(name, inputs)| op_input(inputs, doc, &key).map_err(|e| format!("operator {name:?}: {e}")))
+            .map(|(name, inputs)| {
+                op_input(inputs, doc, &key).map_err(|e| format!("operator {name:?}: {e}"))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Event { time, inputs })
     }
 }
 
 fn op_input(inputs: &Inputs, doc: &Value, pipeline_key: &Key) -> Result<Option<OpInput>, String> {
-    if !inputs.filter.iter().all(|(p, expected)| p.resolve(doc).is_some_and(|v| json_eq(v, expected))) {
+    if !inputs
+        .filter
+        .iter()
+        .all(|(p, expected)| p.resolve(doc).is_some_and(|v| json_eq(v, expected)))
+    {
         return Ok(None);
     }
     let key = match &inputs.key {
@@ -97,8 +107,16 @@ fn op_input(inputs: &Inputs, doc: &Value, pipeline_key: &Key) -> Result<Option<O
         None => Field::Absent,
         Some((p, kind)) => value_at(p, *kind, doc)?,
     };
-    let entry_key = inputs.entry_key.as_ref().map(|p| key_at(p, doc)).transpose()?;
-    Ok(Some(OpInput { key, value, entry_key }))
+    let entry_key = inputs
+        .entry_key
+        .as_ref()
+        .map(|p| key_at(p, doc))
+        .transpose()?;
+    Ok(Some(OpInput {
+        key,
+        value,
+        entry_key,
+    }))
 }
 
 fn key_at(pointer: &Pointer, doc: &Value) -> Result<Key, String> {
@@ -124,7 +142,9 @@ fn value_at(pointer: &Pointer, kind: FieldKind, doc: &Value) -> Result<Field, St
             .ok_or_else(|| format!("{pointer:?} must be a number")),
         FieldKind::Json => {
             let text = serde_json::to_string(value).expect("a Value serialises");
-            Ok(Field::Json(RawValue::from_string(text).expect("serialised JSON is valid")))
+            Ok(Field::Json(
+                RawValue::from_string(text).expect("serialised JSON is valid"),
+            ))
         }
     }
 }
@@ -166,7 +186,11 @@ fn seconds_to_millis(n: &serde_json::Number) -> Option<i64> {
     };
     let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
     let frac_ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
-    let ms = int.parse::<i64>().ok()?.checked_mul(1_000)?.checked_add(frac_ms)?;
+    let ms = int
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(1_000)?
+        .checked_add(frac_ms)?;
     Some(if negative { -ms } else { ms })
 }
 
@@ -223,22 +247,45 @@ mod tests {
     #[test]
     fn bad_keys_and_times_are_named() {
         let e = extractor(TimeFormat::EpochMs, vec![]);
-        assert_eq!(e.extract(&json!({"ts": 1})).unwrap_err(), "\"/user\" is missing");
-        assert_eq!(e.extract(&json!({"user": 1.5, "ts": 1})).unwrap_err(), "\"/user\" must be a string or an integer");
-        assert!(e.extract(&json!({"user": "a", "ts": 1.5})).unwrap_err().contains("integer of epoch milliseconds"));
+        assert_eq!(
+            e.extract(&json!({"ts": 1})).unwrap_err(),
+            "\"/user\" is missing"
+        );
+        assert_eq!(
+            e.extract(&json!({"user": 1.5, "ts": 1})).unwrap_err(),
+            "\"/user\" must be a string or an integer"
+        );
+        assert!(
+            e.extract(&json!({"user": "a", "ts": 1.5}))
+                .unwrap_err()
+                .contains("integer of epoch milliseconds")
+        );
         assert!(e.extract(&json!({"user": "a", "ts": "1"})).is_err());
-        assert_eq!(e.extract(&json!([1])).unwrap_err(), "event is not a JSON object");
+        assert_eq!(
+            e.extract(&json!([1])).unwrap_err(),
+            "event is not a JSON object"
+        );
     }
 
     #[test]
     fn epoch_seconds_and_rfc3339_truncate_to_whole_milliseconds() {
         let e = extractor(TimeFormat::EpochS, vec![]);
-        let t = |v: Value| e.extract(&json!({"user": "a", "ts": v})).unwrap().time.unwrap();
+        let t = |v: Value| {
+            e.extract(&json!({"user": "a", "ts": v}))
+                .unwrap()
+                .time
+                .unwrap()
+        };
         assert_eq!(t(json!(1_700_000_000.123_9)), 1_700_000_000_123);
         assert_eq!(t(json!(1_700_000_000)), 1_700_000_000_000);
         assert_eq!(t(json!(-1.5)), -1_500);
         let e = extractor(TimeFormat::Rfc3339, vec![]);
-        let t = |v: &str| e.extract(&json!({"user": "a", "ts": v})).unwrap().time.unwrap();
+        let t = |v: &str| {
+            e.extract(&json!({"user": "a", "ts": v}))
+                .unwrap()
+                .time
+                .unwrap()
+        };
         assert_eq!(t("2024-02-29T13:45:10.1239Z"), 1_709_214_310_123);
         assert_eq!(t("2024-02-29T14:45:10.123+01:00"), 1_709_214_310_123);
         assert!(e.extract(&json!({"user": "a", "ts": "yesterday"})).is_err());
@@ -248,16 +295,28 @@ mod tests {
     fn where_filters_compare_numbers_by_value_and_skip_the_operator() {
         let filter = vec![(Pointer::parse("/type").unwrap(), json!(1))];
         let e = extractor(TimeFormat::EpochMs, number_op(filter));
-        let seen = e.extract(&json!({"user": "a", "ts": 1, "type": 1.0, "amount": 3})).unwrap();
-        assert_eq!(seen.inputs[0].as_ref().unwrap().value, Field::Number(Num::Int(3)));
-        let skipped = e.extract(&json!({"user": "a", "ts": 1, "type": 2})).unwrap();
-        assert!(skipped.inputs[0].is_none(), "filtered out events need no amount");
+        let seen = e
+            .extract(&json!({"user": "a", "ts": 1, "type": 1.0, "amount": 3}))
+            .unwrap();
+        assert_eq!(
+            seen.inputs[0].as_ref().unwrap().value,
+            Field::Number(Num::Int(3))
+        );
+        let skipped = e
+            .extract(&json!({"user": "a", "ts": 1, "type": 2}))
+            .unwrap();
+        assert!(
+            skipped.inputs[0].is_none(),
+            "filtered out events need no amount"
+        );
     }
 
     #[test]
     fn an_operator_field_of_the_wrong_type_names_the_operator() {
         let e = extractor(TimeFormat::EpochMs, number_op(vec![]));
-        let err = e.extract(&json!({"user": "a", "ts": 1, "amount": "3"})).unwrap_err();
+        let err = e
+            .extract(&json!({"user": "a", "ts": 1, "amount": "3"}))
+            .unwrap_err();
         assert_eq!(err, "operator \"spend\": \"/amount\" must be a number");
     }
 }

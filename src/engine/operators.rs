@@ -69,13 +69,21 @@ pub(crate) fn definition(spec: &OperatorSpec) -> OperatorDef {
             let n = *n;
             OperatorDef::new(name, inputs, move || LastN { n })
         }
-        OperatorKind::Map { entry_key, value, reduce } => {
+        OperatorKind::Map {
+            entry_key,
+            value,
+            reduce,
+        } => {
             inputs.value = value.clone().map(|v| (v, FieldKind::Number));
             inputs.entry_key = Some(entry_key.clone());
             let reduce = *reduce;
             OperatorDef::new(name, inputs, move || MapOp { reduce })
         }
-        OperatorKind::Aggregate { value, functions, reset } => {
+        OperatorKind::Aggregate {
+            value,
+            functions,
+            reset,
+        } => {
             inputs.value = value.clone().map(|v| (v, FieldKind::Number));
             let (functions, reset) = (*functions, *reset);
             OperatorDef::new(name, inputs, move || Aggregate { functions, reset })
@@ -84,11 +92,22 @@ pub(crate) fn definition(spec: &OperatorSpec) -> OperatorDef {
             let gap = gap.millis();
             OperatorDef::new(name, inputs, move || SessionOp { gap })
         }
-        OperatorKind::Window { value, size, slide, functions, retain } => {
+        OperatorKind::Window {
+            value,
+            size,
+            slide,
+            functions,
+            retain,
+        } => {
             inputs.value = value.clone().map(|v| (v, FieldKind::Number));
             let (size, functions, retain) = (size.millis(), *functions, *retain);
             let slide = slide.map_or(size, |s| s.millis());
-            OperatorDef::new(name, inputs, move || WindowOp { size, slide, functions, retain })
+            OperatorDef::new(name, inputs, move || WindowOp {
+                size,
+                slide,
+                functions,
+                retain,
+            })
         }
     }
 }

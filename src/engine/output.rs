@@ -187,8 +187,14 @@ mod tests {
         out.complete(0, vec![emission(1, 1, "a"), emission(1, 0, "b")]);
         assert!(first.try_recv().is_ok() && second.try_recv().is_ok());
         let (records, next) = out.read(None, 10);
-        let order: Vec<_> = records.iter().map(|r| (r.offset, r.key.as_str(), &*r.operator)).collect();
-        assert_eq!(order, [(1, "b", "a"), (2, "a", "b"), (3, "k", "a"), (4, "z", "a")]);
+        let order: Vec<_> = records
+            .iter()
+            .map(|r| (r.offset, r.key.as_str(), &*r.operator))
+            .collect();
+        assert_eq!(
+            order,
+            [(1, "b", "a"), (2, "a", "b"), (3, "k", "a"), (4, "z", "a")]
+        );
         assert_eq!(next, 4);
     }
 

@@ -68,7 +68,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts the pipeline of a validated spec.
     pub fn from_spec(spec: PipelineSpec, config: &EngineConfig) -> Pipeline {
-        let defs: Vec<OperatorDef> = spec.operators.iter().map(super::operators::definition).collect();
+        let defs: Vec<OperatorDef> = spec
+            .operators
+            .iter()
+            .map(super::operators::definition)
+            .collect();
         let mut pipeline = Pipeline::start(&spec, defs, config);
         pipeline.spec = Some(spec);
         pipeline
@@ -81,7 +85,9 @@ impl Pipeline {
         let extractor = Extractor::new(
             spec.key.clone(),
             spec.time.clone(),
-            defs.iter().map(|d| (d.name.clone(), d.inputs.clone())).collect(),
+            defs.iter()
+                .map(|d| (d.name.clone(), d.inputs.clone()))
+                .collect(),
         );
         let output = Arc::new(Output::new(
             names.iter().map(|n| Arc::from(n.as_str())).collect(),
@@ -109,7 +115,10 @@ impl Pipeline {
             spec: None,
             extractor,
             operators: names,
-            out_of_orderness: spec.time.as_ref().map_or(0, |t| t.max_out_of_orderness.millis()),
+            out_of_orderness: spec
+                .time
+                .as_ref()
+                .map_or(0, |t| t.max_out_of_orderness.millis()),
             processing_time: spec.processing_time(),
             shards,
             sequencer: Mutex::new(Sequencer {
@@ -176,7 +185,8 @@ impl Pipeline {
 
     /// Advances the watermark to `time` (ignored when lower); answers the watermark after it.
     pub async fn advance_watermark(&self, time: i64) -> Result<Option<i64>, EngineError> {
-        let (watermark, done) = self.sequence_marks(|wm| wm.is_none_or(|w| time > w).then_some(time), None)?;
+        let (watermark, done) =
+            self.sequence_marks(|wm| wm.is_none_or(|w| time > w).then_some(time), None)?;
         done.await.map_err(|_| self.stopped())?;
         Ok(watermark)
     }
@@ -192,7 +202,11 @@ impl Pipeline {
         done.await.map_err(|_| self.stopped())
     }
 
-    fn sequence_events(&self, events: Vec<Event>, arrival: i64) -> Result<(Ack, oneshot::Receiver<()>), EngineError> {
+    fn sequence_events(
+        &self,
+        events: Vec<Event>,
+        arrival: i64,
+    ) -> Result<(Ack, oneshot::Receiver<()>), EngineError> {
         let mut seq = self.sequencer.lock().expect("sequencer lock");
         let count = events.len() as u64;
         let mut items: Vec<Vec<Item>> = self.shards.iter().map(|_| Vec::new()).collect();
@@ -206,13 +220,21 @@ impl Pipeline {
             for (operator, input) in event.inputs.into_iter().enumerate() {
                 if let Some(input) = input {
                     let shard = shard_of(key_group(&input.key), self.shards.len());
-                    items[shard].push(Item { step, operator: operator as u16, time, input });
+                    items[shard].push(Item {
+                        step,
+                        operator: operator as u16,
+                        time,
+                        input,
+                    });
                 }
             }
             let candidate = time.saturating_sub(self.out_of_orderness);
             if watermark.is_none_or(|w| candidate > w) {
                 watermark = Some(candidate);
-                marks.push(Mark { step, watermark: candidate });
+                marks.push(Mark {
+                    step,
+                    watermark: candidate,
+                });
             }
         }
         let done = self.dispatch(&mut seq, items, marks, None)?;
@@ -235,7 +257,10 @@ impl Pipeline {
     ) -> Result<(Option<i64>, oneshot::Receiver<()>), EngineError> {
         let mut seq = self.sequencer.lock().expect("sequencer lock");
         let moved = next(seq.watermark);
-        let marks: Vec<Mark> = moved.map(|watermark| Mark { step: 0, watermark }).into_iter().collect();
+        let marks: Vec<Mark> = moved
+            .map(|watermark| Mark { step: 0, watermark })
+            .into_iter()
+            .collect();
         let items = self.shards.iter().map(|_| Vec::new()).collect();
         let done = self.dispatch(&mut seq, items, marks, clock)?;
         if moved.is_some() {
@@ -258,7 +283,9 @@ impl Pipeline {
         for (shard, part) in items.into_iter().enumerate() {
             if broadcast || !part.is_empty() {
                 let permit = self.shards[shard].try_reserve().map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(()) => EngineError::Overloaded { pipeline: self.name.clone() },
+                    mpsc::error::TrySendError::Full(()) => EngineError::Overloaded {
+                        pipeline: self.name.clone(),
+                    },
                     mpsc::error::TrySendError::Closed(()) => self.stopped(),
                 })?;
                 permits.push((permit, part));
@@ -269,7 +296,12 @@ impl Pipeline {
         let done = self.output.register(batch, permits.len());
         let marks: Arc<[Mark]> = marks.into();
         for (permit, items) in permits {
-            permit.send(Command::Batch(ShardBatch { seq: batch, items, marks: marks.clone(), clock }));
+            permit.send(Command::Batch(ShardBatch {
+                seq: batch,
+                items,
+                marks: marks.clone(),
+                clock,
+            }));
         }
         Ok(done)
     }
@@ -279,7 +311,15 @@ impl Pipeline {
         let operator = self.operator_index(operator)?;
         let shard = shard_of(key_group(key), self.shards.len());
         let (reply, answer) = oneshot::channel();
-        self.send(shard, Command::Get { operator, key: key.into(), reply }).await?;
+        self.send(
+            shard,
+            Command::Get {
+                operator,
+                key: key.into(),
+                reply,
+            },
+        )
+        .await?;
         answer.await.map_err(|_| self.stopped())
     }
 
@@ -324,7 +364,10 @@ impl Pipeline {
         for shard in 0..self.shards.len() {
             let (reply, answer) = oneshot::channel();
             self.send(shard, Command::KeyCounts { reply }).await?;
-            for (total, (n, changed)) in keys.iter_mut().zip(answer.await.map_err(|_| self.stopped())?) {
+            for (total, (n, changed)) in keys
+                .iter_mut()
+                .zip(answer.await.map_err(|_| self.stopped())?)
+            {
                 *total += n;
                 changed_keys += changed;
             }
@@ -341,7 +384,10 @@ impl Pipeline {
 
     /// Messages waiting in each shard's mailbox.
     pub fn queue_depths(&self) -> Vec<usize> {
-        self.shards.iter().map(|s| s.max_capacity() - s.capacity()).collect()
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .collect()
     }
 
     /// Whether `operator` exists.
@@ -350,17 +396,25 @@ impl Pipeline {
     }
 
     fn operator_index(&self, operator: &str) -> Result<usize, EngineError> {
-        self.operators.iter().position(|o| o == operator).ok_or_else(|| EngineError::UnknownOperator {
-            pipeline: self.name.clone(),
-            operator: operator.to_owned(),
-        })
+        self.operators
+            .iter()
+            .position(|o| o == operator)
+            .ok_or_else(|| EngineError::UnknownOperator {
+                pipeline: self.name.clone(),
+                operator: operator.to_owned(),
+            })
     }
 
     async fn send(&self, shard: usize, command: Command) -> Result<(), EngineError> {
-        self.shards[shard].send(command).await.map_err(|_| self.stopped())
+        self.shards[shard]
+            .send(command)
+            .await
+            .map_err(|_| self.stopped())
     }
 
     fn stopped(&self) -> EngineError {
-        EngineError::Stopped { pipeline: self.name.clone() }
+        EngineError::Stopped {
+            pipeline: self.name.clone(),
+        }
     }
 }

@@ -52,20 +52,33 @@ impl<O: Operator> OperatorRunner<O> {
     }
 
     fn fire(&mut self, key: &Key, time: i64, domain: TimeDomain, phase: u8, at: &mut Step<'_>) {
-        let Self { op, state, event_timers, processing_timers, index, .. } = self;
-        state.update(key, None, false, |s| op.is_empty(s), |s| {
-            let mut cx = Context {
-                key,
-                watermark: at.watermark,
-                event_timers,
-                processing_timers,
-                out: at.out,
-                step: at.step,
-                phase,
-                operator: *index,
-            };
-            op.on_timer(s, time, domain, &mut cx);
-        });
+        let Self {
+            op,
+            state,
+            event_timers,
+            processing_timers,
+            index,
+            ..
+        } = self;
+        state.update(
+            key,
+            None,
+            false,
+            |s| op.is_empty(s),
+            |s| {
+                let mut cx = Context {
+                    key,
+                    watermark: at.watermark,
+                    event_timers,
+                    processing_timers,
+                    out: at.out,
+                    step: at.step,
+                    phase,
+                    operator: *index,
+                };
+                op.on_timer(s, time, domain, &mut cx);
+            },
+        );
     }
 
     /// Drops a key whose newest event is older than watermark − TTL, or re-arms its check.
@@ -84,21 +97,34 @@ impl<O: Operator> OperatorRunner<O> {
 
 impl<O: Operator> Runner for OperatorRunner<O> {
     fn apply(&mut self, key: &Key, input: &Input<'_>, at: Step<'_>) {
-        let Self { op, state, event_timers, processing_timers, index, .. } = self;
+        let Self {
+            op,
+            state,
+            event_timers,
+            processing_timers,
+            index,
+            ..
+        } = self;
         let existed = state.get(key).is_some();
-        state.update(key, Some(input.time), true, |s| op.is_empty(s), |s| {
-            let mut cx = Context {
-                key,
-                watermark: at.watermark,
-                event_timers,
-                processing_timers,
-                out: at.out,
-                step: at.step,
-                phase: 0,
-                operator: *index,
-            };
-            op.on_event(s, input, &mut cx);
-        });
+        state.update(
+            key,
+            Some(input.time),
+            true,
+            |s| op.is_empty(s),
+            |s| {
+                let mut cx = Context {
+                    key,
+                    watermark: at.watermark,
+                    event_timers,
+                    processing_timers,
+                    out: at.out,
+                    step: at.step,
+                    phase: 0,
+                    operator: *index,
+                };
+                op.on_event(s, input, &mut cx);
+            },
+        );
         if let Some(ttl) = self.ttl
             && !existed
             && self.state.get(key).is_some()

@@ -94,14 +94,27 @@ impl Shard {
                 let emitted = self.process(batch);
                 self.output.complete(seq, emitted);
             }
-            Command::Get { operator, key, reply } => {
+            Command::Get {
+                operator,
+                key,
+                reply,
+            } => {
                 let _ = reply.send(self.runners[operator].query(&key));
             }
-            Command::List { operator, after, prefix, limit, reply } => {
+            Command::List {
+                operator,
+                after,
+                prefix,
+                limit,
+                reply,
+            } => {
                 let _ = reply.send(self.runners[operator].list(after.as_deref(), &prefix, limit));
             }
             Command::KeyCounts { reply } => {
-                let counts = self.runners.iter().map(|r| (r.key_count(), r.changed_keys()));
+                let counts = self
+                    .runners
+                    .iter()
+                    .map(|r| (r.key_count(), r.changed_keys()));
                 let _ = reply.send(counts.collect());
             }
         }

@@ -73,7 +73,18 @@ mod tests {
     #[test]
     fn the_contracts_counter_examples_are_rejected() {
         for bad in [
-            "5 s", "1.5s", "30 minutes", "-5s", "", "s", "5", "5S", " 5s", "5s ", "+5s", "5sec",
+            "5 s",
+            "1.5s",
+            "30 minutes",
+            "-5s",
+            "",
+            "s",
+            "5",
+            "5S",
+            " 5s",
+            "5s ",
+            "+5s",
+            "5sec",
         ] {
             assert!(Span::parse(bad).is_err(), "{bad:?} parsed");
         }

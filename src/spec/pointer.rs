@@ -26,7 +26,9 @@ impl Pointer {
         };
         let tokens = rest
             .split('/')
-            .map(|raw| unescape(raw).ok_or_else(|| format!("{text:?} has a \"~\" not followed by 0 or 1")))
+            .map(|raw| {
+                unescape(raw).ok_or_else(|| format!("{text:?} has a \"~\" not followed by 0 or 1"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pointer {
             text: text.to_owned(),
@@ -99,8 +101,14 @@ mod tests {
     #[test]
     fn resolves_nested_fields_escapes_and_indices() {
         let doc = json!({"a": {"b/c": [10, {"~k": 7}]}, "": 1});
-        assert_eq!(Pointer::parse("/a/b~1c/1/~0k").unwrap().resolve(&doc), Some(&json!(7)));
-        assert_eq!(Pointer::parse("/a/b~1c/0").unwrap().resolve(&doc), Some(&json!(10)));
+        assert_eq!(
+            Pointer::parse("/a/b~1c/1/~0k").unwrap().resolve(&doc),
+            Some(&json!(7))
+        );
+        assert_eq!(
+            Pointer::parse("/a/b~1c/0").unwrap().resolve(&doc),
+            Some(&json!(10))
+        );
         assert_eq!(Pointer::parse("/").unwrap().resolve(&doc), Some(&json!(1)));
         assert_eq!(Pointer::parse("").unwrap().resolve(&doc), Some(&doc));
     }

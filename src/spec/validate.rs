@@ -24,7 +24,13 @@ pub const MAX_RETAIN: u64 = 1_000;
 pub const MAX_WINDOWS_PER_EVENT: i64 = 1_000;
 
 const PIPELINE_FIELDS: &[&str] = &[
-    "name", "key", "time", "checkpoint_interval", "retain_checkpoints", "state_ttl", "operators",
+    "name",
+    "key",
+    "time",
+    "checkpoint_interval",
+    "retain_checkpoints",
+    "state_ttl",
+    "operators",
 ];
 const TIME_FIELDS: &[&str] = &["field", "format", "max_out_of_orderness"];
 const COMMON_OPERATOR_FIELDS: &[&str] = &["name", "kind", "key", "where"];
@@ -59,9 +65,7 @@ impl Check {
     }
 
     fn name(&mut self, value: Option<&Value>, field: &str) -> Option<String> {
-        let Some(value) = self.required(value, field) else {
-            return None;
-        };
+        let value = self.required(value, field)?;
         match value.as_str() {
             Some(s) if valid_name(s) => Some(s.to_owned()),
             _ => {
@@ -143,7 +147,10 @@ impl Check {
     fn functions(&mut self, value: Option<&Value>, field: &str) -> Option<Functions> {
         let value = self.required(value, field)?;
         let Some(items) = value.as_array().filter(|a| !a.is_empty()) else {
-            self.fail(field, "must be a non-empty array of count, sum, min, max, avg");
+            self.fail(
+                field,
+                "must be a non-empty array of count, sum, min, max, avg",
+            );
             return None;
         };
         let mut set = Functions::default();
@@ -152,7 +159,10 @@ impl Check {
             match item.as_str().and_then(Function::from_name) {
                 Some(f) => set = set.with(f),
                 None => {
-                    self.fail(&format!("{field}[{i}]"), "must be one of count, sum, min, max, avg");
+                    self.fail(
+                        &format!("{field}[{i}]"),
+                        "must be one of count, sum, min, max, avg",
+                    );
                     ok = false;
                 }
             }
@@ -169,7 +179,9 @@ impl Check {
         };
         obj.iter()
             .filter_map(|(ptr, expected)| {
-                let ptr = Pointer::parse(ptr).map_err(|e| self.fail(&join(field, ptr), e)).ok()?;
+                let ptr = Pointer::parse(ptr)
+                    .map_err(|e| self.fail(&join(field, ptr), e))
+                    .ok()?;
                 Some((ptr, expected.clone()))
             })
             .collect()
@@ -186,8 +198,7 @@ fn join(field: &str, name: &str) -> String {
 
 fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -204,7 +215,12 @@ pub(super) fn pipeline(doc: &Value) -> Result<PipelineSpec, Vec<FieldError>> {
         .filter(|v| !v.is_null())
         .and_then(|t| time(&mut c, t));
     let checkpoint_interval = c.span(obj.get("checkpoint_interval"), "checkpoint_interval", true);
-    let retain = c.integer(obj.get("retain_checkpoints"), "retain_checkpoints", 1, 1_000);
+    let retain = c.integer(
+        obj.get("retain_checkpoints"),
+        "retain_checkpoints",
+        1,
+        1_000,
+    );
     let state_ttl = c.span(obj.get("state_ttl"), "state_ttl", true);
     let operators = operators(&mut c, obj.get("operators"));
     match (name, key, c.errors.is_empty()) {
@@ -235,7 +251,11 @@ fn time(c: &mut Check, value: &Value) -> Option<TimeSpec> {
         None => Some(TimeFormat::EpochMs),
         some => c.choice(some, "time.format", &formats),
     };
-    let ooo = c.span(obj.get("max_out_of_orderness"), "time.max_out_of_orderness", false);
+    let ooo = c.span(
+        obj.get("max_out_of_orderness"),
+        "time.max_out_of_orderness",
+        false,
+    );
     Some(TimeSpec {
         field: field?,
         format: format?,
@@ -252,14 +272,20 @@ fn operators(c: &mut Check, value: Option<&Value>) -> Vec<OperatorSpec> {
         return Vec::new();
     };
     if items.is_empty() || items.len() > MAX_OPERATORS {
-        c.fail("operators", format!("must hold 1 to {MAX_OPERATORS} operators"));
+        c.fail(
+            "operators",
+            format!("must hold 1 to {MAX_OPERATORS} operators"),
+        );
     }
     let mut specs: Vec<OperatorSpec> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let field = format!("operators[{i}]");
         if let Some(op) = operator(c, item, &field) {
             if specs.iter().any(|o| o.name == op.name) {
-                c.fail(&format!("{field}.name"), format!("{:?} is used twice", op.name));
+                c.fail(
+                    &format!("{field}.name"),
+                    format!("{:?} is used twice", op.name),
+                );
             }
             specs.push(op);
         }
@@ -307,7 +333,10 @@ type Obj = Map<String, Value>;
 
 fn latest(c: &mut Check, obj: &Obj, field: &str) -> Parsed {
     let value = c.required_pointer(obj.get("value"), &join(field, "value"));
-    (value.map(|value| OperatorKind::Latest { value }), &["value"])
+    (
+        value.map(|value| OperatorKind::Latest { value }),
+        &["value"],
+    )
 }
 
 fn last_n(c: &mut Check, obj: &Obj, field: &str) -> Parsed {
@@ -352,7 +381,12 @@ fn map(c: &mut Check, obj: &Obj, field: &str) -> Parsed {
 }
 
 /// `value` is required unless the functions are a lone `count`.
-fn value_for(c: &mut Check, obj: &Obj, field: &str, functions: Option<Functions>) -> Option<Pointer> {
+fn value_for(
+    c: &mut Check,
+    obj: &Obj,
+    field: &str,
+    functions: Option<Functions>,
+) -> Option<Pointer> {
     let value_field = join(field, "value");
     match functions {
         Some(fs) if fs.need_value() => c.required_pointer(obj.get("value"), &value_field),
@@ -363,7 +397,11 @@ fn value_for(c: &mut Check, obj: &Obj, field: &str, functions: Option<Functions>
 fn aggregate(c: &mut Check, obj: &Obj, field: &str) -> Parsed {
     let functions = c.functions(obj.get("functions"), &join(field, "functions"));
     let value = value_for(c, obj, field, functions);
-    let periods = [("hour", Period::Hour), ("day", Period::Day), ("month", Period::Month)];
+    let periods = [
+        ("hour", Period::Hour),
+        ("day", Period::Day),
+        ("month", Period::Month),
+    ];
     let reset = c.choice(obj.get("reset"), &join(field, "reset"), &periods);
     let kind = functions.map(|functions| OperatorKind::Aggregate {
         value,
@@ -472,7 +510,10 @@ mod tests {
         assert_eq!(spec.operators.len(), 6);
         assert_eq!(spec.time.unwrap().max_out_of_orderness.millis(), 5_000);
         assert_eq!(spec.state_ttl.unwrap().millis(), 7 * 86_400_000);
-        assert!(matches!(spec.operators[5].kind, OperatorKind::Window { retain: 10, .. }));
+        assert!(matches!(
+            spec.operators[5].kind,
+            OperatorKind::Window { retain: 10, .. }
+        ));
     }
 
     #[test]
@@ -515,9 +556,17 @@ mod tests {
         assert_eq!(
             got,
             [
-                "checkpoint_interval", "extra", "key", "name", "operators[0].kind",
-                "operators[1].n", "operators[2].functions[1]", "operators[3].value",
-                "operators[4].gap", "operators[4].size", "retain_checkpoints",
+                "checkpoint_interval",
+                "extra",
+                "key",
+                "name",
+                "operators[0].kind",
+                "operators[1].n",
+                "operators[2].functions[1]",
+                "operators[3].value",
+                "operators[4].gap",
+                "operators[4].size",
+                "retain_checkpoints",
             ]
         );
     }

@@ -164,7 +164,9 @@ mod tests {
     use super::*;
 
     fn add(ks: &mut KeyedState<Vec<i32>>, key: &str, v: i32) {
-        ks.update(&key.into(), Some(i64::from(v)), true, Vec::is_empty, |s| s.push(v));
+        ks.update(&key.into(), Some(i64::from(v)), true, Vec::is_empty, |s| {
+            s.push(v)
+        });
     }
 
     fn drain(ks: &mut KeyedState<Vec<i32>>) -> Vec<String> {

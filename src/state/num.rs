@@ -13,6 +13,20 @@ pub enum Num {
     Float(f64),
 }
 
+/// Exact integer addition, or float when either side is a float or the sum overflows.
+impl std::ops::Add for Num {
+    type Output = Num;
+
+    fn add(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a
+                .checked_add(b)
+                .map_or(Num::Float(a as f64 + b as f64), Num::Int),
+            (a, b) => Num::Float(a.as_f64() + b.as_f64()),
+        }
+    }
+}
+
 impl Num {
     /// Zero, as an integer.
     pub const ZERO: Num = Num::Int(0);
@@ -34,16 +48,6 @@ impl Num {
         }
     }
 
-    /// Exact integer addition, or float when either side is a float or the sum overflows.
-    pub fn add(self, other: Num) -> Num {
-        match (self, other) {
-            (Num::Int(a), Num::Int(b)) => a
-                .checked_add(b)
-                .map_or(Num::Float(a as f64 + b as f64), Num::Int),
-            (a, b) => Num::Float(a.as_f64() + b.as_f64()),
-        }
-    }
-
     /// Whether the number is zero.
     pub fn is_zero(self) -> bool {
         match self {
@@ -54,12 +58,20 @@ impl Num {
 
     /// The smaller of the two.
     pub fn min(self, other: Num) -> Num {
-        if other.total_cmp(self) == Ordering::Less { other } else { self }
+        if other.total_cmp(self) == Ordering::Less {
+            other
+        } else {
+            self
+        }
     }
 
     /// The larger of the two.
     pub fn max(self, other: Num) -> Num {
-        if other.total_cmp(self) == Ordering::Greater { other } else { self }
+        if other.total_cmp(self) == Ordering::Greater {
+            other
+        } else {
+            self
+        }
     }
 
     fn total_cmp(self, other: Num) -> Ordering {
@@ -85,13 +97,16 @@ mod tests {
 
     #[test]
     fn integer_sums_stay_integers() {
-        assert_eq!(Num::Int(2).add(Num::Int(3)).to_json(), json!(5));
-        assert_eq!(Num::Int(2).add(Num::Float(0.5)).to_json(), json!(2.5));
+        assert_eq!((Num::Int(2) + Num::Int(3)).to_json(), json!(5));
+        assert_eq!((Num::Int(2) + Num::Float(0.5)).to_json(), json!(2.5));
     }
 
     #[test]
     fn overflow_falls_back_to_float() {
-        assert_eq!(Num::Int(i64::MAX).add(Num::Int(1)), Num::Float(i64::MAX as f64 + 1.0));
+        assert_eq!(
+            Num::Int(i64::MAX) + Num::Int(1),
+            Num::Float(i64::MAX as f64 + 1.0)
+        );
     }
 
     #[test]

@@ -187,7 +187,10 @@ pub trait AggregateFunction<In, Acc, Out> {
 
 /// An accumulator of `In` values whose result is an `Out`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(transparent, bound(serialize = "Acc: Serialize", deserialize = "Acc: Deserialize<'de>"))]
+#[serde(
+    transparent,
+    bound(serialize = "Acc: Serialize", deserialize = "Acc: Deserialize<'de>")
+)]
 pub struct AggregatingState<In, Acc, Out> {
     acc: Option<Acc>,
     #[serde(skip)]

@@ -1,6 +1,8 @@
 //! The PostgreSQL backend.
 
-use super::{POSTGRES_MIGRATOR, Store, StoreError, StoredPipeline, decode_spec, is_unique_violation};
+use super::{
+    POSTGRES_MIGRATOR, Store, StoreError, StoredPipeline, decode_spec, is_unique_violation,
+};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -53,21 +55,29 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await
             .map_err(|e| match is_unique_violation(&e) {
-                true => StoreError::Duplicate { name: name.to_owned() },
+                true => StoreError::Duplicate {
+                    name: name.to_owned(),
+                },
                 false => e.into(),
             })?;
         Ok(())
     }
 
     async fn pipelines(&self) -> Result<Vec<StoredPipeline>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as("select name, spec::text from pipelines order by name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(|(name, spec)| decode_spec(name, &spec)).collect()
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("select name, spec::text from pipelines order by name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(name, spec)| decode_spec(name, &spec))
+            .collect()
     }
 
     async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("delete from pipelines where name = $1").bind(name).execute(&self.pool).await?;
+        let done = sqlx::query("delete from pipelines where name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -23,7 +23,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         Ok(SqliteStore { pool })
     }
 }
@@ -51,21 +54,29 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(|e| match is_unique_violation(&e) {
-                true => StoreError::Duplicate { name: name.to_owned() },
+                true => StoreError::Duplicate {
+                    name: name.to_owned(),
+                },
                 false => e.into(),
             })?;
         Ok(())
     }
 
     async fn pipelines(&self) -> Result<Vec<StoredPipeline>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as("select name, spec from pipelines order by name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(|(name, spec)| decode_spec(name, &spec)).collect()
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("select name, spec from pipelines order by name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(name, spec)| decode_spec(name, &spec))
+            .collect()
     }
 
     async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("delete from pipelines where name = ?").bind(name).execute(&self.pool).await?;
+        let done = sqlx::query("delete from pipelines where name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 }

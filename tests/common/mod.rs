@@ -48,9 +48,13 @@ pub fn database_url() -> String {
 
 /// `url` with its database name replaced by `db`.
 pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{db}", &base[..host_end]);
     if let Some(q) = query {
         out.push('?');
@@ -63,12 +67,27 @@ pub fn with_database(url: &str, db: &str) -> String {
 pub async fn fresh_postgres_url() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let admin = database_url();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let db = format!("eddy_test_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let db = format!(
+        "eddy_test_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({}): {e}", eddy::store::redact(&admin)));
-    sqlx::query(&format!("create database \"{db}\"")).execute(&mut conn).await.expect("create test database");
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to DATABASE_URL ({}): {e}",
+                eddy::store::redact(&admin)
+            )
+        });
+    sqlx::query(&format!("create database \"{db}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     with_database(&admin, &db)
 }
 
@@ -109,11 +128,27 @@ impl TestServer {
     /// A server with exactly this configuration.
     pub async fn start_config(config: Config, dir: Option<TempDir>) -> TestServer {
         let shutdown = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind loopback");
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = app::start(config.clone(), shutdown.clone()).await.expect("start");
-        let task = tokio::spawn(app::serve(listener, state.clone(), shutdown.clone().cancelled_owned()));
-        TestServer { base, client: Client::new(), state, config, shutdown, task: Some(task), dir }
+        let state = app::start(config.clone(), shutdown.clone())
+            .await
+            .expect("start");
+        let task = tokio::spawn(app::serve(
+            listener,
+            state.clone(),
+            shutdown.clone().cancelled_owned(),
+        ));
+        TestServer {
+            base,
+            client: Client::new(),
+            state,
+            config,
+            shutdown,
+            task: Some(task),
+            dir,
+        }
     }
 
     /// Stops the server gracefully; keeps its data dir for a restart.
@@ -134,14 +169,28 @@ impl TestServer {
     }
 
     pub async fn delete(&self, path: &str) -> Response {
-        self.client.delete(self.url(path)).send().await.expect("DELETE")
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client.post(self.url(path)).json(body).send().await.expect("POST")
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
         let mut req = self.client.post(self.url(path)).body(body);
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
@@ -152,12 +201,19 @@ impl TestServer {
     /// Creates the contract's seed pipeline `clicks`.
     pub async fn create_seed(&self) {
         let resp = self.post_json("/v1/pipelines", &seed_spec()).await;
-        assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{}",
+            resp.text().await.unwrap()
+        );
     }
 
     /// Posts events as JSON and expects 200.
     pub async fn post_events(&self, pipeline: &str, events: &Value) -> Value {
-        let resp = self.post_json(&format!("/v1/pipelines/{pipeline}/events"), events).await;
+        let resp = self
+            .post_json(&format!("/v1/pipelines/{pipeline}/events"), events)
+            .await;
         body_json(resp, StatusCode::OK).await
     }
 }
@@ -197,27 +253,45 @@ pub fn body_json(resp: Response, status: StatusCode) -> impl std::future::Future
     let caller = std::panic::Location::caller();
     async move {
         let got = resp.status();
-        let ct = resp.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let text = resp.text().await.expect("body");
         assert_eq!(got, status, "at {caller}: body {text}");
-        assert!(ct.starts_with("application/json"), "at {caller}: content type {ct:?}, body {text}");
+        assert!(
+            ct.starts_with("application/json"),
+            "at {caller}: content type {ct:?}, body {text}"
+        );
         serde_json::from_str(&text).expect("JSON body")
     }
 }
 
 /// The problem document of `resp`, after checking status, content type, fields and code.
 #[track_caller]
-pub fn expect_problem(resp: Response, status: StatusCode, code: &'static str) -> impl std::future::Future<Output = Value> {
+pub fn expect_problem(
+    resp: Response,
+    status: StatusCode,
+    code: &'static str,
+) -> impl std::future::Future<Output = Value> {
     let caller = std::panic::Location::caller();
     async move {
         let got = resp.status();
-        let ct = resp.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let text = resp.text().await.expect("body");
         assert_eq!(got, status, "at {caller}: body {text}");
         assert_eq!(ct, "application/problem+json", "at {caller}: body {text}");
         let doc: Value = serde_json::from_str(&text).expect("problem JSON");
         for field in ["type", "title", "status", "detail"] {
-            assert!(doc.get(field).is_some(), "at {caller}: problem lacks {field}: {doc}");
+            assert!(
+                doc.get(field).is_some(),
+                "at {caller}: problem lacks {field}: {doc}"
+            );
         }
         assert_eq!(doc["status"], status.as_u16(), "at {caller}");
         assert_eq!(doc["code"], code, "at {caller}: {doc}");

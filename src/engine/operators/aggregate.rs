@@ -49,7 +49,12 @@ impl Operator for Aggregate {
     fn query(&self, state: &AggregateState) -> Value {
         let mut out = Map::new();
         out.insert("period_start".into(), state.period_start.into());
-        out.extend(state.stats.get(&StatsFunction(self.functions)).unwrap_or_default());
+        out.extend(
+            state
+                .stats
+                .get(&StatsFunction(self.functions))
+                .unwrap_or_default(),
+        );
         Value::Object(out)
     }
 }

@@ -53,8 +53,14 @@ mod tests {
     #[test]
     fn month_starts_on_the_first_at_midnight_utc() {
         assert_eq!(period_start(Period::Month, LEAP_DAY), 1_706_745_600_000); // 2024-02-01
-        assert_eq!(period_start(Period::Month, 1_706_745_600_000), 1_706_745_600_000);
-        assert_eq!(period_start(Period::Month, 1_706_745_599_999), 1_704_067_200_000); // 2024-01-01
+        assert_eq!(
+            period_start(Period::Month, 1_706_745_600_000),
+            1_706_745_600_000
+        );
+        assert_eq!(
+            period_start(Period::Month, 1_706_745_599_999),
+            1_704_067_200_000
+        ); // 2024-01-01
     }
 
     #[test]

@@ -14,7 +14,9 @@ impl Operator for LastN {
     type State = ListState<Box<RawValue>>;
 
     fn on_event(&self, state: &mut Self::State, input: &Input<'_>, _cx: &mut Context<'_>) {
-        let Field::Json(value) = input.value else { return };
+        let Field::Json(value) = input.value else {
+            return;
+        };
         state.add(value.clone());
         while state.len() > self.n {
             state.pop_oldest();

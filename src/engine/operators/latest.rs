@@ -15,7 +15,9 @@ impl Operator for Latest {
     type State = LatestState;
 
     fn on_event(&self, state: &mut LatestState, input: &Input<'_>, _cx: &mut Context<'_>) {
-        let Field::Json(value) = input.value else { return };
+        let Field::Json(value) = input.value else {
+            return;
+        };
         if state.value().is_none_or(|(time, _)| input.time >= *time) {
             state.update((input.time, value.clone()));
         }

@@ -21,9 +21,9 @@ impl Operator for MapOp {
         };
         let old = state.get(entry).copied();
         let new = match (self.reduce, old) {
-            (Reduce::Count, old) => old.unwrap_or(Num::ZERO).add(Num::Int(1)),
+            (Reduce::Count, old) => old.unwrap_or(Num::ZERO) + Num::Int(1),
             (_, None) | (Reduce::Last, _) => value,
-            (Reduce::Sum, Some(old)) => old.add(value),
+            (Reduce::Sum, Some(old)) => old + value,
             (Reduce::Min, Some(old)) => old.min(value),
             (Reduce::Max, Some(old)) => old.max(value),
         };

@@ -64,9 +64,14 @@ impl Operator for SessionOp {
             return;
         }
         let t = input.time;
-        let mut merged = Session { start: t, end: t, events: 1 };
+        let mut merged = Session {
+            start: t,
+            end: t,
+            events: 1,
+        };
         state.sessions.retain(|s| {
-            let joins = s.start.saturating_sub(self.gap) <= t && t <= s.end.saturating_add(self.gap);
+            let joins =
+                s.start.saturating_sub(self.gap) <= t && t <= s.end.saturating_add(self.gap);
             if joins {
                 merged.start = merged.start.min(s.start);
                 merged.end = merged.end.max(s.end);
@@ -80,7 +85,9 @@ impl Operator for SessionOp {
     }
 
     fn on_timer(&self, state: &mut SessionState, _: i64, _: TimeDomain, cx: &mut Context<'_>) {
-        let Some(watermark) = cx.watermark() else { return };
+        let Some(watermark) = cx.watermark() else {
+            return;
+        };
         state.timer.fired(watermark);
         let closing = state
             .sessions

@@ -31,7 +31,7 @@ impl Stats {
     pub fn add(&mut self, value: Option<Num>) {
         self.count += 1;
         if let Some(v) = value {
-            self.sum = self.sum.add(v);
+            self.sum = self.sum + v;
             self.min = Some(self.min.map_or(v, |m| m.min(v)));
             self.max = Some(self.max.map_or(v, |m| m.max(v)));
         }
@@ -92,7 +92,12 @@ mod tests {
     fn min_and_max_of_nothing_are_null() {
         let mut s = Stats::default();
         s.add(None);
-        let fs = Functions::default().with(Function::Count).with(Function::Min);
-        assert_eq!(Value::Object(StatsFunction(fs).result(&s)), json!({"count": 1, "min": null}));
+        let fs = Functions::default()
+            .with(Function::Count)
+            .with(Function::Min);
+        assert_eq!(
+            Value::Object(StatsFunction(fs).result(&s)),
+            json!({"count": 1, "min": null})
+        );
     }
 }

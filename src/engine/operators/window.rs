@@ -82,7 +82,9 @@ impl Operator for WindowOp {
     }
 
     fn on_timer(&self, state: &mut WindowState, _: i64, _: TimeDomain, cx: &mut Context<'_>) {
-        let Some(watermark) = cx.watermark() else { return };
+        let Some(watermark) = cx.watermark() else {
+            return;
+        };
         state.timer.fired(watermark);
         let closing = state
             .open
