@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: format, clippy (-D warnings), and every test against a real
+# PostgreSQL and SQLite. When DATABASE_URL is not set, a throwaway PostgreSQL is started
+# (initdb into a temp dir, loopback only, a free port) and removed afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+start_throwaway_postgres() {
+  local initdb bindir
+  initdb=$(command -v initdb || true)
+  if [ -n "$initdb" ]; then
+    bindir=$(dirname "$(readlink -f "$initdb")")
+  else
+    bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  fi
+  if [ -z "$bindir" ] || [ ! -x "$bindir/pg_ctl" ]; then
+    echo "scripts/test.sh: DATABASE_URL is not set and no PostgreSQL server binaries (initdb, pg_ctl) were found." >&2
+    echo "Install PostgreSQL (e.g. apt-get install postgresql) or set DATABASE_URL=postgres://…" >&2
+    exit 1
+  fi
+  PG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/eddy-pg.XXXXXX")
+  local port
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # PostgreSQL refuses to run as root: run its binaries as the postgres user then.
+  local as=()
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$PG_TMP"
+    as=(runuser -u postgres --)
+  fi
+  PG_CTL=("${as[@]}" "$bindir/pg_ctl" -D "$PG_TMP/data")
+  trap stop_throwaway_postgres EXIT
+  "${as[@]}" "$bindir/initdb" -D "$PG_TMP/data" -U postgres --auth=trust --encoding=UTF8 --locale=C --no-sync >"$PG_TMP/initdb.log" 2>&1 \
+    || { cat "$PG_TMP/initdb.log" >&2; echo "scripts/test.sh: initdb failed" >&2; exit 1; }
+  "${PG_CTL[@]}" -l "$PG_TMP/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_TMP -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null \
+    || { cat "$PG_TMP/server.log" >&2; echo "scripts/test.sh: the throwaway PostgreSQL did not start" >&2; exit 1; }
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  echo "throwaway PostgreSQL on 127.0.0.1:$port (data in $PG_TMP)"
+}
+
+stop_throwaway_postgres() {
+  "${PG_CTL[@]}" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$PG_TMP"
+}
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+say "PostgreSQL"
+if [ -z "${DATABASE_URL:-}" ]; then
+  start_throwaway_postgres
+else
+  echo "using DATABASE_URL from the environment"
+fi
+
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo test --locked --doc
+  cargo nextest run --locked --workspace --all-targets --no-fail-fast
+else
+  cargo test --locked --workspace --all-targets --no-fail-fast
+fi
