@@ -10,3 +10,4 @@ pub mod spec; // pipeline specs and their validation
 pub mod state; // keyed state primitives, keyed backend, timers
 pub mod store; // every SQL statement: PostgreSQL and SQLite backends
 pub mod telemetry; // tracing set-up
+pub mod workload; // seeded click streams for benchmarks, examples and load

@@ -1,0 +1,94 @@
+//! Memory per key per operator kind: RSS growth after loading 1,000,000 distinct keys (one
+//! event each) into a one-operator pipeline, divided by the keys. Also the six-operator
+//! pipeline per key. Linux only (reads /proc/self/statm).
+//!
+//! Run: cargo bench --bench memory
+
+use eddy::engine::{BodyFormat, EngineConfig, Pipeline, parse_batch};
+use eddy::spec::PipelineSpec;
+use serde_json::{Value, json};
+
+const KEYS: usize = 1_000_000;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+async fn load(operators: Value) -> (f64, usize) {
+    let spec =
+        json!({"name": "mem", "key": "/user_id", "time": {"field": "/ts"}, "operators": operators});
+    let spec = PipelineSpec::from_json(&spec).unwrap();
+    let pipeline = Pipeline::from_spec(
+        spec,
+        &EngineConfig {
+            shards: 1,
+            ..EngineConfig::default()
+        },
+    );
+    let before = rss_bytes();
+    for chunk in 0..KEYS / 10_000 {
+        let mut body = Vec::new();
+        for i in chunk * 10_000..(chunk + 1) * 10_000 {
+            let event = json!({"user_id": format!("user{i:07}"), "ts": 1_700_000_000_000_i64 + i as i64,
+                               "page": "/p/1", "type": "purchase", "amount": 12.5});
+            serde_json::to_writer(&mut body, &event).unwrap();
+            body.push(b'\n');
+        }
+        let batch = parse_batch(&body, BodyFormat::NdJson, pipeline.extractor()).unwrap();
+        pipeline.ingest(batch, 0).await.unwrap();
+    }
+    let keys = pipeline
+        .status()
+        .await
+        .unwrap()
+        .keys
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0);
+    let grown = rss_bytes().saturating_sub(before);
+    (grown as f64 / KEYS as f64, keys)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // cargo test --benches: nothing to list
+    }
+    let kinds = [
+        (
+            "latest",
+            json!([{"name": "o", "kind": "latest", "value": "/ts"}]),
+        ),
+        (
+            "aggregate",
+            json!([{"name": "o", "kind": "aggregate", "value": "/amount", "functions": ["sum", "count"], "reset": "month"}]),
+        ),
+        (
+            "session",
+            json!([{"name": "o", "kind": "session", "gap": "30m"}]),
+        ),
+        (
+            "last_n(5)",
+            json!([{"name": "o", "kind": "last_n", "value": "/page", "n": 5}]),
+        ),
+        (
+            "map",
+            json!([{"name": "o", "kind": "map", "entry_key": "/page", "value": "/amount", "reduce": "sum"}]),
+        ),
+        (
+            "window",
+            json!([{"name": "o", "kind": "window", "size": "1m", "functions": ["count"]}]),
+        ),
+    ];
+    println!("{:<12} {:>10} {:>14}", "operator", "keys", "RSS bytes/key");
+    for (name, ops) in kinds {
+        let (per_key, keys) = load(ops).await;
+        println!("{name:<12} {keys:>10} {per_key:>14.1}");
+    }
+    let six = eddy::workload::seed_spec("mem")["operators"].clone();
+    let (per_key, keys) = load(six).await;
+    println!("{:<12} {keys:>10} {per_key:>14.1}", "seed (6 ops)");
+}
