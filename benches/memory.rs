@@ -52,43 +52,37 @@ async fn load(operators: Value) -> (f64, usize) {
     (grown as f64 / KEYS as f64, keys)
 }
 
-#[tokio::main]
-async fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+fn kinds() -> Vec<(&'static str, Value)> {
+    vec![
+        ("latest", json!([{"name": "o", "kind": "latest", "value": "/ts"}])),
+        ("aggregate", json!([{"name": "o", "kind": "aggregate", "value": "/amount", "functions": ["sum", "count"], "reset": "month"}])),
+        ("session", json!([{"name": "o", "kind": "session", "gap": "30m"}])),
+        ("last_n(5)", json!([{"name": "o", "kind": "last_n", "value": "/page", "n": 5}])),
+        ("map", json!([{"name": "o", "kind": "map", "entry_key": "/page", "value": "/amount", "reduce": "sum"}])),
+        ("window", json!([{"name": "o", "kind": "window", "size": "1m", "functions": ["count"]}])),
+        ("seed (6 ops)", eddy::workload::seed_spec("mem")["operators"].clone()),
+    ]
+}
+
+/// Each kind is measured in a fresh process: memory freed by an earlier measurement would
+/// otherwise be reused and hide the growth.
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list" || a == "--test") {
         return; // cargo test --benches: nothing to list
     }
-    let kinds = [
-        (
-            "latest",
-            json!([{"name": "o", "kind": "latest", "value": "/ts"}]),
-        ),
-        (
-            "aggregate",
-            json!([{"name": "o", "kind": "aggregate", "value": "/amount", "functions": ["sum", "count"], "reset": "month"}]),
-        ),
-        (
-            "session",
-            json!([{"name": "o", "kind": "session", "gap": "30m"}]),
-        ),
-        (
-            "last_n(5)",
-            json!([{"name": "o", "kind": "last_n", "value": "/page", "n": 5}]),
-        ),
-        (
-            "map",
-            json!([{"name": "o", "kind": "map", "entry_key": "/page", "value": "/amount", "reduce": "sum"}]),
-        ),
-        (
-            "window",
-            json!([{"name": "o", "kind": "window", "size": "1m", "functions": ["count"]}]),
-        ),
-    ];
-    println!("{:<12} {:>10} {:>14}", "operator", "keys", "RSS bytes/key");
-    for (name, ops) in kinds {
-        let (per_key, keys) = load(ops).await;
+    if let Some(i) = args.iter().position(|a| a == "--kind") {
+        let name = &args[i + 1];
+        let (_, ops) = kinds().into_iter().find(|(n, _)| n == name).expect("known kind");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (per_key, keys) = runtime.block_on(load(ops));
         println!("{name:<12} {keys:>10} {per_key:>14.1}");
+        return;
     }
-    let six = eddy::workload::seed_spec("mem")["operators"].clone();
-    let (per_key, keys) = load(six).await;
-    println!("{:<12} {keys:>10} {per_key:>14.1}", "seed (6 ops)");
+    println!("{:<12} {:>10} {:>14}", "operator", "keys", "RSS bytes/key");
+    let me = std::env::current_exe().unwrap();
+    for (name, _) in kinds() {
+        let out = std::process::Command::new(&me).args(["--kind", name]).output().unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
 }

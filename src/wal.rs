@@ -1,0 +1,347 @@
+//! The write-ahead log of one pipeline: every accepted batch, watermark advance and tick, in
+//! processing order, under `EDDY_DATA_DIR/wal/<pipeline>/` as segment files named by their
+//! first LSN.
+//!
+//! Group commit: appends queue under a mutex (called under the sequencer lock, so queue order
+//! is processing order); one writer thread takes everything queued, writes it with one
+//! `write`, one `fdatasync`, then runs each record's `after` action in order. The engine hands
+//! batches to its shards in those actions, so nothing is applied, answered or visible before
+//! it is durable.
+//!
+//! Invariant: LSNs are dense and increasing across segments; a torn or corrupt tail is cut at
+//! the last good record when the log is opened, never replayed.
+
+mod record;
+
+pub use record::{DecodeError, MAX_PAYLOAD, Record};
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// Segment size at which the writer starts a new file.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What happens once a record is durable (`Ok`) or can never be (`Err`).
+pub type After = Box<dyn FnOnce(Result<(), WalFailed>) + Send>;
+
+/// The log failed to write; the pipeline must stop (nothing after this is durable).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("write-ahead log failed: {0}")]
+pub struct WalFailed(pub String);
+
+/// Failures of opening a log.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL I/O on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io { path: path.to_owned(), source }
+}
+
+/// How the log writes.
+#[derive(Clone, Copy, Debug)]
+pub struct WalOptions {
+    /// `fdatasync` before acknowledging (off only for benchmarks).
+    pub fsync: bool,
+    pub segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { fsync: true, segment_bytes: SEGMENT_BYTES }
+    }
+}
+
+struct Entry {
+    bytes: Vec<u8>,
+    after: After,
+}
+
+struct Queue {
+    entries: Vec<Entry>,
+    next_lsn: u64,
+    closing: bool,
+    failed: Option<WalFailed>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// An open log.
+pub struct Wal {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// What an opened log holds.
+pub struct Opened {
+    pub wal: Wal,
+    /// Every good record, in LSN order.
+    pub records: Vec<(u64, Record)>,
+    /// Bytes cut from a torn or corrupt tail.
+    pub cut_bytes: u64,
+}
+
+impl Wal {
+    /// Opens (creating) the log in `dir`: reads every segment, cuts a bad tail, and starts the
+    /// writer after the last good record, or at `next_lsn` if that is later (the log may have
+    /// been emptied past a checkpoint at `next_lsn - 1`).
+    pub fn open(dir: &Path, options: WalOptions, next_lsn: u64) -> Result<Opened, WalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut segments = segments(dir)?;
+        let mut records = Vec::new();
+        let mut cut_bytes = 0;
+        let mut broken_at = None;
+        for (i, (first, path)) in segments.iter().enumerate() {
+            let data = std::fs::read(path).map_err(io(path))?;
+            let mut pos = 0;
+            while pos < data.len() {
+                match Record::decode(&data[pos..]) {
+                    // Dense within a segment; a segment starts at the LSN its name says (a gap
+                    // before it is possible after a restore cut the log).
+                    Ok((lsn, record, used)) if in_sequence(pos, lsn, *first, records.last()) => {
+                        records.push((lsn, record));
+                        pos += used;
+                    }
+                    outcome => {
+                        let why = outcome.err().map_or("LSN out of sequence".to_owned(), |e| e.to_string());
+                        tracing::warn!(segment = %path.display(), at = pos, reason = %why, "WAL tail cut at the last good record");
+                        break;
+                    }
+                }
+            }
+            if pos < data.len() {
+                cut_bytes += (data.len() - pos) as u64;
+                let file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+                file.set_len(pos as u64).map_err(io(path))?;
+                file.sync_all().map_err(io(path))?;
+                broken_at = Some(i);
+                break;
+            }
+        }
+        if let Some(i) = broken_at {
+            for (_, later) in segments.drain(i + 1..) {
+                cut_bytes += std::fs::metadata(&later).map_or(0, |m| m.len());
+                std::fs::remove_file(&later).map_err(io(&later))?;
+            }
+        }
+        let found = records.last().map_or_else(|| segments.last().map_or(1, |(f, _)| *f), |(l, _)| l + 1);
+        let next_lsn = found.max(next_lsn);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { entries: Vec::new(), next_lsn, closing: false, failed: None }),
+            wake: Condvar::new(),
+        });
+        let (file, path, size) = match segments.last() {
+            Some((_, path)) if found == next_lsn => {
+                let file = OpenOptions::new().append(true).open(path).map_err(io(path))?;
+                let size = file.metadata().map_err(io(path))?.len();
+                (file, path.clone(), size)
+            }
+            _ => new_segment(dir, next_lsn)?,
+        };
+        let writer = Writer { dir: dir.to_owned(), file, path, size, options, shared: shared.clone() };
+        let handle = std::thread::Builder::new()
+            .name("eddy-wal".into())
+            .spawn(move || writer.run())
+            .map_err(io(dir))?;
+        let wal = Wal { dir: dir.to_owned(), shared, writer: Some(handle) };
+        Ok(Opened { wal, records, cut_bytes })
+    }
+
+    /// Queues `record`; `after` runs once it is durable, in LSN order. Returns its LSN.
+    pub fn append(&self, record: &Record, after: After) -> u64 {
+        let mut queue = self.shared.queue.lock().expect("wal lock");
+        let lsn = queue.next_lsn;
+        if let Some(failed) = queue.failed.clone() {
+            drop(queue);
+            after(Err(failed));
+            return lsn;
+        }
+        queue.next_lsn += 1;
+        queue.entries.push(Entry { bytes: record.encode(lsn), after });
+        drop(queue);
+        self.shared.wake.notify_one();
+        lsn
+    }
+
+    /// Queues an action that runs after everything queued before it is durable (no record).
+    pub fn after_queued(&self, after: After) {
+        let mut queue = self.shared.queue.lock().expect("wal lock");
+        if let Some(failed) = queue.failed.clone() {
+            drop(queue);
+            after(Err(failed));
+            return;
+        }
+        queue.entries.push(Entry { bytes: Vec::new(), after });
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
+    /// LSN of the newest record queued (0 before any).
+    pub fn last_lsn(&self) -> u64 {
+        self.shared.queue.lock().expect("wal lock").next_lsn - 1
+    }
+
+    /// Deletes segments whose records all have LSN <= `lsn` (covered by a checkpoint).
+    pub fn remove_through(&self, lsn: u64) -> Result<usize, WalError> {
+        let segments = segments(&self.dir)?;
+        let mut removed = 0;
+        for pair in segments.windows(2) {
+            let (next_first, _) = &pair[1];
+            if *next_first <= lsn + 1 {
+                std::fs::remove_file(&pair[0].1).map_err(io(&pair[0].1))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Cuts every record after `lsn` from the log in `dir` (a restore discards them). The log
+    /// must not be open.
+    pub fn truncate_after(dir: &Path, lsn: u64) -> Result<(), WalError> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        for (first, path) in segments(dir)? {
+            if first > lsn {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                continue;
+            }
+            let data = std::fs::read(&path).map_err(io(&path))?;
+            let mut pos = 0;
+            while let Ok((record_lsn, _, used)) = Record::decode(&data[pos..]) {
+                if record_lsn > lsn {
+                    break;
+                }
+                pos += used;
+            }
+            if pos < data.len() {
+                let file = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                file.set_len(pos as u64).map_err(io(&path))?;
+                file.sync_all().map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shared.queue.lock().expect("wal lock").closing = true;
+        self.shared.wake.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn in_sequence(pos: usize, lsn: u64, first: u64, last: Option<&(u64, Record)>) -> bool {
+    match pos {
+        0 => lsn == first && last.is_none_or(|(l, _)| lsn > *l),
+        _ => last.is_some_and(|(l, _)| lsn == l + 1),
+    }
+}
+
+/// Segment files of `dir`, by first LSN.
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(first) = first {
+            found.push((first, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn new_segment(dir: &Path, first_lsn: u64) -> Result<(File, PathBuf, u64), WalError> {
+    let path = dir.join(format!("{first_lsn:020}.wal"));
+    let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+    // The new name must be durable too.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    Ok((file, path, 0))
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    path: PathBuf,
+    size: u64,
+    options: WalOptions,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut buffer = Vec::new();
+        loop {
+            let (entries, next_lsn) = {
+                let mut queue = self.shared.queue.lock().expect("wal lock");
+                while queue.entries.is_empty() && !queue.closing {
+                    queue = self.shared.wake.wait(queue).expect("wal lock");
+                }
+                if queue.entries.is_empty() {
+                    return;
+                }
+                (std::mem::take(&mut queue.entries), queue.next_lsn)
+            };
+            buffer.clear();
+            for entry in &entries {
+                buffer.extend_from_slice(&entry.bytes);
+            }
+            let written = self.write(&buffer, next_lsn);
+            if let Err(e) = &written {
+                tracing::error!(wal = %self.path.display(), error = %e, "WAL write failed; the pipeline stops accepting");
+                self.shared.queue.lock().expect("wal lock").failed = Some(WalFailed(e.to_string()));
+            }
+            for entry in entries {
+                (entry.after)(written.clone().map_err(|e| WalFailed(e.to_string())));
+            }
+            if written.is_err() {
+                let mut queue = self.shared.queue.lock().expect("wal lock");
+                let failed = queue.failed.clone().expect("set above");
+                for entry in std::mem::take(&mut queue.entries) {
+                    (entry.after)(Err(failed.clone()));
+                }
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8], next_lsn: u64) -> Result<(), std::io::Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(bytes)?;
+        if self.options.fsync {
+            self.file.sync_data()?;
+        }
+        self.size += bytes.len() as u64;
+        if self.size >= self.options.segment_bytes {
+            let (file, path, size) = new_segment(&self.dir, next_lsn).map_err(|e| match e {
+                WalError::Io { source, .. } => source,
+            })?;
+            (self.file, self.path, self.size) = (file, path, size);
+        }
+        Ok(())
+    }
+}
