@@ -54,13 +54,34 @@ async fn load(operators: Value) -> (f64, usize) {
 
 fn kinds() -> Vec<(&'static str, Value)> {
     vec![
-        ("latest", json!([{"name": "o", "kind": "latest", "value": "/ts"}])),
-        ("aggregate", json!([{"name": "o", "kind": "aggregate", "value": "/amount", "functions": ["sum", "count"], "reset": "month"}])),
-        ("session", json!([{"name": "o", "kind": "session", "gap": "30m"}])),
-        ("last_n(5)", json!([{"name": "o", "kind": "last_n", "value": "/page", "n": 5}])),
-        ("map", json!([{"name": "o", "kind": "map", "entry_key": "/page", "value": "/amount", "reduce": "sum"}])),
-        ("window", json!([{"name": "o", "kind": "window", "size": "1m", "functions": ["count"]}])),
-        ("seed (6 ops)", eddy::workload::seed_spec("mem")["operators"].clone()),
+        (
+            "latest",
+            json!([{"name": "o", "kind": "latest", "value": "/ts"}]),
+        ),
+        (
+            "aggregate",
+            json!([{"name": "o", "kind": "aggregate", "value": "/amount", "functions": ["sum", "count"], "reset": "month"}]),
+        ),
+        (
+            "session",
+            json!([{"name": "o", "kind": "session", "gap": "30m"}]),
+        ),
+        (
+            "last_n(5)",
+            json!([{"name": "o", "kind": "last_n", "value": "/page", "n": 5}]),
+        ),
+        (
+            "map",
+            json!([{"name": "o", "kind": "map", "entry_key": "/page", "value": "/amount", "reduce": "sum"}]),
+        ),
+        (
+            "window",
+            json!([{"name": "o", "kind": "window", "size": "1m", "functions": ["count"]}]),
+        ),
+        (
+            "seed (6 ops)",
+            eddy::workload::seed_spec("mem")["operators"].clone(),
+        ),
     ]
 }
 
@@ -73,7 +94,10 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--kind") {
         let name = &args[i + 1];
-        let (_, ops) = kinds().into_iter().find(|(n, _)| n == name).expect("known kind");
+        let (_, ops) = kinds()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .expect("known kind");
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (per_key, keys) = runtime.block_on(load(ops));
         println!("{name:<12} {keys:>10} {per_key:>14.1}");
@@ -82,7 +106,10 @@ fn main() {
     println!("{:<12} {:>10} {:>14}", "operator", "keys", "RSS bytes/key");
     let me = std::env::current_exe().unwrap();
     for (name, _) in kinds() {
-        let out = std::process::Command::new(&me).args(["--kind", name]).output().unwrap();
+        let out = std::process::Command::new(&me)
+            .args(["--kind", name])
+            .output()
+            .unwrap();
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
 }

@@ -7,6 +7,7 @@
 mod batch;
 mod definition;
 mod extract;
+mod idempotency;
 mod operator;
 pub mod operators;
 mod output;
@@ -17,9 +18,11 @@ mod shard;
 pub use batch::{BatchError, BodyFormat, EventError, MAX_REPORTED_ERRORS, parse_batch};
 pub use definition::OperatorDef;
 pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
+pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
 pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
 pub use output::{Output, OutputRecord};
-pub use pipeline::{Ack, Pipeline, Status};
+pub use pipeline::{Ack, Barrier, Counters, Ingested, Pipeline, Snapshot, Status, Submission};
+pub use runner::StateRow;
 pub use shard::is_late;
 
 use std::collections::BTreeMap;
@@ -70,6 +73,12 @@ pub enum EngineError {
     Stopped { pipeline: String },
     #[error("pipeline {pipeline:?} has no operator {operator:?}")]
     UnknownOperator { pipeline: String, operator: String },
+    /// The pipeline's WAL failed: it accepts nothing until a restart recovers it.
+    #[error("pipeline {pipeline:?} stopped accepting: {reason}")]
+    Failed { pipeline: String, reason: String },
+    /// A logged record or checkpointed state could not be applied again.
+    #[error("pipeline {pipeline:?} cannot recover: {detail}")]
+    Replay { pipeline: String, detail: String },
 }
 
 /// The running pipelines by name.

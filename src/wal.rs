@@ -36,11 +36,17 @@ pub struct WalFailed(pub String);
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("WAL I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
-    move |source| WalError::Io { path: path.to_owned(), source }
+    move |source| WalError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// How the log writes.
@@ -53,7 +59,10 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { fsync: true, segment_bytes: SEGMENT_BYTES }
+        WalOptions {
+            fsync: true,
+            segment_bytes: SEGMENT_BYTES,
+        }
     }
 }
 
@@ -112,7 +121,9 @@ impl Wal {
                         pos += used;
                     }
                     outcome => {
-                        let why = outcome.err().map_or("LSN out of sequence".to_owned(), |e| e.to_string());
+                        let why = outcome
+                            .err()
+                            .map_or("LSN out of sequence".to_owned(), |e| e.to_string());
                         tracing::warn!(segment = %path.display(), at = pos, reason = %why, "WAL tail cut at the last good record");
                         break;
                     }
@@ -120,7 +131,10 @@ impl Wal {
             }
             if pos < data.len() {
                 cut_bytes += (data.len() - pos) as u64;
-                let file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io(path))?;
                 file.set_len(pos as u64).map_err(io(path))?;
                 file.sync_all().map_err(io(path))?;
                 broken_at = Some(i);
@@ -133,27 +147,52 @@ impl Wal {
                 std::fs::remove_file(&later).map_err(io(&later))?;
             }
         }
-        let found = records.last().map_or_else(|| segments.last().map_or(1, |(f, _)| *f), |(l, _)| l + 1);
+        let found = records
+            .last()
+            .map_or_else(|| segments.last().map_or(1, |(f, _)| *f), |(l, _)| l + 1);
         let next_lsn = found.max(next_lsn);
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { entries: Vec::new(), next_lsn, closing: false, failed: None }),
+            queue: Mutex::new(Queue {
+                entries: Vec::new(),
+                next_lsn,
+                closing: false,
+                failed: None,
+            }),
             wake: Condvar::new(),
         });
         let (file, path, size) = match segments.last() {
             Some((_, path)) if found == next_lsn => {
-                let file = OpenOptions::new().append(true).open(path).map_err(io(path))?;
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io(path))?;
                 let size = file.metadata().map_err(io(path))?.len();
                 (file, path.clone(), size)
             }
             _ => new_segment(dir, next_lsn)?,
         };
-        let writer = Writer { dir: dir.to_owned(), file, path, size, options, shared: shared.clone() };
+        let writer = Writer {
+            dir: dir.to_owned(),
+            file,
+            path,
+            size,
+            options,
+            shared: shared.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("eddy-wal".into())
             .spawn(move || writer.run())
             .map_err(io(dir))?;
-        let wal = Wal { dir: dir.to_owned(), shared, writer: Some(handle) };
-        Ok(Opened { wal, records, cut_bytes })
+        let wal = Wal {
+            dir: dir.to_owned(),
+            shared,
+            writer: Some(handle),
+        };
+        Ok(Opened {
+            wal,
+            records,
+            cut_bytes,
+        })
     }
 
     /// Queues `record`; `after` runs once it is durable, in LSN order. Returns its LSN.
@@ -166,7 +205,10 @@ impl Wal {
             return lsn;
         }
         queue.next_lsn += 1;
-        queue.entries.push(Entry { bytes: record.encode(lsn), after });
+        queue.entries.push(Entry {
+            bytes: record.encode(lsn),
+            after,
+        });
         drop(queue);
         self.shared.wake.notify_one();
         lsn
@@ -180,7 +222,10 @@ impl Wal {
             after(Err(failed));
             return;
         }
-        queue.entries.push(Entry { bytes: Vec::new(), after });
+        queue.entries.push(Entry {
+            bytes: Vec::new(),
+            after,
+        });
         drop(queue);
         self.shared.wake.notify_one();
     }
@@ -224,7 +269,10 @@ impl Wal {
                 pos += used;
             }
             if pos < data.len() {
-                let file = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
                 file.set_len(pos as u64).map_err(io(&path))?;
                 file.sync_all().map_err(io(&path))?;
             }
@@ -275,9 +323,15 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 
 fn new_segment(dir: &Path, first_lsn: u64) -> Result<(File, PathBuf, u64), WalError> {
     let path = dir.join(format!("{first_lsn:020}.wal"));
-    let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io(&path))?;
     // The new name must be durable too.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok((file, path, 0))
 }
 
@@ -308,13 +362,15 @@ impl Writer {
             for entry in &entries {
                 buffer.extend_from_slice(&entry.bytes);
             }
-            let written = self.write(&buffer, next_lsn);
+            let written = self
+                .write(&buffer, next_lsn)
+                .map_err(|e| WalFailed(e.to_string()));
             if let Err(e) = &written {
                 tracing::error!(wal = %self.path.display(), error = %e, "WAL write failed; the pipeline stops accepting");
-                self.shared.queue.lock().expect("wal lock").failed = Some(WalFailed(e.to_string()));
+                self.shared.queue.lock().expect("wal lock").failed = Some(e.clone());
             }
             for entry in entries {
-                (entry.after)(written.clone().map_err(|e| WalFailed(e.to_string())));
+                (entry.after)(written.clone());
             }
             if written.is_err() {
                 let mut queue = self.shared.queue.lock().expect("wal lock");

@@ -196,9 +196,12 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownOperator { pipeline, operator } => {
                 ApiError::OperatorNotFound { pipeline, operator }
             }
-            e @ EngineError::Stopped { .. } => ApiError::Unavailable {
-                detail: e.to_string(),
-            },
+            e @ (EngineError::Stopped { .. } | EngineError::Failed { .. }) => {
+                ApiError::Unavailable {
+                    detail: e.to_string(),
+                }
+            }
+            e @ EngineError::Replay { .. } => ApiError::internal(&e),
         }
     }
 }

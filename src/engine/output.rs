@@ -42,19 +42,26 @@ struct Pending {
     seq: u64,
     remaining: usize,
     emitted: Vec<Emission>,
-    done: Option<oneshot::Sender<()>>,
+    /// Fires with the newest output offset once the batch is in the log.
+    done: Option<oneshot::Sender<u64>>,
 }
 
 struct Log {
     pending: VecDeque<Pending>,
     records: VecDeque<Arc<OutputRecord>>,
     next_offset: u64,
+    /// Records up to here are in a checkpoint; newer ones are never trimmed.
+    persisted: u64,
+    /// The log can no longer advance (its WAL failed).
+    failed: bool,
 }
 
 /// A pipeline's output log.
 pub struct Output {
     log: Mutex<Log>,
     last_offset: watch::Sender<u64>,
+    /// Sequence number of the newest batch in the log (+1; 0 before any).
+    flushed: watch::Sender<u64>,
     operators: Vec<Arc<str>>,
     retain: usize,
 }
@@ -66,10 +73,13 @@ impl Output {
             pending: VecDeque::new(),
             records: VecDeque::new(),
             next_offset: 1,
+            persisted: u64::MAX,
+            failed: false,
         };
         Output {
             log: Mutex::new(log),
             last_offset: watch::channel(0).0,
+            flushed: watch::channel(0).0,
             operators,
             retain: retain.max(1),
         }
@@ -77,9 +87,12 @@ impl Output {
 
     /// Announces batch `seq`, sent to `parts` shards; the receiver fires once it is applied
     /// and its records are in the log. Called in sequence order (under the sequencer lock).
-    pub(crate) fn register(&self, seq: u64, parts: usize) -> oneshot::Receiver<()> {
+    pub(crate) fn register(&self, seq: u64, parts: usize) -> oneshot::Receiver<u64> {
         let (tx, rx) = oneshot::channel();
         let mut log = self.log.lock().expect("output lock");
+        if log.failed {
+            return rx;
+        }
         log.pending.push_back(Pending {
             seq,
             remaining: parts,
@@ -93,6 +106,9 @@ impl Output {
     /// A shard finished its part of batch `seq`.
     pub(crate) fn complete(&self, seq: u64, mut emitted: Vec<Emission>) {
         let mut log = self.log.lock().expect("output lock");
+        if log.failed {
+            return;
+        }
         let front = log.pending.front().map_or(seq, |p| p.seq);
         let pending = &mut log.pending[(seq - front) as usize];
         debug_assert_eq!(pending.seq, seq);
@@ -101,8 +117,16 @@ impl Output {
         self.flush(&mut log);
     }
 
+    /// The WAL failed: every waiting batch fails, and so does every later one.
+    pub(crate) fn fail(&self) {
+        let mut log = self.log.lock().expect("output lock");
+        log.failed = true;
+        log.pending.clear();
+    }
+
     fn flush(&self, log: &mut Log) {
         let mut appended = false;
+        let mut flushed = None;
         while log.pending.front().is_some_and(|p| p.remaining == 0) {
             let mut batch = log.pending.pop_front().expect("checked");
             // Stable: a key lives in one shard, so its own records keep their order.
@@ -121,16 +145,61 @@ impl Output {
                 log.records.push_back(Arc::new(record));
                 appended = true;
             }
-            while log.records.len() > self.retain {
+            while log.records.len() > self.retain
+                && log
+                    .records
+                    .front()
+                    .is_some_and(|r| r.offset <= log.persisted)
+            {
                 log.records.pop_front();
             }
             if let Some(done) = batch.done.take() {
-                let _ = done.send(());
+                let _ = done.send(log.next_offset - 1);
             }
+            flushed = Some(batch.seq + 1);
         }
         if appended {
             self.last_offset.send_replace(log.next_offset - 1);
         }
+        if let Some(seq) = flushed {
+            self.flushed.send_replace(seq);
+        }
+    }
+
+    /// Waits until batch `seq` is in the log.
+    pub(crate) async fn wait_flushed(&self, seq: u64) {
+        let mut flushed = self.flushed.subscribe();
+        let _ = flushed.wait_for(|f| *f > seq).await;
+    }
+
+    /// Records with `from <= offset <= to` still in memory.
+    pub fn range(&self, from: u64, to: u64) -> Vec<Arc<OutputRecord>> {
+        let log = self.log.lock().expect("output lock");
+        log.records
+            .iter()
+            .filter(|r| r.offset >= from && r.offset <= to)
+            .cloned()
+            .collect()
+    }
+
+    /// Records up to `offset` are in a checkpoint: they may be trimmed.
+    pub fn mark_persisted(&self, offset: u64) {
+        self.log.lock().expect("output lock").persisted = offset;
+    }
+
+    /// Starts the log from a checkpoint: its newest records, the next offset, and what is
+    /// persisted.
+    pub(crate) fn restore(&self, records: Vec<OutputRecord>, next_offset: u64) {
+        let mut log = self.log.lock().expect("output lock");
+        log.records = records.into_iter().map(Arc::new).collect();
+        log.next_offset = next_offset;
+        log.persisted = next_offset - 1;
+        self.last_offset.send_replace(next_offset - 1);
+    }
+
+    /// The offset the next record gets.
+    pub fn next_offset(&self) -> u64 {
+        self.log.lock().expect("output lock").next_offset
     }
 
     /// Up to `limit` records with offset > `after` (default: from the oldest kept), and the

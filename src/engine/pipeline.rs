@@ -1,31 +1,90 @@
 //! A running pipeline: the sequencer that orders batches, moves the watermark per event and
 //! routes (event, operator) pairs to shards, plus the shards and the output log.
 //!
-//! Invariant: everything that changes state passes the sequencer lock once, in one order (the
-//! order the WAL will record); the lock is never held across an `.await`. A batch either
-//! reserves a mailbox slot on every shard it needs, or nothing of it is applied.
+//! Invariant: everything that changes state passes the sequencer lock once, in one order, the
+//! order of the WAL; the lock is never held across an `.await`. A batch either reserves a
+//! mailbox slot on every shard it needs, or nothing of it is applied. With a WAL attached,
+//! shards receive a batch only once its record is durable (the WAL's after-action sends it),
+//! so nothing is applied, visible or answered before it would survive a crash.
 
+use super::batch::{BodyFormat, parse_batch};
 use super::definition::OperatorDef;
 use super::extract::{Event, Extractor};
-use super::output::Output;
+use super::idempotency::{Idempotency, IdempotencyEntry};
+use super::output::{Output, OutputRecord};
+use super::runner::StateRow;
 use super::shard::{Command, Item, Mark, Shard, ShardBatch, is_late};
 use super::{EngineConfig, EngineError, key_group, shard_of};
 use crate::spec::PipelineSpec;
 use crate::state::Key;
+use crate::wal::{Record, Wal};
+use bytes::Bytes;
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// The sequencer's counters: what a checkpoint records and a restore puts back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Offset the next event gets (offsets start at 1 and are never reused).
+    pub next_offset: u64,
+    /// Events in the state's history, late ones included.
+    pub events: u64,
+    pub late_events: u64,
+    pub watermark: Option<i64>,
+}
+
 /// What the sequencer has decided so far.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
 struct Sequencer {
-    /// Offset the next event gets.
-    next_offset: u64,
-    events: u64,
-    late_events: u64,
-    watermark: Option<i64>,
+    counters: Counters,
     next_batch: u64,
+    idempotency: Idempotency,
+}
+
+/// A batch of extracted events with what the WAL records of it.
+pub struct Submission {
+    pub events: Vec<Event>,
+    /// Arrival time, epoch ms (event time in processing time).
+    pub arrival: i64,
+    pub idempotency_key: Option<String>,
+    /// The request body, logged as received (required once a WAL is attached).
+    pub body: Option<(Bytes, BodyFormat)>,
+}
+
+/// How a submission was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    Applied(Ack),
+    /// The idempotency key was seen before: its first answer, nothing applied.
+    Replayed(Ack),
+}
+
+/// Everything a checkpoint takes at its barrier.
+#[derive(Debug)]
+pub struct Barrier {
+    pub counters: Counters,
+    /// LSN of the last WAL record the barrier follows (0 without a WAL).
+    pub wal_lsn: u64,
+    /// Offset of the last output record of the state.
+    pub output_offset: u64,
+    /// Every key changed since the previous barrier.
+    pub rows: Vec<StateRow>,
+    /// Idempotency answers added since the previous barrier.
+    pub idempotency: Vec<IdempotencyEntry>,
+}
+
+/// A checkpoint to start a pipeline from.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub rows: Vec<StateRow>,
+    /// The newest output records of the checkpoint, oldest first.
+    pub output: Vec<OutputRecord>,
+    /// Offset the next output record gets.
+    pub next_output_offset: u64,
+    pub idempotency: Vec<IdempotencyEntry>,
 }
 
 /// The answer to an accepted batch.
@@ -63,6 +122,9 @@ pub struct Pipeline {
     output: Arc<Output>,
     /// Cancelled when the pipeline is deleted: ends its long polls and streams.
     closed: CancellationToken,
+    wal: OnceLock<Wal>,
+    /// Why the pipeline stopped accepting (its WAL failed).
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Pipeline {
@@ -122,12 +184,27 @@ impl Pipeline {
             processing_time: spec.processing_time(),
             shards,
             sequencer: Mutex::new(Sequencer {
-                next_offset: 1,
+                counters: Counters {
+                    next_offset: 1,
+                    ..Counters::default()
+                },
                 ..Sequencer::default()
             }),
             output,
             closed: CancellationToken::new(),
+            wal: OnceLock::new(),
+            failure: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// From now on, every change is logged to `wal` before it is applied.
+    pub fn attach_wal(&self, wal: Wal) {
+        let _ = self.wal.set(wal);
+    }
+
+    /// The attached WAL.
+    pub fn wal(&self) -> Option<&Wal> {
+        self.wal.get()
     }
 
     /// The pipeline's name.
@@ -178,16 +255,55 @@ impl Pipeline {
     /// Sequences, applies and acknowledges a batch of extracted events that arrived at
     /// `arrival` (epoch ms). Returns once every event is applied and its outputs are logged.
     pub async fn ingest(&self, events: Vec<Event>, arrival: i64) -> Result<Ack, EngineError> {
-        let (ack, done) = self.sequence_events(events, arrival)?;
-        done.await.map_err(|_| self.stopped())?;
-        Ok(ack)
+        let submission = Submission {
+            events,
+            arrival,
+            idempotency_key: None,
+            body: None,
+        };
+        match self.submit(submission).await? {
+            Ingested::Applied(ack) | Ingested::Replayed(ack) => Ok(ack),
+        }
+    }
+
+    /// The first answer of an idempotency key, once its batch is applied.
+    pub async fn replayed(&self, key: &str) -> Option<Ack> {
+        let entry = self
+            .sequencer
+            .lock()
+            .expect("sequencer lock")
+            .idempotency
+            .get(key)
+            .cloned()?;
+        self.output.wait_flushed(entry.batch).await;
+        Some(entry.ack)
+    }
+
+    /// Sequences, logs, applies and acknowledges a batch; an idempotency key seen before gets
+    /// its first answer instead.
+    pub async fn submit(&self, submission: Submission) -> Result<Ingested, EngineError> {
+        if let Some(key) = &submission.idempotency_key
+            && let Some(ack) = self.replayed(key).await
+        {
+            return Ok(Ingested::Replayed(ack));
+        }
+        let (ack, done) = match self.sequence_events(submission)? {
+            Sequenced::Replayed(key) => {
+                let ack = self.replayed(&key).await.ok_or_else(|| self.stopped())?;
+                return Ok(Ingested::Replayed(ack));
+            }
+            Sequenced::New(ack, done) => (ack, done),
+        };
+        done.await.map_err(|_| self.failed_or_stopped())?;
+        Ok(Ingested::Applied(ack))
     }
 
     /// Advances the watermark to `time` (ignored when lower); answers the watermark after it.
     pub async fn advance_watermark(&self, time: i64) -> Result<Option<i64>, EngineError> {
-        let (watermark, done) =
-            self.sequence_marks(|wm| wm.is_none_or(|w| time > w).then_some(time), None)?;
-        done.await.map_err(|_| self.stopped())?;
+        let record = Record::Watermark { time };
+        let next = |wm: Option<i64>| wm.is_none_or(|w| time > w).then_some(time);
+        let (watermark, done) = self.sequence_marks(next, None, Some(record))?;
+        done.await.map_err(|_| self.failed_or_stopped())?;
         Ok(watermark)
     }
 
@@ -195,23 +311,62 @@ impl Pipeline {
     /// moves the watermark to the clock.
     pub async fn tick(&self, now: i64) -> Result<(), EngineError> {
         let processing = self.processing_time;
-        let (_, done) = self.sequence_marks(
-            |wm| (processing && wm.is_none_or(|w| now > w)).then_some(now),
-            Some(now),
-        )?;
-        done.await.map_err(|_| self.stopped())
+        let next = |wm: Option<i64>| (processing && wm.is_none_or(|w| now > w)).then_some(now);
+        let (_, done) = self.sequence_marks(next, Some(now), Some(Record::Tick { now }))?;
+        done.await.map_err(|_| self.failed_or_stopped()).map(|_| ())
     }
 
-    fn sequence_events(
-        &self,
-        events: Vec<Event>,
-        arrival: i64,
-    ) -> Result<(Ack, oneshot::Receiver<()>), EngineError> {
+    /// Applies one logged record again (recovery), without logging it anew.
+    pub async fn replay(&self, record: Record) -> Result<(), EngineError> {
+        match record {
+            Record::Events {
+                arrival,
+                format,
+                idempotency_key,
+                body,
+                ..
+            } => {
+                let format = if format == 1 {
+                    BodyFormat::NdJson
+                } else {
+                    BodyFormat::Json
+                };
+                let events = parse_batch(&body, format, &self.extractor).map_err(|e| {
+                    EngineError::Replay {
+                        pipeline: self.name.clone(),
+                        detail: e.to_string(),
+                    }
+                })?;
+                let submission = Submission {
+                    events,
+                    arrival,
+                    idempotency_key,
+                    body: None,
+                };
+                self.submit(submission).await.map(|_| ())
+            }
+            Record::Watermark { time } => self.advance_watermark(time).await.map(|_| ()),
+            Record::Tick { now } => self.tick(now).await,
+        }
+    }
+
+    fn sequence_events(&self, submission: Submission) -> Result<Sequenced, EngineError> {
+        let Submission {
+            events,
+            arrival,
+            idempotency_key,
+            body,
+        } = submission;
         let mut seq = self.sequencer.lock().expect("sequencer lock");
+        if let Some(key) = &idempotency_key
+            && seq.idempotency.get(key).is_some()
+        {
+            return Ok(Sequenced::Replayed(key.clone()));
+        }
         let count = events.len() as u64;
         let mut items: Vec<Vec<Item>> = self.shards.iter().map(|_| Vec::new()).collect();
         let mut marks = Vec::new();
-        let mut watermark = seq.watermark;
+        let mut watermark = seq.counters.watermark;
         let mut late = 0;
         for (step, event) in events.into_iter().enumerate() {
             let step = step as u32;
@@ -237,57 +392,88 @@ impl Pipeline {
                 });
             }
         }
-        let done = self.dispatch(&mut seq, items, marks, None)?;
+        let first_offset = seq.counters.next_offset;
+        let record = body.map(|(body, format)| Record::Events {
+            arrival,
+            format: u8::from(format == BodyFormat::NdJson),
+            idempotency_key: idempotency_key.clone(),
+            first_offset,
+            body,
+        });
+        let (batch, done) = self.dispatch(&mut seq, items, marks, None, None, record)?;
         let ack = Ack {
             accepted: count,
-            first_offset: seq.next_offset,
-            last_offset: seq.next_offset + count - 1,
+            first_offset,
+            last_offset: first_offset + count - 1,
         };
-        seq.next_offset += count;
-        seq.events += count;
-        seq.late_events += late;
-        seq.watermark = watermark;
-        Ok((ack, done))
+        let c = &mut seq.counters;
+        c.next_offset += count;
+        c.events += count;
+        c.late_events += late;
+        c.watermark = watermark;
+        if let Some(key) = idempotency_key {
+            seq.idempotency.insert(IdempotencyEntry {
+                key,
+                ack,
+                created: arrival,
+                batch,
+            });
+        }
+        Ok(Sequenced::New(ack, done))
     }
 
     fn sequence_marks(
         &self,
         next: impl FnOnce(Option<i64>) -> Option<i64>,
         clock: Option<i64>,
-    ) -> Result<(Option<i64>, oneshot::Receiver<()>), EngineError> {
+        record: Option<Record>,
+    ) -> Result<(Option<i64>, oneshot::Receiver<u64>), EngineError> {
         let mut seq = self.sequencer.lock().expect("sequencer lock");
-        let moved = next(seq.watermark);
+        let moved = next(seq.counters.watermark);
         let marks: Vec<Mark> = moved
             .map(|watermark| Mark { step: 0, watermark })
             .into_iter()
             .collect();
         let items = self.shards.iter().map(|_| Vec::new()).collect();
-        let done = self.dispatch(&mut seq, items, marks, clock)?;
+        let (_, done) = self.dispatch(&mut seq, items, marks, clock, None, record)?;
         if moved.is_some() {
-            seq.watermark = moved;
+            seq.counters.watermark = moved;
         }
-        Ok((seq.watermark, done))
+        Ok((seq.counters.watermark, done))
     }
 
-    /// Sends each shard its part (all shards when the watermark or clock moves), or nothing
-    /// when any needed mailbox is full.
+    /// Reserves a mailbox slot on each shard that needs the batch (all of them when the
+    /// watermark or clock moves, or at a barrier) or fails with nothing done; then logs the
+    /// record and hands the shards their parts once it is durable.
     fn dispatch(
         &self,
         seq: &mut Sequencer,
         items: Vec<Vec<Item>>,
         marks: Vec<Mark>,
         clock: Option<i64>,
-    ) -> Result<oneshot::Receiver<()>, EngineError> {
-        let broadcast = !marks.is_empty() || clock.is_some();
+        checkpoint: Option<Vec<oneshot::Sender<Vec<StateRow>>>>,
+        record: Option<Record>,
+    ) -> Result<(u64, oneshot::Receiver<u64>), EngineError> {
+        if let Some(reason) = self.failure.get() {
+            return Err(EngineError::Failed {
+                pipeline: self.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let broadcast = !marks.is_empty() || clock.is_some() || checkpoint.is_some();
         let mut permits = Vec::new();
         for (shard, part) in items.into_iter().enumerate() {
             if broadcast || !part.is_empty() {
-                let permit = self.shards[shard].try_reserve().map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(()) => EngineError::Overloaded {
-                        pipeline: self.name.clone(),
-                    },
-                    mpsc::error::TrySendError::Closed(()) => self.stopped(),
-                })?;
+                let permit =
+                    self.shards[shard]
+                        .clone()
+                        .try_reserve_owned()
+                        .map_err(|e| match e {
+                            mpsc::error::TrySendError::Full(_) => EngineError::Overloaded {
+                                pipeline: self.name.clone(),
+                            },
+                            mpsc::error::TrySendError::Closed(_) => self.stopped(),
+                        })?;
                 permits.push((permit, part));
             }
         }
@@ -295,15 +481,132 @@ impl Pipeline {
         seq.next_batch += 1;
         let done = self.output.register(batch, permits.len());
         let marks: Arc<[Mark]> = marks.into();
-        for (permit, items) in permits {
-            permit.send(Command::Batch(ShardBatch {
-                seq: batch,
-                items,
-                marks: marks.clone(),
-                clock,
-            }));
+        let mut replies = checkpoint.map(Vec::into_iter);
+        let (output, failure) = (self.output.clone(), self.failure.clone());
+        let send = move |durable: Result<(), crate::wal::WalFailed>| match durable {
+            Ok(()) => {
+                for (permit, items) in permits {
+                    let checkpoint = replies.as_mut().and_then(Iterator::next);
+                    permit.send(Command::Batch(ShardBatch {
+                        seq: batch,
+                        items,
+                        marks: marks.clone(),
+                        clock,
+                        checkpoint,
+                    }));
+                }
+            }
+            Err(failed) => {
+                let _ = failure.set(failed.to_string());
+                output.fail();
+            }
+        };
+        match (self.wal.get(), record) {
+            (Some(wal), Some(record)) => {
+                wal.append(&record, Box::new(send));
+            }
+            (Some(wal), None) => wal.after_queued(Box::new(send)),
+            (None, _) => send(Ok(())),
         }
-        Ok(done)
+        Ok((batch, done))
+    }
+
+    /// A checkpoint barrier: the counters, WAL position and output offset at this point of
+    /// the order, and every change since the previous barrier. Ingest goes on meanwhile.
+    pub async fn barrier(&self) -> Result<Barrier, EngineError> {
+        let (counters, wal_lsn, idempotency, done, replies) = {
+            let mut seq = self.sequencer.lock().expect("sequencer lock");
+            let (senders, replies): (Vec<_>, Vec<_>) =
+                self.shards.iter().map(|_| oneshot::channel()).unzip();
+            let items = self.shards.iter().map(|_| Vec::new()).collect();
+            let (_, done) =
+                self.dispatch(&mut seq, items, Vec::new(), None, Some(senders), None)?;
+            let wal_lsn = self.wal.get().map_or(0, Wal::last_lsn);
+            (
+                seq.counters,
+                wal_lsn,
+                seq.idempotency.take_unsaved(),
+                done,
+                replies,
+            )
+        };
+        let output_offset = done.await.map_err(|_| self.failed_or_stopped())?;
+        let mut rows = Vec::new();
+        for reply in replies {
+            rows.extend(reply.await.map_err(|_| self.failed_or_stopped())?);
+        }
+        Ok(Barrier {
+            counters,
+            wal_lsn,
+            output_offset,
+            rows,
+            idempotency,
+        })
+    }
+
+    /// Hands a failed checkpoint's changes back: they go into the next one.
+    pub async fn unbarrier(&self, barrier: Barrier) -> Result<(), EngineError> {
+        self.sequencer
+            .lock()
+            .expect("sequencer lock")
+            .idempotency
+            .unsave(&barrier.idempotency);
+        let mut per_shard: Vec<Vec<(u16, Key)>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for row in barrier.rows {
+            per_shard[shard_of(u32::from(row.key_group), self.shards.len())]
+                .push((row.operator, row.key));
+        }
+        for (shard, keys) in per_shard.into_iter().enumerate() {
+            self.send(shard, Command::Remark { keys }).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the pipeline from a checkpoint. Call before any other batch.
+    pub async fn restore(&self, snapshot: Snapshot) -> Result<(), EngineError> {
+        let watermark = snapshot.counters.watermark;
+        let mut per_shard: Vec<Vec<StateRow>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for row in snapshot.rows {
+            per_shard[shard_of(u32::from(row.key_group), self.shards.len())].push(row);
+        }
+        for (shard, rows) in per_shard.into_iter().enumerate() {
+            let (reply, answer) = oneshot::channel();
+            self.send(
+                shard,
+                Command::Restore {
+                    rows,
+                    watermark,
+                    reply,
+                },
+            )
+            .await?;
+            answer
+                .await
+                .map_err(|_| self.stopped())?
+                .map_err(|detail| EngineError::Replay {
+                    pipeline: self.name.clone(),
+                    detail,
+                })?;
+        }
+        self.output
+            .restore(snapshot.output, snapshot.next_output_offset.max(1));
+        let mut seq = self.sequencer.lock().expect("sequencer lock");
+        seq.counters = snapshot.counters;
+        for entry in snapshot.idempotency {
+            seq.idempotency.restore(entry);
+        }
+        Ok(())
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> Counters {
+        self.sequencer.lock().expect("sequencer lock").counters
+    }
+
+    /// Raises the next event offset to at least `offset` (offsets are never reused).
+    pub fn raise_next_offset(&self, offset: u64) {
+        let mut seq = self.sequencer.lock().expect("sequencer lock");
+        seq.counters.next_offset = seq.counters.next_offset.max(offset);
     }
 
     /// The state of `key` in `operator`, or `None` when the key has none.
@@ -358,7 +661,7 @@ impl Pipeline {
 
     /// Counters, watermark and keys per operator, reflecting every acknowledged batch.
     pub async fn status(&self) -> Result<Status, EngineError> {
-        let seq = *self.sequencer.lock().expect("sequencer lock");
+        let seq = self.sequencer.lock().expect("sequencer lock").counters;
         let mut keys = vec![0; self.operators.len()];
         let mut changed_keys = 0;
         for shard in 0..self.shards.len() {
@@ -376,7 +679,7 @@ impl Pipeline {
             events: seq.events,
             late_events: seq.late_events,
             watermark: seq.watermark,
-            wal_offset: (seq.next_offset > 1).then(|| seq.next_offset - 1),
+            wal_offset: (seq.events > 0).then(|| seq.next_offset - 1),
             keys: self.operators.iter().cloned().zip(keys).collect(),
             changed_keys,
         })
@@ -417,4 +720,20 @@ impl Pipeline {
             pipeline: self.name.clone(),
         }
     }
+
+    fn failed_or_stopped(&self) -> EngineError {
+        match self.failure.get() {
+            Some(reason) => EngineError::Failed {
+                pipeline: self.name.clone(),
+                reason: reason.clone(),
+            },
+            None => self.stopped(),
+        }
+    }
+}
+
+enum Sequenced {
+    New(Ack, oneshot::Receiver<u64>),
+    /// The idempotency key was sequenced before.
+    Replayed(String),
 }

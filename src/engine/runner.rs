@@ -2,7 +2,7 @@
 //! shard holds built-in and user operators alike as `Box<dyn Runner>`.
 
 use super::operator::{Context, Emission, Input, Operator, TimeDomain};
-use crate::state::{Key, KeyedState, TimerQueue};
+use crate::state::{Change, Key, KeyedState, TimerQueue};
 use serde_json::Value;
 
 /// Where a shard stands when it calls a runner.
@@ -24,6 +24,23 @@ pub(crate) trait Runner: Send {
     fn list(&self, after: Option<&str>, prefix: &str, limit: usize) -> Vec<(Key, Value)>;
     fn key_count(&self) -> usize;
     fn changed_keys(&self) -> usize;
+    /// Appends every change since the last drain to `out`, encoded.
+    fn drain_changes(&mut self, out: &mut Vec<StateRow>);
+    /// Puts a key's state from a checkpoint and registers the timers it needs.
+    fn restore(&mut self, row: &StateRow, watermark: Option<i64>) -> Result<(), String>;
+    /// Lists a key as changed again.
+    fn remark(&mut self, key: &Key);
+}
+
+/// One key's state as checkpointed: `value` is `None` for a key that no longer has state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRow {
+    pub operator: u16,
+    pub key: Key,
+    pub key_group: u16,
+    /// Newest event time of the key (for TTL).
+    pub last_time: i64,
+    pub value: Option<Vec<u8>>,
 }
 
 /// An operator with its keyed state, its timers and the pipeline's TTL.
@@ -179,5 +196,67 @@ impl<O: Operator> Runner for OperatorRunner<O> {
 
     fn changed_keys(&self) -> usize {
         self.state.changed_len()
+    }
+
+    fn drain_changes(&mut self, out: &mut Vec<StateRow>) {
+        let operator = self.index;
+        let state = &mut self.state;
+        let mut puts = Vec::new();
+        state.drain_changes(|change| match change {
+            Change::Put(key, s) => {
+                let value = serde_json::to_vec(s).expect("operator state serialises");
+                puts.push((key.clone(), value));
+            }
+            Change::Delete(key) => out.push(StateRow {
+                operator,
+                key_group: super::key_group(&key) as u16,
+                key,
+                last_time: 0,
+                value: None,
+            }),
+        });
+        for (key, value) in puts {
+            let last_time = self.state.last_time(&key).unwrap_or(i64::MIN);
+            let key_group = super::key_group(&key) as u16;
+            out.push(StateRow {
+                operator,
+                key,
+                key_group,
+                last_time,
+                value: Some(value),
+            });
+        }
+    }
+
+    fn restore(&mut self, row: &StateRow, watermark: Option<i64>) -> Result<(), String> {
+        let Some(bytes) = &row.value else {
+            return Ok(());
+        };
+        let mut state: O::State =
+            serde_json::from_slice(bytes).map_err(|e| format!("key {:?}: {e}", row.key))?;
+        let mut out = Vec::new();
+        let mut cx = Context {
+            key: &row.key,
+            watermark,
+            event_timers: &mut self.event_timers,
+            processing_timers: &mut self.processing_timers,
+            out: &mut out,
+            step: 0,
+            phase: 0,
+            operator: self.index,
+        };
+        self.op.restore_timers(&mut state, &mut cx);
+        if let Some(ttl) = self.ttl {
+            self.ttl_timers.register(
+                row.last_time.saturating_add(ttl).saturating_add(1),
+                row.key.clone(),
+            );
+        }
+        self.state.restore(row.key.clone(), state, row.last_time);
+        Ok(())
+    }
+
+    fn remark(&mut self, key: &Key) {
+        self.state.mark_changed(key);
     }
 }

@@ -5,7 +5,7 @@
 use super::extract::OpInput;
 use super::operator::{Emission, Input};
 use super::output::Output;
-use super::runner::{Runner, Step};
+use super::runner::{Runner, StateRow, Step};
 use crate::state::Key;
 use serde_json::Value;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ pub(crate) struct ShardBatch {
     pub marks: Arc<[Mark]>,
     /// A processing-time tick at the end of the batch.
     pub clock: Option<i64>,
+    /// A checkpoint barrier: after the batch, hand over every change since the last one.
+    pub checkpoint: Option<oneshot::Sender<Vec<StateRow>>>,
 }
 
 /// A message to a shard.
@@ -53,6 +55,16 @@ pub(crate) enum Command {
         prefix: String,
         limit: usize,
         reply: oneshot::Sender<Vec<(Key, Value)>>,
+    },
+    /// Puts checkpointed state (before any batch) and the watermark it was taken at.
+    Restore {
+        rows: Vec<StateRow>,
+        watermark: Option<i64>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Lists keys as changed again (their checkpoint failed).
+    Remark {
+        keys: Vec<(u16, Key)>,
     },
     /// Per operator: (keys with state, keys changed since the last checkpoint).
     KeyCounts {
@@ -89,10 +101,34 @@ impl Shard {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Batch(batch) => {
+            Command::Batch(mut batch) => {
                 let seq = batch.seq;
+                let checkpoint = batch.checkpoint.take();
                 let emitted = self.process(batch);
+                if let Some(reply) = checkpoint {
+                    let mut rows = Vec::new();
+                    for runner in &mut self.runners {
+                        runner.drain_changes(&mut rows);
+                    }
+                    let _ = reply.send(rows);
+                }
                 self.output.complete(seq, emitted);
+            }
+            Command::Restore {
+                rows,
+                watermark,
+                reply,
+            } => {
+                self.watermark = watermark;
+                let restored = rows.iter().try_for_each(|row| {
+                    self.runners[usize::from(row.operator)].restore(row, watermark)
+                });
+                let _ = reply.send(restored);
+            }
+            Command::Remark { keys } => {
+                for (operator, key) in keys {
+                    self.runners[usize::from(operator)].remark(&key);
+                }
             }
             Command::Get {
                 operator,

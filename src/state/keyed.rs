@@ -108,6 +108,19 @@ impl<S: Default> KeyedState<S> {
         }
     }
 
+    /// Lists `key` as changed again (its checkpoint failed): its current state, or its absence,
+    /// goes into the next checkpoint.
+    pub fn mark_changed(&mut self, key: &Key) {
+        match self.slots.get_mut(key) {
+            Some(slot) if slot.changed => {}
+            Some(slot) => {
+                slot.changed = true;
+                self.changed.push(key.clone());
+            }
+            None => self.changed.push(key.clone()),
+        }
+    }
+
     /// Puts restored state without marking it changed (it is what the checkpoint holds).
     pub fn restore(&mut self, key: Key, state: S, last_time: i64) {
         let slot = Slot {

@@ -51,7 +51,13 @@ impl Record {
         let mut payload = Vec::with_capacity(64);
         payload.extend_from_slice(&lsn.to_le_bytes());
         match self {
-            Record::Events { arrival, format, idempotency_key, first_offset, body } => {
+            Record::Events {
+                arrival,
+                format,
+                idempotency_key,
+                first_offset,
+                body,
+            } => {
                 payload.push(1);
                 payload.extend_from_slice(&arrival.to_le_bytes());
                 payload.push(*format);
@@ -87,7 +93,9 @@ impl Record {
             return Err(DecodeError::BadLength(len));
         }
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let payload = bytes.get(HEADER..HEADER + len).ok_or(DecodeError::Truncated)?;
+        let payload = bytes
+            .get(HEADER..HEADER + len)
+            .ok_or(DecodeError::Truncated)?;
         if crc32c::crc32c(payload) != crc {
             return Err(DecodeError::Checksum);
         }
@@ -111,13 +119,19 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn i64(&mut self) -> Result<i64, DecodeError> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -159,9 +173,21 @@ mod tests {
 
     fn record() -> impl Strategy<Value = Record> {
         prop_oneof![
-            (any::<i64>(), 0..2u8, proptest::option::of(".{0,20}"), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..200))
-                .prop_map(|(arrival, format, idempotency_key, first_offset, body)| Record::Events {
-                    arrival, format, idempotency_key, first_offset, body: Bytes::from(body)
+            (
+                any::<i64>(),
+                0..2u8,
+                proptest::option::of(".{0,20}"),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..200)
+            )
+                .prop_map(|(arrival, format, idempotency_key, first_offset, body)| {
+                    Record::Events {
+                        arrival,
+                        format,
+                        idempotency_key,
+                        first_offset,
+                        body: Bytes::from(body),
+                    }
                 }),
             any::<i64>().prop_map(|time| Record::Watermark { time }),
             any::<i64>().prop_map(|now| Record::Tick { now }),
@@ -194,7 +220,13 @@ mod tests {
 
     #[test]
     fn an_empty_idempotency_key_differs_from_none() {
-        let some = Record::Events { arrival: 1, format: 0, idempotency_key: Some(String::new()), first_offset: 1, body: Bytes::new() };
+        let some = Record::Events {
+            arrival: 1,
+            format: 0,
+            idempotency_key: Some(String::new()),
+            first_offset: 1,
+            body: Bytes::new(),
+        };
         assert_eq!(Record::decode(&some.encode(1)).unwrap().1, some);
     }
 }
