@@ -1,6 +1,7 @@
 //! The REST API of the contract. Each module registers its own routes with their OpenAPI
 //! annotations, so the route table and the published document cannot drift apart.
 
+mod checkpoints;
 mod events;
 mod health;
 mod output;
@@ -8,6 +9,7 @@ mod pipelines;
 pub mod problem;
 mod queries;
 
+pub use checkpoints::{CheckpointDto, CheckpointList, Restored};
 pub use events::{EventsAccepted, WatermarkRequest, WatermarkResponse};
 pub use output::OutputPage;
 pub use pipelines::{PipelineList, PipelineSpecDoc, PipelineStatus};
@@ -29,6 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "events", description = "Ingest and watermarks"),
         (name = "state", description = "Live keyed state of operators"),
         (name = "output", description = "Closed sessions and windows as a feed"),
+        (name = "checkpoints", description = "Transactional checkpoints: trigger, list, restore"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -41,6 +44,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(events::routes())
         .merge(queries::routes())
         .merge(output::routes())
+        .merge(checkpoints::routes())
         .merge(health::routes())
 }
 

@@ -3,9 +3,11 @@
 
 use crate::api;
 use crate::api::problem::{ApiError, PROBLEM_JSON, problem_response};
+use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::config::Config;
 use crate::engine::{Engine, Pipeline};
 use crate::spec::PipelineSpec;
+use crate::store::Trigger;
 use crate::store::{self, Store, StoreError};
 use axum::Router;
 use axum::body::Body;
@@ -36,6 +38,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Cancelled when the service shuts down (ends long polls and streams).
     pub shutdown: CancellationToken,
+    pub checkpoints: Arc<Checkpointer>,
 }
 
 impl AppState {
@@ -46,6 +49,52 @@ impl AppState {
             .ok_or_else(|| ApiError::PipelineNotFound {
                 name: name.to_owned(),
             })
+    }
+
+    /// Serves `pipeline` (replacing one of its name) and checkpoints it periodically.
+    pub fn launch(&self, pipeline: Pipeline) -> Arc<Pipeline> {
+        let pipeline = Arc::new(pipeline);
+        self.engine.insert(pipeline.clone());
+        let interval = pipeline.spec().map_or(Duration::from_secs(10), |s| {
+            Duration::from_millis(s.checkpoint_interval.millis().max(1) as u64)
+        });
+        let (state, weak) = (self.clone(), Arc::downgrade(&pipeline));
+        let (closed, shutdown) = (pipeline.closed(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + interval;
+            let mut every = tokio::time::interval_at(start, interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = closed.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let Some(pipeline) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = state.checkpoints.take(&pipeline, Trigger::Periodic).await {
+                    tracing::warn!(pipeline = pipeline.name(), error = %e, "periodic checkpoint not taken");
+                }
+            }
+        });
+        pipeline
+    }
+
+    /// Takes a final checkpoint of every pipeline (at shutdown).
+    pub async fn checkpoint_all(&self, trigger: Trigger) {
+        for pipeline in self.engine.list() {
+            match self.checkpoints.take(&pipeline, trigger).await {
+                Ok(meta) => tracing::info!(
+                    pipeline = pipeline.name(),
+                    checkpoint = meta.id,
+                    "final checkpoint"
+                ),
+                Err(e) => {
+                    tracing::error!(pipeline = pipeline.name(), error = %e, "final checkpoint failed")
+                }
+            }
+        }
     }
 }
 
@@ -61,6 +110,11 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("stored pipeline {name:?} is no longer valid: {detail}")]
     InvalidStoredSpec { name: String, detail: String },
+    #[error("pipeline {name:?} cannot be recovered: {source}")]
+    Recovery {
+        name: String,
+        source: CheckpointError,
+    },
 }
 
 /// The process-wide Prometheus recorder (metrics has one global recorder per process).
@@ -94,10 +148,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppSta
     })?;
     let store = store::connect(&config.database_url).await?;
     store.migrate().await?;
+    let config = Arc::new(config);
     let state = AppState {
         engine: Arc::new(Engine::default()),
+        checkpoints: Arc::new(Checkpointer::new(store.clone(), config.clone())),
         store,
-        config: Arc::new(config),
+        config,
         ready: Arc::new(AtomicBool::new(false)),
         metrics: metrics_handle(),
         shutdown,
@@ -109,10 +165,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppSta
                 detail: format!("{errors:?}"),
             }
         })?;
-        state
-            .engine
-            .insert(Arc::new(Pipeline::from_spec(spec, &state.config.engine)));
-        tracing::info!(pipeline = %stored.name, "pipeline started");
+        let pipeline =
+            state
+                .checkpoints
+                .recover(spec)
+                .await
+                .map_err(|source| StartError::Recovery {
+                    name: stored.name.clone(),
+                    source,
+                })?;
+        state.launch(pipeline);
     }
     state.ready.store(true, Ordering::Release);
     Ok(state)
@@ -238,7 +300,7 @@ async fn problem_for_bare_errors(response: Response) -> Response {
         }
         _ => ("bad_request", detail),
     };
-    let mut fixed = problem_response(status, code, detail, None);
+    let mut fixed = problem_response(status, code, detail, None, None);
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             fixed.headers_mut().insert(name, value.clone());

@@ -68,6 +68,9 @@ pub struct Settings {
     /// Output records kept per pipeline [default: 100000].
     #[arg(long, env = "EDDY_OUTPUT_RETAIN", global = true)]
     pub output_retain: Option<usize>,
+    /// fdatasync the WAL before acknowledging [default: true]; false only for benchmarks.
+    #[arg(long, env = "EDDY_WAL_FSYNC", global = true)]
+    pub wal_fsync: Option<bool>,
 }
 
 impl Settings {
@@ -83,6 +86,7 @@ impl Settings {
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             request_timeout: self.request_timeout.or(file.request_timeout),
             output_retain: self.output_retain.or(file.output_retain),
+            wal_fsync: self.wal_fsync.or(file.wal_fsync),
         }
     }
 
@@ -123,6 +127,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Whether WAL appends are fdatasync'ed before they are acknowledged.
+    pub wal_fsync: bool,
 }
 
 impl Config {
@@ -161,6 +167,7 @@ impl Config {
             },
             max_body_bytes: positive("EDDY_MAX_BODY_BYTES", s.max_body_bytes, 16 * 1024 * 1024)?,
             request_timeout: Duration::from_millis(timeout.millis() as u64),
+            wal_fsync: s.wal_fsync.unwrap_or(true),
         })
     }
 

@@ -76,9 +76,10 @@ async fn serve(config: Config, insecure: bool) -> Result<(), BoxError> {
     let state = app::start(config, shutdown.clone()).await?;
     let ticker = app::spawn_ticker(&state);
     tracing::info!("ready");
-    app::serve(listener, state, shutdown.clone().cancelled_owned()).await?;
+    app::serve(listener, state.clone(), shutdown.clone().cancelled_owned()).await?;
     shutdown.cancel();
     ticker.await?;
+    state.checkpoint_all(eddy::store::Trigger::Shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }

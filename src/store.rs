@@ -4,9 +4,13 @@
 //! Invariant: both backends pass the same conformance suite (`tests/store_conformance.rs`);
 //! a behaviour one of them cannot give is not part of the trait.
 
+mod checkpoints;
 mod postgres;
 mod sqlite;
 
+pub use checkpoints::{
+    CheckpointMeta, CheckpointStatus, CheckpointWrite, Floors, LoadedCheckpoint, Trigger,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -61,8 +65,67 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_pipeline(&self, name: &str, spec: &Value) -> Result<(), StoreError>;
     /// Every stored pipeline, by name.
     async fn pipelines(&self) -> Result<Vec<StoredPipeline>, StoreError>;
-    /// Deletes a pipeline definition; false when there was none.
+    /// Deletes a pipeline definition with its checkpoints; false when there was none.
     async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError>;
+    /// Records a checkpoint as `in_progress`; its id (above every id the pipeline ever had).
+    async fn begin_checkpoint(
+        &self,
+        pipeline: &str,
+        trigger: Trigger,
+        started_at: i64,
+    ) -> Result<i64, StoreError>;
+    /// In ONE transaction: the state rows, output records and idempotency keys of a
+    /// checkpoint, and its row marked completed.
+    async fn commit_checkpoint(
+        &self,
+        write: &CheckpointWrite<'_>,
+    ) -> Result<CheckpointMeta, StoreError>;
+    /// Marks a checkpoint failed with its error.
+    async fn fail_checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+        error: &str,
+        completed_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Marks checkpoints a crash interrupted as failed.
+    async fn fail_interrupted(&self, pipeline: &str, at: i64) -> Result<(), StoreError>;
+    /// Every checkpoint of a pipeline, newest first.
+    async fn checkpoints(&self, pipeline: &str) -> Result<Vec<CheckpointMeta>, StoreError>;
+    /// One checkpoint.
+    async fn checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+    ) -> Result<Option<CheckpointMeta>, StoreError>;
+    /// The state, the newest `outputs` output records and the idempotency keys at a checkpoint.
+    async fn load_checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+        outputs: i64,
+    ) -> Result<LoadedCheckpoint, StoreError>;
+    /// What offsets and ids a pipeline must stay above.
+    async fn floors(&self, pipeline: &str) -> Result<Floors, StoreError>;
+    /// Makes `id` the newest checkpoint (newer ones, their rows and outputs go) and sets floors.
+    async fn restore_checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+        floors: Floors,
+    ) -> Result<(), StoreError>;
+    /// The WAL was cut after a restore: forget the pending discard.
+    async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError>;
+    /// Keeps `retain` completed checkpoints, collects state rows no retained checkpoint reads,
+    /// keeps the newest `keep_outputs` output records and idempotency keys created since
+    /// `keys_since` (epoch ms).
+    async fn prune(
+        &self,
+        pipeline: &str,
+        retain: i64,
+        keep_outputs: i64,
+        keys_since: i64,
+    ) -> Result<(), StoreError>;
 }
 
 /// Opens the store a database URL names (`postgres://`, `postgresql://` or `sqlite://`).

@@ -107,7 +107,7 @@ async fn a_broken_store_gives_500_without_leaking_the_cause(backend: Backend) {
     match backend {
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query("drop table pipelines")
+            sqlx::query("drop table pipelines cascade")
                 .execute(&pool)
                 .await
                 .unwrap();

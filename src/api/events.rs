@@ -4,11 +4,12 @@
 
 use super::problem::{ApiError, Problem};
 use crate::app::{AppState, now_ms};
-use crate::engine::{BatchError, BodyFormat, parse_batch};
+use crate::engine::{BatchError, BodyFormat, Ingested, Submission, parse_batch};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Instant;
@@ -46,6 +47,21 @@ pub struct WatermarkRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WatermarkResponse {
     pub watermark: Option<i64>,
+}
+
+/// Longest idempotency key, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))),
+    }
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
@@ -101,7 +117,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         )
     ),
     responses(
-        (status = 200, description = "The batch is applied", body = EventsAccepted),
+        (status = 200, description = "The batch is durable and applied (or, with a known Idempotency-Key, its first answer, with `Idempotent-Replayed: true`)", body = EventsAccepted),
         (status = 400, description = "Invalid events (`errors`) or unparseable body", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
@@ -114,9 +130,24 @@ async fn post_events(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<EventsAccepted>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let pipeline = app.pipeline(&name)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    if let Some(key) = &idempotency_key
+        && let Some(ack) = pipeline.replayed(key).await
+    {
+        let mut response = Json(EventsAccepted {
+            accepted: ack.accepted,
+            first_offset: ack.first_offset,
+            last_offset: ack.last_offset,
+        })
+        .into_response();
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(response);
+    }
     let format = body_format(&headers)?;
     let bytes = read_body(body, app.config.max_body_bytes).await?;
     let events = parse_batch(&bytes, format, pipeline.extractor()).map_err(|e| match e {
@@ -124,14 +155,32 @@ async fn post_events(
         BatchError::Empty => ApiError::bad_request(e.to_string()),
         BatchError::Invalid(errors) => ApiError::InvalidEvents { errors },
     })?;
-    let ack = pipeline.ingest(events, now_ms()).await?;
-    metrics::counter!("eddy_events_ingested_total", "pipeline" => name).increment(ack.accepted);
-    metrics::histogram!("eddy_batch_duration_seconds").record(started.elapsed().as_secs_f64());
-    Ok(Json(EventsAccepted {
+    let submission = Submission {
+        events,
+        arrival: now_ms(),
+        idempotency_key,
+        body: Some((bytes, format)),
+    };
+    let (ack, replayed) = match pipeline.submit(submission).await? {
+        Ingested::Applied(ack) => (ack, false),
+        Ingested::Replayed(ack) => (ack, true),
+    };
+    if !replayed {
+        metrics::counter!("eddy_events_ingested_total", "pipeline" => name).increment(ack.accepted);
+        metrics::histogram!("eddy_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    }
+    let body = Json(EventsAccepted {
         accepted: ack.accepted,
         first_offset: ack.first_offset,
         last_offset: ack.last_offset,
-    }))
+    });
+    let mut response = body.into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 fn watermark_time(body: &[u8]) -> Result<i64, ApiError> {

@@ -12,7 +12,6 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -123,15 +122,24 @@ pub struct PipelineList {
     items: Vec<PipelineDoc>,
 }
 
-async fn answer(pipeline: &Pipeline) -> Result<Value, ApiError> {
+async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> {
     let status = pipeline.status().await?;
+    let last = app
+        .store
+        .checkpoints(pipeline.name())
+        .await?
+        .into_iter()
+        .next();
+    let last_checkpoint = last.map(|c| {
+        serde_json::to_value(super::checkpoints::CheckpointDto::from(c)).expect("serialises")
+    });
     let status = PipelineStatus {
         events: status.events,
         late_events: status.late_events,
         watermark: status.watermark,
         wal_offset: status.wal_offset,
         keys: status.keys.into_iter().collect(),
-        last_checkpoint: None,
+        last_checkpoint,
     };
     let mut doc = pipeline.spec().map_or(Value::Null, |s| s.document.clone());
     doc["status"] = serde_json::to_value(status).expect("status serialises");
@@ -160,14 +168,21 @@ async fn create_pipeline(
     app.store
         .insert_pipeline(&spec.name, &spec.document)
         .await?;
-    let pipeline = Arc::new(Pipeline::from_spec(spec, &app.config.engine));
-    app.engine.insert(pipeline.clone());
+    let name = spec.name.clone();
+    // A new pipeline recovers nothing, but takes the same path: it opens its WAL.
+    let pipeline = match app.checkpoints.recover(spec).await {
+        Ok(pipeline) => app.launch(pipeline),
+        Err(e) => {
+            let _ = app.store.delete_pipeline(&name).await;
+            return Err(ApiError::internal(&e));
+        }
+    };
     tracing::info!(pipeline = pipeline.name(), "pipeline created");
     let location = format!("/v1/pipelines/{}", pipeline.name());
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(answer(&pipeline).await?),
+        Json(answer(&app, &pipeline).await?),
     ))
 }
 
@@ -179,7 +194,7 @@ async fn create_pipeline(
 async fn list_pipelines(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
     for pipeline in app.engine.list() {
-        items.push(answer(&pipeline).await?);
+        items.push(answer(&app, &pipeline).await?);
     }
     Ok(Json(serde_json::json!({ "items": items })))
 }
@@ -198,7 +213,7 @@ async fn get_pipeline(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let pipeline = app.pipeline(&name)?;
-    Ok(Json(answer(&pipeline).await?))
+    Ok(Json(answer(&app, &pipeline).await?))
 }
 
 /// Delete a pipeline with its state
@@ -219,7 +234,13 @@ async fn delete_pipeline(
         return Err(ApiError::PipelineNotFound { name });
     }
     if let Some(pipeline) = app.engine.remove(&name) {
-        pipeline.close();
+        pipeline.quiesce().await;
+    }
+    let wal = app.checkpoints.wal_dir(&name);
+    if let Err(e) = std::fs::remove_dir_all(&wal)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(pipeline = %name, error = %e, "cannot delete the WAL directory");
     }
     tracing::info!(pipeline = %name, "pipeline deleted");
     Ok(StatusCode::NO_CONTENT)

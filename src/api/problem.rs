@@ -63,6 +63,15 @@ pub enum ApiError {
     /// 409.
     #[error("pipeline {name:?} already exists")]
     PipelineExists { name: String },
+    /// 409, with `checkpoint_id`.
+    #[error("checkpoint {id} is running")]
+    CheckpointRunning { id: i64 },
+    /// 409.
+    #[error("{detail}")]
+    Conflict { detail: String },
+    /// 404.
+    #[error("checkpoint {id} does not exist")]
+    CheckpointNotFound { id: i64 },
     /// 413.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -92,9 +101,12 @@ impl ApiError {
             PipelineNotFound { .. }
             | OperatorNotFound { .. }
             | KeyNotFound { .. }
-            | RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            | RouteNotFound { .. }
+            | CheckpointNotFound { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            PipelineExists { .. } => StatusCode::CONFLICT,
+            PipelineExists { .. } | CheckpointRunning { .. } | Conflict { .. } => {
+                StatusCode::CONFLICT
+            }
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Overloaded { .. } | Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,6 +128,9 @@ impl ApiError {
             RouteNotFound { .. } => "route_not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
             PipelineExists { .. } => "pipeline_exists",
+            CheckpointRunning { .. } => "checkpoint_running",
+            Conflict { .. } => "conflict",
+            CheckpointNotFound { .. } => "checkpoint_not_found",
             PayloadTooLarge { .. } => "payload_too_large",
             UnsupportedMediaType { .. } => "unsupported_media_type",
             Overloaded { .. } => "overloaded",
@@ -157,7 +172,12 @@ impl IntoResponse for ApiError {
             ApiError::InvalidSpec { errors } => serde_json::to_value(errors).ok(),
             _ => None,
         };
-        let mut response = problem_response(status, self.code(), self.to_string(), errors);
+        let checkpoint_id = match &self {
+            ApiError::CheckpointRunning { id } => Some(*id),
+            _ => None,
+        };
+        let mut response =
+            problem_response(status, self.code(), self.to_string(), errors, checkpoint_id);
         if matches!(self, ApiError::Overloaded { .. }) {
             response
                 .headers_mut()
@@ -173,6 +193,7 @@ pub fn problem_response(
     code: &'static str,
     detail: String,
     errors: Option<serde_json::Value>,
+    checkpoint_id: Option<i64>,
 ) -> Response {
     let body = Problem {
         kind: "about:blank",
@@ -181,7 +202,7 @@ pub fn problem_response(
         detail,
         code,
         errors,
-        checkpoint_id: None,
+        checkpoint_id,
     };
     (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(body)).into_response()
 }

@@ -26,6 +26,31 @@ pub struct OutputRecord {
     pub value: Value,
 }
 
+impl OutputRecord {
+    /// A record from its JSON (as a checkpoint stores it); `None` if it is not one of ours.
+    pub fn from_json(json: &str, operators: &[String]) -> Option<OutputRecord> {
+        let v: Value = serde_json::from_str(json).ok()?;
+        let name = v.get("operator")?.as_str()?;
+        let operator: Arc<str> = operators
+            .iter()
+            .find(|o| *o == name)
+            .map(|o| Arc::from(o.as_str()))?;
+        let kind = match v.get("type")?.as_str()? {
+            "session_closed" => "session_closed",
+            "window_closed" => "window_closed",
+            // Kinds of user operators are few and live as long as the process.
+            other => Box::leak(other.to_owned().into_boxed_str()),
+        };
+        Some(OutputRecord {
+            offset: v.get("offset")?.as_u64()?,
+            operator,
+            key: v.get("key")?.as_str()?.into(),
+            kind,
+            value: v.get("value")?.clone(),
+        })
+    }
+}
+
 impl Serialize for OutputRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut r = s.serialize_struct("OutputRecord", 5)?;
@@ -195,6 +220,17 @@ impl Output {
         log.next_offset = next_offset;
         log.persisted = next_offset - 1;
         self.last_offset.send_replace(next_offset - 1);
+    }
+
+    /// Records up to this offset are in a checkpoint.
+    pub fn persisted(&self) -> u64 {
+        self.log.lock().expect("output lock").persisted
+    }
+
+    /// Raises the next output offset to at least `offset` (offsets are never reused).
+    pub(crate) fn raise_next_offset(&self, offset: u64) {
+        let mut log = self.log.lock().expect("output lock");
+        log.next_offset = log.next_offset.max(offset);
     }
 
     /// The offset the next record gets.

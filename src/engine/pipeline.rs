@@ -33,6 +33,8 @@ pub struct Counters {
     pub events: u64,
     pub late_events: u64,
     pub watermark: Option<i64>,
+    /// Offset of the last event applied (`None` before any).
+    pub last_offset: Option<u64>,
 }
 
 /// What the sequencer has decided so far.
@@ -411,6 +413,7 @@ impl Pipeline {
         c.events += count;
         c.late_events += late;
         c.watermark = watermark;
+        c.last_offset = Some(ack.last_offset);
         if let Some(key) = idempotency_key {
             seq.idempotency.insert(IdempotencyEntry {
                 key,
@@ -598,6 +601,20 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Stops accepting (the pipeline is closed) and waits until everything sequenced before
+    /// is durable and applied; answers the counters then.
+    pub async fn quiesce(&self) -> Counters {
+        let (counters, last) = {
+            let seq = self.sequencer.lock().expect("sequencer lock");
+            self.closed.cancel();
+            (seq.counters, seq.next_batch)
+        };
+        if last > 0 {
+            self.output.wait_flushed(last - 1).await;
+        }
+        counters
+    }
+
     /// The counters now.
     pub fn counters(&self) -> Counters {
         self.sequencer.lock().expect("sequencer lock").counters
@@ -679,7 +696,7 @@ impl Pipeline {
             events: seq.events,
             late_events: seq.late_events,
             watermark: seq.watermark,
-            wal_offset: (seq.events > 0).then(|| seq.next_offset - 1),
+            wal_offset: seq.last_offset,
             keys: self.operators.iter().cloned().zip(keys).collect(),
             changed_keys,
         })

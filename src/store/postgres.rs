@@ -1,10 +1,11 @@
-//! The PostgreSQL backend.
+//! The PostgreSQL backend (production).
 
-use super::{
-    POSTGRES_MIGRATOR, Store, StoreError, StoredPipeline, decode_spec, is_unique_violation,
+use super::checkpoints::{
+    CHECKPOINT_COLUMNS, CHUNK, CheckpointMeta, CheckpointRow, CheckpointWrite, Dialect, Floors,
+    LoadedCheckpoint, Trigger, store_impl,
 };
-use async_trait::async_trait;
-use serde_json::Value;
+use super::{POSTGRES_MIGRATOR, Store, StoreError};
+use crate::engine::{Ack, IdempotencyEntry, StateRow};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
@@ -15,8 +16,17 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
+const DIALECT: Dialect = Dialect {
+    backend: "postgres",
+    insert_pipeline: "insert into pipelines (name, spec) values ($1, $2::jsonb)",
+    list_pipelines: "select name, spec::text from pipelines order by name",
+    load_state: "select distinct on (operator, key) operator, key, key_group, last_time, value \
+                 from state_rows where pipeline = $1 and checkpoint <= $2 \
+                 order by operator, key, checkpoint desc",
+};
+
 impl PostgresStore {
-    /// Connects to `url` (lazily checked: the first statement reports an unreachable server).
+    /// Connects to `url`.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -32,52 +42,4 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        POSTGRES_MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("select 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn insert_pipeline(&self, name: &str, spec: &Value) -> Result<(), StoreError> {
-        sqlx::query("insert into pipelines (name, spec) values ($1, $2)")
-            .bind(name)
-            .bind(sqlx::types::Json(spec))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| match is_unique_violation(&e) {
-                true => StoreError::Duplicate {
-                    name: name.to_owned(),
-                },
-                false => e.into(),
-            })?;
-        Ok(())
-    }
-
-    async fn pipelines(&self) -> Result<Vec<StoredPipeline>, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("select name, spec::text from pipelines order by name")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|(name, spec)| decode_spec(name, &spec))
-            .collect()
-    }
-
-    async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("delete from pipelines where name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-}
+store_impl!(PostgresStore, sqlx::Postgres, POSTGRES_MIGRATOR, DIALECT);

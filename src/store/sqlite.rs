@@ -1,8 +1,11 @@
 //! The embedded SQLite backend: one file under the data dir, WAL journal, full sync.
 
-use super::{SQLITE_MIGRATOR, Store, StoreError, StoredPipeline, decode_spec, is_unique_violation};
-use async_trait::async_trait;
-use serde_json::Value;
+use super::checkpoints::{
+    CHECKPOINT_COLUMNS, CHUNK, CheckpointMeta, CheckpointRow, CheckpointWrite, Dialect, Floors,
+    LoadedCheckpoint, Trigger, store_impl,
+};
+use super::{SQLITE_MIGRATOR, Store, StoreError};
+use crate::engine::{Ack, IdempotencyEntry, StateRow};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::str::FromStr;
@@ -13,6 +16,16 @@ use std::time::Duration;
 pub struct SqliteStore {
     pool: SqlitePool,
 }
+
+const DIALECT: Dialect = Dialect {
+    backend: "sqlite",
+    insert_pipeline: "insert into pipelines (name, spec) values ($1, $2)",
+    list_pipelines: "select name, spec from pipelines order by name",
+    // SQLite takes the bare columns of a max() aggregate from the row holding the maximum.
+    load_state: "select operator, key, key_group, last_time, value from (\
+                 select operator, key, key_group, last_time, value, max(checkpoint) \
+                 from state_rows where pipeline = $1 and checkpoint <= $2 group by operator, key)",
+};
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file of `url`.
@@ -31,52 +44,4 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        SQLITE_MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("select 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn insert_pipeline(&self, name: &str, spec: &Value) -> Result<(), StoreError> {
-        sqlx::query("insert into pipelines (name, spec) values (?, ?)")
-            .bind(name)
-            .bind(spec.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| match is_unique_violation(&e) {
-                true => StoreError::Duplicate {
-                    name: name.to_owned(),
-                },
-                false => e.into(),
-            })?;
-        Ok(())
-    }
-
-    async fn pipelines(&self) -> Result<Vec<StoredPipeline>, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("select name, spec from pipelines order by name")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|(name, spec)| decode_spec(name, &spec))
-            .collect()
-    }
-
-    async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("delete from pipelines where name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-}
+store_impl!(SqliteStore, sqlx::Sqlite, SQLITE_MIGRATOR, DIALECT);

@@ -1,0 +1,192 @@
+//! `/v1/pipelines/{name}/checkpoints`: trigger (waits), list (newest first), get, restore.
+
+use super::problem::{ApiError, Problem};
+use crate::app::AppState;
+use crate::checkpoint::CheckpointError;
+use crate::store::{CheckpointMeta, CheckpointStatus, Trigger};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(trigger_checkpoint, list_checkpoints))
+        .routes(routes!(get_checkpoint))
+        .routes(routes!(restore_checkpoint))
+}
+
+/// A checkpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointDto {
+    /// Increasing per pipeline, never reused.
+    pub id: i64,
+    /// `completed`, `failed` or `in_progress`.
+    pub status: &'static str,
+    /// `periodic`, `manual` or `shutdown`.
+    pub trigger: &'static str,
+    /// RFC 3339.
+    pub started_at: String,
+    pub completed_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// Offset of the last event included, or null.
+    pub input_offset: Option<i64>,
+    /// Events in the state's history at the barrier.
+    pub events: i64,
+    pub keys_written: i64,
+    pub keys_deleted: i64,
+    pub bytes: i64,
+    /// Why it failed (failed checkpoints only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+impl From<CheckpointMeta> for CheckpointDto {
+    fn from(c: CheckpointMeta) -> CheckpointDto {
+        CheckpointDto {
+            id: c.id,
+            status: c.status.as_str(),
+            trigger: c.trigger.as_str(),
+            started_at: rfc3339(c.started_at),
+            completed_at: c.completed_at.map(rfc3339),
+            duration_ms: c.completed_at.map(|done| done - c.started_at),
+            input_offset: c.input_offset,
+            events: c.events,
+            keys_written: c.keys_written,
+            keys_deleted: c.keys_deleted,
+            bytes: c.bytes,
+            error: c.error.filter(|_| c.status == CheckpointStatus::Failed),
+        }
+    }
+}
+
+/// Every checkpoint of a pipeline, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointList {
+    pub items: Vec<CheckpointDto>,
+}
+
+/// The answer to a restore.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Restored {
+    pub restored: i64,
+    /// Events applied after the checkpoint, now discarded.
+    pub discarded_events: u64,
+}
+
+impl From<CheckpointError> for ApiError {
+    fn from(e: CheckpointError) -> ApiError {
+        match e {
+            CheckpointError::Running { id } => ApiError::CheckpointRunning { id },
+            CheckpointError::NotFound { id } => ApiError::CheckpointNotFound { id },
+            CheckpointError::NotRestorable { .. } => ApiError::Conflict {
+                detail: e.to_string(),
+            },
+            CheckpointError::Engine(e) => e.into(),
+            CheckpointError::Store(e) => e.into(),
+            e @ CheckpointError::Wal(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+/// Take a checkpoint and wait for it
+#[utoipa::path(
+    post, path = "/v1/pipelines/{name}/checkpoints", tag = "checkpoints",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses(
+        (status = 201, description = "The completed checkpoint", body = CheckpointDto),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "One is running (`checkpoint_id`)", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "It failed (it is listed as failed)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn trigger_checkpoint(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<CheckpointDto>), ApiError> {
+    let pipeline = app.pipeline(&name)?;
+    let meta = app.checkpoints.take(&pipeline, Trigger::Manual).await?;
+    Ok((StatusCode::CREATED, Json(meta.into())))
+}
+
+/// List checkpoints, newest first
+#[utoipa::path(
+    get, path = "/v1/pipelines/{name}/checkpoints", tag = "checkpoints",
+    params(("name" = String, Path, description = "Pipeline name")),
+    responses(
+        (status = 200, description = "Every kept checkpoint", body = CheckpointList),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_checkpoints(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<CheckpointList>, ApiError> {
+    app.pipeline(&name)?;
+    let items = app
+        .store
+        .checkpoints(&name)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(CheckpointList { items }))
+}
+
+/// Get one checkpoint
+#[utoipa::path(
+    get, path = "/v1/pipelines/{name}/checkpoints/{id}", tag = "checkpoints",
+    params(("name" = String, Path, description = "Pipeline name"), ("id" = i64, Path, description = "Checkpoint id")),
+    responses(
+        (status = 200, description = "The checkpoint", body = CheckpointDto),
+        (status = 404, description = "No such pipeline or checkpoint", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_checkpoint(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, i64)>,
+) -> Result<Json<CheckpointDto>, ApiError> {
+    app.pipeline(&name)?;
+    let meta = app
+        .store
+        .checkpoint(&name, id)
+        .await?
+        .ok_or(ApiError::CheckpointNotFound { id })?;
+    Ok(Json(meta.into()))
+}
+
+/// Restore a checkpoint: later events, outputs and checkpoints are discarded
+#[utoipa::path(
+    post, path = "/v1/pipelines/{name}/checkpoints/{id}/restore", tag = "checkpoints",
+    params(("name" = String, Path, description = "Pipeline name"), ("id" = i64, Path, description = "Checkpoint id")),
+    responses(
+        (status = 200, description = "The state is the checkpoint's", body = Restored),
+        (status = 404, description = "No such pipeline or checkpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A checkpoint is running, or this one is not completed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn restore_checkpoint(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, i64)>,
+) -> Result<Json<Restored>, ApiError> {
+    let old = app.pipeline(&name)?;
+    let (pipeline, discarded_events) = app.checkpoints.restore(&old, id).await?;
+    app.launch(pipeline);
+    tracing::info!(pipeline = %name, checkpoint = id, discarded_events, "checkpoint restored");
+    Ok(Json(Restored {
+        restored: id,
+        discarded_events,
+    }))
+}
