@@ -89,7 +89,7 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<(u64, Record, usize), DecodeError> {
         let header = bytes.get(..HEADER).ok_or(DecodeError::Truncated)?;
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_PAYLOAD || len < 9 {
+        if !(9..=MAX_PAYLOAD).contains(&len) {
             return Err(DecodeError::BadLength(len));
         }
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
