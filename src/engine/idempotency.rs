@@ -17,8 +17,9 @@ pub struct IdempotencyEntry {
     pub ack: Ack,
     /// Arrival time of the batch, epoch ms.
     pub created: i64,
-    /// Sequence number of the batch (to wait until it is applied).
-    pub batch: u64,
+    /// Sequence number of the batch, to wait until it is applied; `None` when it was applied
+    /// before this process started (restored from a checkpoint).
+    pub batch: Option<u64>,
 }
 
 /// The remembered answers, oldest first.

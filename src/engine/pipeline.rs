@@ -277,7 +277,9 @@ impl Pipeline {
             .idempotency
             .get(key)
             .cloned()?;
-        self.output.wait_flushed(entry.batch).await;
+        if let Some(batch) = entry.batch {
+            self.output.wait_flushed(batch).await;
+        }
         Some(entry.ack)
     }
 
@@ -415,12 +417,7 @@ impl Pipeline {
         c.watermark = watermark;
         c.last_offset = Some(ack.last_offset);
         if let Some(key) = idempotency_key {
-            seq.idempotency.insert(IdempotencyEntry {
-                key,
-                ack,
-                created: arrival,
-                batch,
-            });
+            seq.idempotency.insert(IdempotencyEntry { key, ack, created: arrival, batch: Some(batch) });
         }
         Ok(Sequenced::New(ack, done))
     }

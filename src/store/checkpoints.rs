@@ -335,7 +335,7 @@ macro_rules! store_impl {
                      where pipeline = $1 and checkpoint <= $2 order by created, key")
                     .bind(pipeline).bind(id).fetch_all(&self.pool).await?;
                 let idempotency = keys.into_iter().map(|(key, created, accepted, first, last)| IdempotencyEntry {
-                    key, created, batch: 0,
+                    key, created, batch: None,
                     ack: Ack { accepted: accepted as u64, first_offset: first as u64, last_offset: last as u64 },
                 }).collect();
                 Ok(LoadedCheckpoint { rows, outputs, idempotency })

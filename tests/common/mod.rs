@@ -160,6 +160,39 @@ impl TestServer {
         (self.config.clone(), self.dir.take())
     }
 
+    /// Stops the server (no final checkpoint: like a crash, as far as the WAL goes) and starts
+    /// a new one on the same data dir and database.
+    pub async fn restart(self) -> TestServer {
+        let (config, dir) = self.stop().await;
+        TestServer::start_config(config, dir).await
+    }
+
+    /// Takes a checkpoint and answers it (expects 201).
+    pub async fn checkpoint(&self, pipeline: &str) -> Value {
+        let resp = self.client.post(self.url(&format!("/v1/pipelines/{pipeline}/checkpoints"))).send().await.unwrap();
+        body_json(resp, StatusCode::CREATED).await
+    }
+
+    /// The state answer of a key (`Value::Null` when the key has none).
+    pub async fn state_of(&self, pipeline: &str, operator: &str, key: &str) -> Value {
+        let resp = self.get(&format!("/v1/pipelines/{pipeline}/operators/{operator}/state?key={key}")).await;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Value::Null,
+            _ => body_json(resp, StatusCode::OK).await["value"].clone(),
+        }
+    }
+
+    /// The pipeline's status.
+    pub async fn status(&self, pipeline: &str) -> Value {
+        body_json(self.get(&format!("/v1/pipelines/{pipeline}")).await, StatusCode::OK).await["status"].clone()
+    }
+
+    /// Every output record of a pipeline.
+    pub async fn output(&self, pipeline: &str) -> Vec<Value> {
+        let page = body_json(self.get(&format!("/v1/pipelines/{pipeline}/output?after=0&limit=1000")).await, StatusCode::OK).await;
+        page["records"].as_array().unwrap().clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
