@@ -401,3 +401,116 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn events(n: u8) -> Record {
+        Record::Events {
+            arrival: i64::from(n),
+            format: 0,
+            idempotency_key: None,
+            first_offset: u64::from(n),
+            body: bytes::Bytes::from(vec![b'x'; 100]),
+        }
+    }
+
+    fn open(dir: &Path, segment_bytes: u64, next_lsn: u64) -> Opened {
+        Wal::open(dir, WalOptions { fsync: true, segment_bytes }, next_lsn).unwrap()
+    }
+
+    /// Appends `n` records and waits until each is durable; answers their LSNs.
+    fn append(wal: &Wal, n: u8) -> Vec<u64> {
+        let (tx, rx) = mpsc::channel();
+        let lsns: Vec<u64> = (0..n)
+            .map(|i| {
+                let tx = tx.clone();
+                wal.append(&events(i), Box::new(move |r| tx.send((i, r.is_ok())).unwrap()))
+            })
+            .collect();
+        let done: Vec<_> = (0..n).map(|_| rx.recv().unwrap()).collect();
+        assert_eq!(done, (0..n).map(|i| (i, true)).collect::<Vec<_>>(), "after-actions run in order, once durable");
+        lsns
+    }
+
+    #[test]
+    fn records_come_back_in_order_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open(dir.path(), SEGMENT_BYTES, 1);
+        assert!(opened.records.is_empty());
+        assert_eq!(append(&opened.wal, 5), [1, 2, 3, 4, 5]);
+        drop(opened);
+        let again = open(dir.path(), SEGMENT_BYTES, 1);
+        assert_eq!(again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(again.records[2].1, events(2));
+        assert_eq!(append(&again.wal, 1), [6]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_the_last_good_record() {
+        let dir = tempfile::tempdir().unwrap();
+        append(&open(dir.path(), SEGMENT_BYTES, 1).wal, 3);
+        let segment = segments(dir.path()).unwrap().pop().unwrap().1;
+        let good = std::fs::metadata(&segment).unwrap().len();
+        let mut torn = events(9).encode(4);
+        torn.truncate(torn.len() / 2);
+        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn).unwrap();
+        let again = open(dir.path(), SEGMENT_BYTES, 1);
+        assert_eq!(again.records.len(), 3);
+        assert_eq!(again.cut_bytes, torn.len() as u64);
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), good);
+        assert_eq!(append(&again.wal, 1), [4], "the next record takes the cut one's place");
+    }
+
+    #[test]
+    fn a_corrupt_record_ends_the_log_there() {
+        let dir = tempfile::tempdir().unwrap();
+        append(&open(dir.path(), SEGMENT_BYTES, 1).wal, 4);
+        let segment = segments(dir.path()).unwrap().pop().unwrap().1;
+        let mut data = std::fs::read(&segment).unwrap();
+        let second = events(0).encode(1).len();
+        data[second + 20] ^= 0xff;
+        std::fs::write(&segment, &data).unwrap();
+        let again = open(dir.path(), SEGMENT_BYTES, 1);
+        assert_eq!(again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1], "never replayed as garbage");
+    }
+
+    #[test]
+    fn segments_rotate_and_covered_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open(dir.path(), 300, 1);
+        // One at a time: a group commit writes what is queued at once, rotating only after.
+        for _ in 0..10 {
+            append(&opened.wal, 1);
+        }
+        let before = segments(dir.path()).unwrap();
+        assert!(before.len() >= 3, "{before:?}");
+        let removed = opened.wal.remove_through(6).unwrap();
+        let after = segments(dir.path()).unwrap();
+        assert_eq!(before.len() - removed, after.len());
+        assert!(after[0].0 <= 7, "the segment holding LSN 7 stays: {after:?}");
+        drop(opened);
+        let again = open(dir.path(), 300, 1);
+        assert_eq!(again.records.last().unwrap().0, 10);
+        assert!(again.records.iter().all(|(l, _)| *l >= after[0].0));
+    }
+
+    #[test]
+    fn truncation_discards_records_after_an_lsn_and_lsns_continue_from_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        append(&open(dir.path(), 300, 1).wal, 10);
+        Wal::truncate_after(dir.path(), 4).unwrap();
+        let again = open(dir.path(), 300, 1);
+        assert_eq!(again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        drop(again);
+        Wal::truncate_after(dir.path(), 0).unwrap();
+        let empty = open(dir.path(), 300, 42);
+        assert!(empty.records.is_empty());
+        assert_eq!(append(&empty.wal, 2), [42, 43], "a checkpoint at 41 covered what went");
+        drop(empty);
+        let last = open(dir.path(), 300, 1);
+        assert_eq!(last.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [42, 43]);
+    }
+}

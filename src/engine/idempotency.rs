@@ -90,7 +90,7 @@ mod tests {
             key: key.into(),
             ack,
             created,
-            batch: 0,
+            batch: Some(0),
         }
     }
 

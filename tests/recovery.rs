@@ -1,0 +1,204 @@
+//! Recovery over real HTTP, on SQLite and PostgreSQL: WAL replay after a stop without a final
+//! checkpoint, checkpoint plus WAL, a corrupt WAL tail, idempotency across restarts, and a
+//! store failure in the middle of a checkpoint transaction.
+
+mod common;
+
+use common::{Backend, TestServer, body_json};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::Write;
+
+fn click(user: &str, ts: i64, page: &str) -> Value {
+    json!({"user_id": user, "ts": ts, "page": page, "type": "purchase", "amount": 2})
+}
+
+/// Everything a client can observe of the seed pipeline's keys `u0..u9`.
+async fn observe(s: &TestServer) -> Value {
+    let mut keys = Vec::new();
+    for u in 0..10 {
+        let user = format!("u{u}");
+        keys.push(json!([s.state_of("clicks", "sessions", &user).await, s.state_of("clicks", "spend", &user).await,
+                         s.state_of("clicks", "last_pages", &user).await]));
+    }
+    let mut status = s.status("clicks").await;
+    status.as_object_mut().unwrap().remove("last_checkpoint");
+    json!({"keys": keys, "status": status, "output": s.output("clicks").await,
+           "pages": s.state_of("clicks", "page_views", "/p1").await})
+}
+
+/// Posts rounds of events that also close sessions and windows.
+async fn traffic(s: &TestServer, round: i64) {
+    let base = round * 10_000_000;
+    let batch: Vec<Value> = (0..10).map(|u| click(&format!("u{u}"), base + u * 1_000, &format!("/p{}", u % 3))).collect();
+    s.post_events("clicks", &Value::Array(batch)).await;
+    s.post_events("clicks", &json!([click("u1", base + 5_000_000, "/p1"), click("u2", base - 10_000_000, "/p2")])).await;
+}
+
+async fn a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    for round in 1..4 {
+        traffic(&s, round).await;
+    }
+    let before = observe(&s).await;
+    assert!(!before["output"].as_array().unwrap().is_empty());
+    assert!(before["status"]["late_events"].as_u64().unwrap() > 0);
+    let s = s.restart().await;
+    assert_eq!(observe(&s).await, before, "state, status and output offsets as before");
+    traffic(&s, 4).await;
+    let out = s.output("clicks").await;
+    let offsets: Vec<u64> = out.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=offsets.len() as u64).collect::<Vec<_>>(), "new outputs continue the numbering");
+}
+
+async fn a_checkpoint_plus_the_wal_after_it_restores_everything(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    traffic(&s, 1).await;
+    s.checkpoint("clicks").await;
+    traffic(&s, 2).await;
+    s.checkpoint("clicks").await;
+    traffic(&s, 3).await;
+    let before = observe(&s).await;
+    let s = s.restart().await;
+    assert_eq!(observe(&s).await, before);
+    let s = s.restart().await;
+    assert_eq!(observe(&s).await, before, "a second recovery from the same place");
+}
+
+async fn a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    traffic(&s, 1).await;
+    let before = observe(&s).await;
+    let wal_dir = s.config.data_dir.join("wal").join("clicks");
+    let (config, dir) = s.stop().await;
+    let segment = std::fs::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    file.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
+    drop(file);
+    let s = TestServer::start_config(config, dir).await;
+    assert_eq!(observe(&s).await, before);
+    traffic(&s, 2).await;
+    let after = observe(&s).await;
+    let s = s.restart().await;
+    assert_eq!(observe(&s).await, after, "new records after the cut are readable");
+}
+
+async fn idempotency_keys_survive_restarts_from_the_wal_and_from_a_checkpoint(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    let post = |s: &TestServer, key: &str, body: Value| {
+        let req = s.client.post(s.url("/v1/pipelines/clicks/events")).header("Idempotency-Key", key).json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let first = body_json(post(&s, "k1", json!([click("u1", 1_000, "/a"), click("u2", 1_000, "/a")])).await, StatusCode::OK).await;
+    let again = post(&s, "k1", json!(click("u9", 1, "/a"))).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(body_json(again, StatusCode::OK).await, first);
+    assert_eq!(s.status("clicks").await["events"], 2, "nothing applied twice");
+
+    let s = s.restart().await;
+    let replayed = post(&s, "k1", json!(click("u9", 1, "/a"))).await;
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(body_json(replayed, StatusCode::OK).await, first);
+
+    s.checkpoint("clicks").await;
+    body_json(post(&s, "k2", json!(click("u3", 2_000, "/a"))).await, StatusCode::OK).await;
+    let s = s.restart().await;
+    for key in ["k1", "k2"] {
+        let resp = post(&s, key, json!(click("u9", 1, "/a"))).await;
+        assert_eq!(resp.headers()["idempotent-replayed"], "true", "{key}");
+    }
+    assert_eq!(s.status("clicks").await["events"], 3);
+    let bad = s.client.post(s.url("/v1/pipelines/clicks/events")).header("Idempotency-Key", "").json(&click("u1", 1, "/a")).send().await.unwrap();
+    common::expect_problem(bad, StatusCode::BAD_REQUEST, "bad_request").await;
+}
+
+/// Makes the checkpoint row update fail inside the checkpoint transaction: on PostgreSQL the
+/// connection terminates itself, on SQLite the statement aborts.
+async fn break_checkpoint_commits(s: &TestServer, backend: Backend) {
+    let url = &s.config.database_url;
+    match backend {
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query("create function die() returns trigger language plpgsql as $$ \
+                         begin perform pg_terminate_backend(pg_backend_pid()); return new; end $$")
+                .execute(&pool).await.unwrap();
+            sqlx::query("create trigger die before update on checkpoints for each row \
+                         when (new.status = 'completed') execute function die()")
+                .execute(&pool).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query("create trigger die before update on checkpoints when new.status = 'completed' \
+                         begin select raise(abort, 'injected failure'); end")
+                .execute(&pool).await.unwrap();
+        }
+    }
+}
+
+async fn heal_checkpoint_commits(s: &TestServer, backend: Backend) {
+    let url = &s.config.database_url;
+    match backend {
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query("drop trigger die on checkpoints").execute(&pool).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query("drop trigger die").execute(&pool).await.unwrap();
+        }
+    }
+}
+
+async fn a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    traffic(&s, 1).await;
+    let good = s.checkpoint("clicks").await;
+    traffic(&s, 2).await;
+    break_checkpoint_commits(&s, backend).await;
+    let resp = s.client.post(s.url("/v1/pipelines/clicks/checkpoints")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    heal_checkpoint_commits(&s, backend).await;
+    let list = body_json(s.get("/v1/pipelines/clicks/checkpoints").await, StatusCode::OK).await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items[0]["status"], "failed", "marked on another connection");
+    assert!(items[0]["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(items[1]["id"], good["id"]);
+    assert_eq!(items[1]["status"], "completed");
+
+    // The next checkpoint still writes the keys the failed one drained.
+    let next = s.checkpoint("clicks").await;
+    assert!(next["keys_written"].as_i64().unwrap() >= 20, "{next}");
+    traffic(&s, 3).await;
+    let before = observe(&s).await;
+    let s = s.restart().await;
+    assert_eq!(observe(&s).await, before);
+    let list = body_json(s.get("/v1/pipelines/clicks/checkpoints").await, StatusCode::OK).await;
+    assert!(list["items"].as_array().unwrap().iter().all(|c| c["status"] != "in_progress"));
+}
+
+async fn deleting_a_pipeline_removes_its_wal(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    traffic(&s, 1).await;
+    let wal_dir = s.config.data_dir.join("wal").join("clicks");
+    assert!(wal_dir.exists());
+    assert_eq!(s.delete("/v1/pipelines/clicks").await.status(), StatusCode::NO_CONTENT);
+    assert!(!wal_dir.exists());
+    s.create_seed().await;
+    let s = s.restart().await;
+    assert_eq!(s.status("clicks").await["events"], 0, "nothing of the old pipeline comes back");
+}
+
+backend_tests!(
+    a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state,
+    a_checkpoint_plus_the_wal_after_it_restores_everything,
+    a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives,
+    idempotency_keys_survive_restarts_from_the_wal_and_from_a_checkpoint,
+    a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing,
+    deleting_a_pipeline_removes_its_wal,
+);
