@@ -418,7 +418,15 @@ mod tests {
     }
 
     fn open(dir: &Path, segment_bytes: u64, next_lsn: u64) -> Opened {
-        Wal::open(dir, WalOptions { fsync: true, segment_bytes }, next_lsn).unwrap()
+        Wal::open(
+            dir,
+            WalOptions {
+                fsync: true,
+                segment_bytes,
+            },
+            next_lsn,
+        )
+        .unwrap()
     }
 
     /// Appends `n` records and waits until each is durable; answers their LSNs.
@@ -427,11 +435,18 @@ mod tests {
         let lsns: Vec<u64> = (0..n)
             .map(|i| {
                 let tx = tx.clone();
-                wal.append(&events(i), Box::new(move |r| tx.send((i, r.is_ok())).unwrap()))
+                wal.append(
+                    &events(i),
+                    Box::new(move |r| tx.send((i, r.is_ok())).unwrap()),
+                )
             })
             .collect();
         let done: Vec<_> = (0..n).map(|_| rx.recv().unwrap()).collect();
-        assert_eq!(done, (0..n).map(|i| (i, true)).collect::<Vec<_>>(), "after-actions run in order, once durable");
+        assert_eq!(
+            done,
+            (0..n).map(|i| (i, true)).collect::<Vec<_>>(),
+            "after-actions run in order, once durable"
+        );
         lsns
     }
 
@@ -443,7 +458,10 @@ mod tests {
         assert_eq!(append(&opened.wal, 5), [1, 2, 3, 4, 5]);
         drop(opened);
         let again = open(dir.path(), SEGMENT_BYTES, 1);
-        assert_eq!(again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
         assert_eq!(again.records[2].1, events(2));
         assert_eq!(append(&again.wal, 1), [6]);
     }
@@ -456,12 +474,21 @@ mod tests {
         let good = std::fs::metadata(&segment).unwrap().len();
         let mut torn = events(9).encode(4);
         torn.truncate(torn.len() / 2);
-        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
         let again = open(dir.path(), SEGMENT_BYTES, 1);
         assert_eq!(again.records.len(), 3);
         assert_eq!(again.cut_bytes, torn.len() as u64);
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), good);
-        assert_eq!(append(&again.wal, 1), [4], "the next record takes the cut one's place");
+        assert_eq!(
+            append(&again.wal, 1),
+            [4],
+            "the next record takes the cut one's place"
+        );
     }
 
     #[test]
@@ -474,7 +501,11 @@ mod tests {
         data[second + 20] ^= 0xff;
         std::fs::write(&segment, &data).unwrap();
         let again = open(dir.path(), SEGMENT_BYTES, 1);
-        assert_eq!(again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1], "never replayed as garbage");
+        assert_eq!(
+            again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            [1],
+            "never replayed as garbage"
+        );
     }
 
     #[test]
@@ -490,7 +521,10 @@ mod tests {
         let removed = opened.wal.remove_through(6).unwrap();
         let after = segments(dir.path()).unwrap();
         assert_eq!(before.len() - removed, after.len());
-        assert!(after[0].0 <= 7, "the segment holding LSN 7 stays: {after:?}");
+        assert!(
+            after[0].0 <= 7,
+            "the segment holding LSN 7 stays: {after:?}"
+        );
         drop(opened);
         let again = open(dir.path(), 300, 1);
         assert_eq!(again.records.last().unwrap().0, 10);
@@ -503,14 +537,24 @@ mod tests {
         append(&open(dir.path(), 300, 1).wal, 10);
         Wal::truncate_after(dir.path(), 4).unwrap();
         let again = open(dir.path(), 300, 1);
-        assert_eq!(again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(
+            again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
         drop(again);
         Wal::truncate_after(dir.path(), 0).unwrap();
         let empty = open(dir.path(), 300, 42);
         assert!(empty.records.is_empty());
-        assert_eq!(append(&empty.wal, 2), [42, 43], "a checkpoint at 41 covered what went");
+        assert_eq!(
+            append(&empty.wal, 2),
+            [42, 43],
+            "a checkpoint at 41 covered what went"
+        );
         drop(empty);
         let last = open(dir.path(), 300, 1);
-        assert_eq!(last.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(), [42, 43]);
+        assert_eq!(
+            last.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            [42, 43]
+        );
     }
 }

@@ -13,7 +13,8 @@ fn click(user: &str, ts: i64) -> Value {
 async fn a_checkpoint_answers_201_with_every_field(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    s.post_events("clicks", &json!([click("a", 1_000), click("b", 2_000)])).await;
+    s.post_events("clicks", &json!([click("a", 1_000), click("b", 2_000)]))
+        .await;
     let cp = s.checkpoint("clicks").await;
     assert_eq!(cp["status"], "completed");
     assert_eq!(cp["trigger"], "manual");
@@ -26,9 +27,16 @@ async fn a_checkpoint_answers_201_with_every_field(backend: Backend) {
     assert!(cp["duration_ms"].as_i64().unwrap() >= 0);
     for field in ["started_at", "completed_at"] {
         let text = cp[field].as_str().unwrap();
-        assert!(time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).is_ok(), "{text}");
+        assert!(
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .is_ok(),
+            "{text}"
+        );
     }
-    assert!(cp.get("error").is_none(), "only failed checkpoints carry an error");
+    assert!(
+        cp.get("error").is_none(),
+        "only failed checkpoints carry an error"
+    );
     let status = s.status("clicks").await;
     assert_eq!(status["last_checkpoint"]["id"], cp["id"]);
 }
@@ -37,7 +45,14 @@ async fn a_checkpoint_of_an_empty_pipeline_succeeds(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
     let cp = s.checkpoint("clicks").await;
-    assert_eq!((cp["status"].clone(), cp["input_offset"].clone(), cp["events"].clone()), (json!("completed"), Value::Null, json!(0)));
+    assert_eq!(
+        (
+            cp["status"].clone(),
+            cp["input_offset"].clone(),
+            cp["events"].clone()
+        ),
+        (json!("completed"), Value::Null, json!(0))
+    );
 }
 
 async fn checkpoints_are_incremental_and_listed_newest_first(backend: Backend) {
@@ -46,35 +61,85 @@ async fn checkpoints_are_incremental_and_listed_newest_first(backend: Backend) {
     let users: Vec<Value> = (0..50).map(|i| click(&format!("u{i}"), 1_000)).collect();
     s.post_events("clicks", &Value::Array(users)).await;
     let first = s.checkpoint("clicks").await;
-    assert_eq!(first["keys_written"], 101, "50 sessions, 50 last_pages, 1 page");
+    assert_eq!(
+        first["keys_written"], 101,
+        "50 sessions, 50 last_pages, 1 page"
+    );
     s.post_events("clicks", &click("u7", 2_000)).await;
     let second = s.checkpoint("clicks").await;
-    assert_eq!(second["keys_written"], 3, "only u7's two keys and the page changed");
+    assert_eq!(
+        second["keys_written"], 3,
+        "only u7's two keys and the page changed"
+    );
     assert!(second["id"].as_i64() > first["id"].as_i64());
-    let list = body_json(s.get("/v1/pipelines/clicks/checkpoints").await, StatusCode::OK).await;
-    let ids: Vec<_> = list["items"].as_array().unwrap().iter().map(|c| c["id"].clone()).collect();
+    let list = body_json(
+        s.get("/v1/pipelines/clicks/checkpoints").await,
+        StatusCode::OK,
+    )
+    .await;
+    let ids: Vec<_> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
     assert_eq!(ids, [second["id"].clone(), first["id"].clone()]);
-    let one = body_json(s.get(&format!("/v1/pipelines/clicks/checkpoints/{}", first["id"])).await, StatusCode::OK).await;
+    let one = body_json(
+        s.get(&format!("/v1/pipelines/clicks/checkpoints/{}", first["id"]))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(one, first);
 }
 
 async fn unknown_checkpoints_and_pipelines_are_404(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    expect_problem(s.get("/v1/pipelines/clicks/checkpoints/99").await, StatusCode::NOT_FOUND, "checkpoint_not_found").await;
-    let restore = s.client.post(s.url("/v1/pipelines/clicks/checkpoints/99/restore")).send().await.unwrap();
+    expect_problem(
+        s.get("/v1/pipelines/clicks/checkpoints/99").await,
+        StatusCode::NOT_FOUND,
+        "checkpoint_not_found",
+    )
+    .await;
+    let restore = s
+        .client
+        .post(s.url("/v1/pipelines/clicks/checkpoints/99/restore"))
+        .send()
+        .await
+        .unwrap();
     expect_problem(restore, StatusCode::NOT_FOUND, "checkpoint_not_found").await;
-    expect_problem(s.get("/v1/pipelines/nope/checkpoints").await, StatusCode::NOT_FOUND, "pipeline_not_found").await;
-    let trigger = s.client.post(s.url("/v1/pipelines/nope/checkpoints")).send().await.unwrap();
+    expect_problem(
+        s.get("/v1/pipelines/nope/checkpoints").await,
+        StatusCode::NOT_FOUND,
+        "pipeline_not_found",
+    )
+    .await;
+    let trigger = s
+        .client
+        .post(s.url("/v1/pipelines/nope/checkpoints"))
+        .send()
+        .await
+        .unwrap();
     expect_problem(trigger, StatusCode::NOT_FOUND, "pipeline_not_found").await;
-    expect_problem(s.get("/v1/pipelines/clicks/checkpoints/x").await, StatusCode::BAD_REQUEST, "bad_request").await;
+    expect_problem(
+        s.get("/v1/pipelines/clicks/checkpoints/x").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
 }
 
 async fn a_second_checkpoint_while_one_runs_is_409_naming_it(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
     let claim = s.state.checkpoints.claim("clicks").unwrap();
-    let resp = s.client.post(s.url("/v1/pipelines/clicks/checkpoints")).send().await.unwrap();
+    let resp = s
+        .client
+        .post(s.url("/v1/pipelines/clicks/checkpoints"))
+        .send()
+        .await
+        .unwrap();
     let doc = expect_problem(resp, StatusCode::CONFLICT, "checkpoint_running").await;
     assert!(doc.get("checkpoint_id").is_some(), "{doc}");
     drop(claim);
@@ -87,31 +152,77 @@ async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Ba
     let key = |k: &str| format!("idem-{k}");
     let post_with_key = |k: String, body: Value| {
         let (client, url) = (s.client.clone(), s.url("/v1/pipelines/clicks/events"));
-        async move { client.post(url).header("Idempotency-Key", k).json(&body).send().await.unwrap() }
+        async move {
+            client
+                .post(url)
+                .header("Idempotency-Key", k)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
     };
     post_with_key(key("1"), json!([click("a", 1_000), click("b", 1_500)])).await;
     let cp = s.checkpoint("clicks").await;
-    let at_cp = (s.state_of("clicks", "sessions", "a").await, s.status("clicks").await, s.output("clicks").await);
+    let at_cp = (
+        s.state_of("clicks", "sessions", "a").await,
+        s.status("clicks").await,
+        s.output("clicks").await,
+    );
 
     // After the checkpoint: more events, a late one, closed sessions, another checkpoint.
-    post_with_key(key("2"), json!([click("a", 2_000_000), click("c", 3_000_000), click("b", 10)])).await;
+    post_with_key(
+        key("2"),
+        json!([click("a", 2_000_000), click("c", 3_000_000), click("b", 10)]),
+    )
+    .await;
     let later = s.checkpoint("clicks").await;
     assert!(!s.output("clicks").await.is_empty());
     assert_eq!(s.status("clicks").await["late_events"], 1);
 
-    let resp = s.client.post(s.url(&format!("/v1/pipelines/clicks/checkpoints/{}/restore", cp["id"]))).send().await.unwrap();
-    assert_eq!(body_json(resp, StatusCode::OK).await, json!({"restored": cp["id"], "discarded_events": 3}));
+    let resp = s
+        .client
+        .post(s.url(&format!(
+            "/v1/pipelines/clicks/checkpoints/{}/restore",
+            cp["id"]
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        body_json(resp, StatusCode::OK).await,
+        json!({"restored": cp["id"], "discarded_events": 3})
+    );
     assert_eq!(s.state_of("clicks", "sessions", "a").await, at_cp.0);
     assert_eq!(s.state_of("clicks", "sessions", "c").await, Value::Null);
     let status = s.status("clicks").await;
     for field in ["events", "late_events", "watermark", "wal_offset", "keys"] {
         assert_eq!(status[field], at_cp.1[field], "{field}");
     }
-    assert_eq!(s.output("clicks").await, at_cp.2, "output after the checkpoint is dropped");
-    let listed = body_json(s.get("/v1/pipelines/clicks/checkpoints").await, StatusCode::OK).await;
-    let ids: Vec<_> = listed["items"].as_array().unwrap().iter().map(|c| c["id"].clone()).collect();
+    assert_eq!(
+        s.output("clicks").await,
+        at_cp.2,
+        "output after the checkpoint is dropped"
+    );
+    let listed = body_json(
+        s.get("/v1/pipelines/clicks/checkpoints").await,
+        StatusCode::OK,
+    )
+    .await;
+    let ids: Vec<_> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
     assert_eq!(ids, [cp["id"].clone()], "newer checkpoints are deleted");
-    expect_problem(s.get(&format!("/v1/pipelines/clicks/checkpoints/{}", later["id"])).await, StatusCode::NOT_FOUND, "checkpoint_not_found").await;
+    expect_problem(
+        s.get(&format!("/v1/pipelines/clicks/checkpoints/{}", later["id"]))
+            .await,
+        StatusCode::NOT_FOUND,
+        "checkpoint_not_found",
+    )
+    .await;
 
     // The idempotency key of the discarded batch is forgotten, the kept one remembered.
     let again = post_with_key(key("1"), json!([click("zz", 5)])).await;
@@ -119,9 +230,15 @@ async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Ba
     let redo = post_with_key(key("2"), json!([click("d", 4_000)])).await;
     assert!(redo.headers().get("idempotent-replayed").is_none());
     let ack = body_json(redo, StatusCode::OK).await;
-    assert_eq!(ack["first_offset"], 6, "offsets 3..5 were used before the restore and are not reused");
+    assert_eq!(
+        ack["first_offset"], 6,
+        "offsets 3..5 were used before the restore and are not reused"
+    );
     let next = s.checkpoint("clicks").await;
-    assert!(next["id"].as_i64() > later["id"].as_i64(), "checkpoint ids are not reused");
+    assert!(
+        next["id"].as_i64() > later["id"].as_i64(),
+        "checkpoint ids are not reused"
+    );
 
     // And all of it survives a restart.
     let s = s.restart().await;
@@ -134,11 +251,33 @@ async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Ba
 async fn only_completed_checkpoints_can_be_restored(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    let id = s.state.store.begin_checkpoint("clicks", eddy::store::Trigger::Manual, 0).await.unwrap();
-    s.state.store.fail_checkpoint("clicks", id, "injected", 1).await.unwrap();
-    let failed = body_json(s.get(&format!("/v1/pipelines/clicks/checkpoints/{id}")).await, StatusCode::OK).await;
-    assert_eq!((failed["status"].clone(), failed["error"].clone()), (json!("failed"), json!("injected")));
-    let resp = s.client.post(s.url(&format!("/v1/pipelines/clicks/checkpoints/{id}/restore"))).send().await.unwrap();
+    let id = s
+        .state
+        .store
+        .begin_checkpoint("clicks", eddy::store::Trigger::Manual, 0)
+        .await
+        .unwrap();
+    s.state
+        .store
+        .fail_checkpoint("clicks", id, "injected", 1)
+        .await
+        .unwrap();
+    let failed = body_json(
+        s.get(&format!("/v1/pipelines/clicks/checkpoints/{id}"))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        (failed["status"].clone(), failed["error"].clone()),
+        (json!("failed"), json!("injected"))
+    );
+    let resp = s
+        .client
+        .post(s.url(&format!("/v1/pipelines/clicks/checkpoints/{id}/restore")))
+        .send()
+        .await
+        .unwrap();
     expect_problem(resp, StatusCode::CONFLICT, "conflict").await;
 }
 

@@ -18,8 +18,11 @@ async fn observe(s: &TestServer) -> Value {
     let mut keys = Vec::new();
     for u in 0..10 {
         let user = format!("u{u}");
-        keys.push(json!([s.state_of("clicks", "sessions", &user).await, s.state_of("clicks", "spend", &user).await,
-                         s.state_of("clicks", "last_pages", &user).await]));
+        keys.push(json!([
+            s.state_of("clicks", "sessions", &user).await,
+            s.state_of("clicks", "spend", &user).await,
+            s.state_of("clicks", "last_pages", &user).await
+        ]));
     }
     let mut status = s.status("clicks").await;
     status.as_object_mut().unwrap().remove("last_checkpoint");
@@ -30,9 +33,18 @@ async fn observe(s: &TestServer) -> Value {
 /// Posts rounds of events that also close sessions and windows.
 async fn traffic(s: &TestServer, round: i64) {
     let base = round * 10_000_000;
-    let batch: Vec<Value> = (0..10).map(|u| click(&format!("u{u}"), base + u * 1_000, &format!("/p{}", u % 3))).collect();
+    let batch: Vec<Value> = (0..10)
+        .map(|u| click(&format!("u{u}"), base + u * 1_000, &format!("/p{}", u % 3)))
+        .collect();
     s.post_events("clicks", &Value::Array(batch)).await;
-    s.post_events("clicks", &json!([click("u1", base + 5_000_000, "/p1"), click("u2", base - 10_000_000, "/p2")])).await;
+    s.post_events(
+        "clicks",
+        &json!([
+            click("u1", base + 5_000_000, "/p1"),
+            click("u2", base - 10_000_000, "/p2")
+        ]),
+    )
+    .await;
 }
 
 async fn a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state(backend: Backend) {
@@ -45,11 +57,19 @@ async fn a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state(backen
     assert!(!before["output"].as_array().unwrap().is_empty());
     assert!(before["status"]["late_events"].as_u64().unwrap() > 0);
     let s = s.restart().await;
-    assert_eq!(observe(&s).await, before, "state, status and output offsets as before");
+    assert_eq!(
+        observe(&s).await,
+        before,
+        "state, status and output offsets as before"
+    );
     traffic(&s, 4).await;
     let out = s.output("clicks").await;
     let offsets: Vec<u64> = out.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
-    assert_eq!(offsets, (1..=offsets.len() as u64).collect::<Vec<_>>(), "new outputs continue the numbering");
+    assert_eq!(
+        offsets,
+        (1..=offsets.len() as u64).collect::<Vec<_>>(),
+        "new outputs continue the numbering"
+    );
 }
 
 async fn a_checkpoint_plus_the_wal_after_it_restores_everything(backend: Backend) {
@@ -64,7 +84,11 @@ async fn a_checkpoint_plus_the_wal_after_it_restores_everything(backend: Backend
     let s = s.restart().await;
     assert_eq!(observe(&s).await, before);
     let s = s.restart().await;
-    assert_eq!(observe(&s).await, before, "a second recovery from the same place");
+    assert_eq!(
+        observe(&s).await,
+        before,
+        "a second recovery from the same place"
+    );
 }
 
 async fn a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives(backend: Backend) {
@@ -74,30 +98,59 @@ async fn a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives(backend:
     let before = observe(&s).await;
     let wal_dir = s.config.data_dir.join("wal").join("clicks");
     let (config, dir) = s.stop().await;
-    let segment = std::fs::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().path()).max().unwrap();
-    let mut file = std::fs::OpenOptions::new().append(true).open(&segment).unwrap();
-    file.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
+    let segment = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3])
+        .unwrap();
     drop(file);
     let s = TestServer::start_config(config, dir).await;
     assert_eq!(observe(&s).await, before);
     traffic(&s, 2).await;
     let after = observe(&s).await;
     let s = s.restart().await;
-    assert_eq!(observe(&s).await, after, "new records after the cut are readable");
+    assert_eq!(
+        observe(&s).await,
+        after,
+        "new records after the cut are readable"
+    );
 }
 
 async fn idempotency_keys_survive_restarts_from_the_wal_and_from_a_checkpoint(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
     let post = |s: &TestServer, key: &str, body: Value| {
-        let req = s.client.post(s.url("/v1/pipelines/clicks/events")).header("Idempotency-Key", key).json(&body);
+        let req = s
+            .client
+            .post(s.url("/v1/pipelines/clicks/events"))
+            .header("Idempotency-Key", key)
+            .json(&body);
         async move { req.send().await.unwrap() }
     };
-    let first = body_json(post(&s, "k1", json!([click("u1", 1_000, "/a"), click("u2", 1_000, "/a")])).await, StatusCode::OK).await;
+    let first = body_json(
+        post(
+            &s,
+            "k1",
+            json!([click("u1", 1_000, "/a"), click("u2", 1_000, "/a")]),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
     let again = post(&s, "k1", json!(click("u9", 1, "/a"))).await;
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(body_json(again, StatusCode::OK).await, first);
-    assert_eq!(s.status("clicks").await["events"], 2, "nothing applied twice");
+    assert_eq!(
+        s.status("clicks").await["events"],
+        2,
+        "nothing applied twice"
+    );
 
     let s = s.restart().await;
     let replayed = post(&s, "k1", json!(click("u9", 1, "/a"))).await;
@@ -105,14 +158,25 @@ async fn idempotency_keys_survive_restarts_from_the_wal_and_from_a_checkpoint(ba
     assert_eq!(body_json(replayed, StatusCode::OK).await, first);
 
     s.checkpoint("clicks").await;
-    body_json(post(&s, "k2", json!(click("u3", 2_000, "/a"))).await, StatusCode::OK).await;
+    body_json(
+        post(&s, "k2", json!(click("u3", 2_000, "/a"))).await,
+        StatusCode::OK,
+    )
+    .await;
     let s = s.restart().await;
     for key in ["k1", "k2"] {
         let resp = post(&s, key, json!(click("u9", 1, "/a"))).await;
         assert_eq!(resp.headers()["idempotent-replayed"], "true", "{key}");
     }
     assert_eq!(s.status("clicks").await["events"], 3);
-    let bad = s.client.post(s.url("/v1/pipelines/clicks/events")).header("Idempotency-Key", "").json(&click("u1", 1, "/a")).send().await.unwrap();
+    let bad = s
+        .client
+        .post(s.url("/v1/pipelines/clicks/events"))
+        .header("Idempotency-Key", "")
+        .json(&click("u1", 1, "/a"))
+        .send()
+        .await
+        .unwrap();
     common::expect_problem(bad, StatusCode::BAD_REQUEST, "bad_request").await;
 }
 
@@ -123,18 +187,30 @@ async fn break_checkpoint_commits(s: &TestServer, backend: Backend) {
     match backend {
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query("create function die() returns trigger language plpgsql as $$ \
-                         begin perform pg_terminate_backend(pg_backend_pid()); return new; end $$")
-                .execute(&pool).await.unwrap();
-            sqlx::query("create trigger die before update on checkpoints for each row \
-                         when (new.status = 'completed') execute function die()")
-                .execute(&pool).await.unwrap();
+            sqlx::query(
+                "create function die() returns trigger language plpgsql as $$ \
+                         begin perform pg_terminate_backend(pg_backend_pid()); return new; end $$",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "create trigger die before update on checkpoints for each row \
+                         when (new.status = 'completed') execute function die()",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
         }
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            sqlx::query("create trigger die before update on checkpoints when new.status = 'completed' \
-                         begin select raise(abort, 'injected failure'); end")
-                .execute(&pool).await.unwrap();
+            sqlx::query(
+                "create trigger die before update on checkpoints when new.status = 'completed' \
+                         begin select raise(abort, 'injected failure'); end",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
         }
     }
 }
@@ -144,11 +220,17 @@ async fn heal_checkpoint_commits(s: &TestServer, backend: Backend) {
     match backend {
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query("drop trigger die on checkpoints").execute(&pool).await.unwrap();
+            sqlx::query("drop trigger die on checkpoints")
+                .execute(&pool)
+                .await
+                .unwrap();
         }
         Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            sqlx::query("drop trigger die").execute(&pool).await.unwrap();
+            sqlx::query("drop trigger die")
+                .execute(&pool)
+                .await
+                .unwrap();
         }
     }
 }
@@ -160,10 +242,19 @@ async fn a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing
     let good = s.checkpoint("clicks").await;
     traffic(&s, 2).await;
     break_checkpoint_commits(&s, backend).await;
-    let resp = s.client.post(s.url("/v1/pipelines/clicks/checkpoints")).send().await.unwrap();
+    let resp = s
+        .client
+        .post(s.url("/v1/pipelines/clicks/checkpoints"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     heal_checkpoint_commits(&s, backend).await;
-    let list = body_json(s.get("/v1/pipelines/clicks/checkpoints").await, StatusCode::OK).await;
+    let list = body_json(
+        s.get("/v1/pipelines/clicks/checkpoints").await,
+        StatusCode::OK,
+    )
+    .await;
     let items = list["items"].as_array().unwrap();
     assert_eq!(items[0]["status"], "failed", "marked on another connection");
     assert!(items[0]["error"].as_str().is_some_and(|e| !e.is_empty()));
@@ -177,8 +268,18 @@ async fn a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing
     let before = observe(&s).await;
     let s = s.restart().await;
     assert_eq!(observe(&s).await, before);
-    let list = body_json(s.get("/v1/pipelines/clicks/checkpoints").await, StatusCode::OK).await;
-    assert!(list["items"].as_array().unwrap().iter().all(|c| c["status"] != "in_progress"));
+    let list = body_json(
+        s.get("/v1/pipelines/clicks/checkpoints").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] != "in_progress")
+    );
 }
 
 async fn deleting_a_pipeline_removes_its_wal(backend: Backend) {
@@ -187,11 +288,18 @@ async fn deleting_a_pipeline_removes_its_wal(backend: Backend) {
     traffic(&s, 1).await;
     let wal_dir = s.config.data_dir.join("wal").join("clicks");
     assert!(wal_dir.exists());
-    assert_eq!(s.delete("/v1/pipelines/clicks").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.delete("/v1/pipelines/clicks").await.status(),
+        StatusCode::NO_CONTENT
+    );
     assert!(!wal_dir.exists());
     s.create_seed().await;
     let s = s.restart().await;
-    assert_eq!(s.status("clicks").await["events"], 0, "nothing of the old pipeline comes back");
+    assert_eq!(
+        s.status("clicks").await["events"],
+        0,
+        "nothing of the old pipeline comes back"
+    );
 }
 
 backend_tests!(

@@ -417,7 +417,12 @@ impl Pipeline {
         c.watermark = watermark;
         c.last_offset = Some(ack.last_offset);
         if let Some(key) = idempotency_key {
-            seq.idempotency.insert(IdempotencyEntry { key, ack, created: arrival, batch: Some(batch) });
+            seq.idempotency.insert(IdempotencyEntry {
+                key,
+                ack,
+                created: arrival,
+                batch: Some(batch),
+            });
         }
         Ok(Sequenced::New(ack, done))
     }

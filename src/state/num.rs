@@ -122,3 +122,21 @@ mod tests {
         assert_eq!(Num::from_json(&json!("7")), None);
     }
 }
+
+#[cfg(test)]
+mod roundtrip {
+    use super::Num;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Checkpointed state must come back bit for bit (serde_json's float_roundtrip).
+        #[test]
+        fn floats_survive_a_json_round_trip_exactly(bits in any::<u64>()) {
+            let f = f64::from_bits(bits);
+            prop_assume!(f.is_finite());
+            let text = serde_json::to_string(&Num::Float(f)).unwrap();
+            let back: Num = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(back.as_f64().to_bits(), f.to_bits(), "{}", text);
+        }
+    }
+}

@@ -169,13 +169,22 @@ impl TestServer {
 
     /// Takes a checkpoint and answers it (expects 201).
     pub async fn checkpoint(&self, pipeline: &str) -> Value {
-        let resp = self.client.post(self.url(&format!("/v1/pipelines/{pipeline}/checkpoints"))).send().await.unwrap();
+        let resp = self
+            .client
+            .post(self.url(&format!("/v1/pipelines/{pipeline}/checkpoints")))
+            .send()
+            .await
+            .unwrap();
         body_json(resp, StatusCode::CREATED).await
     }
 
     /// The state answer of a key (`Value::Null` when the key has none).
     pub async fn state_of(&self, pipeline: &str, operator: &str, key: &str) -> Value {
-        let resp = self.get(&format!("/v1/pipelines/{pipeline}/operators/{operator}/state?key={key}")).await;
+        let resp = self
+            .get(&format!(
+                "/v1/pipelines/{pipeline}/operators/{operator}/state?key={key}"
+            ))
+            .await;
         match resp.status() {
             StatusCode::NOT_FOUND => Value::Null,
             _ => body_json(resp, StatusCode::OK).await["value"].clone(),
@@ -184,12 +193,24 @@ impl TestServer {
 
     /// The pipeline's status.
     pub async fn status(&self, pipeline: &str) -> Value {
-        body_json(self.get(&format!("/v1/pipelines/{pipeline}")).await, StatusCode::OK).await["status"].clone()
+        body_json(
+            self.get(&format!("/v1/pipelines/{pipeline}")).await,
+            StatusCode::OK,
+        )
+        .await["status"]
+            .clone()
     }
 
     /// Every output record of a pipeline.
     pub async fn output(&self, pipeline: &str) -> Vec<Value> {
-        let page = body_json(self.get(&format!("/v1/pipelines/{pipeline}/output?after=0&limit=1000")).await, StatusCode::OK).await;
+        let page = body_json(
+            self.get(&format!(
+                "/v1/pipelines/{pipeline}/output?after=0&limit=1000"
+            ))
+            .await,
+            StatusCode::OK,
+        )
+        .await;
         page["records"].as_array().unwrap().clone()
     }
 
