@@ -140,8 +140,15 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Opens the store, applies migrations and starts every stored pipeline.
+/// Opens the store, applies migrations and recovers every stored pipeline.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
+    let state = open(config, shutdown).await?;
+    recover(&state).await?;
+    Ok(state)
+}
+
+/// Opens the store and applies migrations: a state that serves, not ready yet.
+pub async fn open(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -158,6 +165,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppSta
         metrics: metrics_handle(),
         shutdown,
     };
+    Ok(state)
+}
+
+/// Recovers every stored pipeline (latest checkpoint, then its WAL), then marks the state
+/// ready: until then `/readyz` and the API answer 503.
+pub async fn recover(state: &AppState) -> Result<(), StartError> {
     for stored in state.store.pipelines().await? {
         let spec = PipelineSpec::from_json(&stored.spec).map_err(|errors| {
             StartError::InvalidStoredSpec {
@@ -177,7 +190,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppSta
         state.launch(pipeline);
     }
     state.ready.store(true, Ordering::Release);
-    Ok(state)
+    Ok(())
 }
 
 /// Epoch milliseconds now.

@@ -73,10 +73,21 @@ async fn serve(config: Config, insecure: bool) -> Result<(), BoxError> {
     tokio::spawn(on_signal(shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, database = %store::redact(&config.database_url), "starting");
-    let state = app::start(config, shutdown.clone()).await?;
+    let state = app::open(config, shutdown.clone()).await?;
+    // Serve at once (readyz answers 503) while the pipelines recover.
+    let server = tokio::spawn(app::serve(
+        listener,
+        state.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    if let Err(e) = app::recover(&state).await {
+        shutdown.cancel();
+        let _ = server.await;
+        return Err(e.into());
+    }
     let ticker = app::spawn_ticker(&state);
     tracing::info!("ready");
-    app::serve(listener, state.clone(), shutdown.clone().cancelled_owned()).await?;
+    server.await??;
     shutdown.cancel();
     ticker.await?;
     state.checkpoint_all(eddy::store::Trigger::Shutdown).await;
