@@ -58,6 +58,18 @@ else
   echo "using DATABASE_URL from the environment"
 fi
 
+# Tests make one database per server, named eddy_test_*; on a server we did not start, drop
+# them afterwards (a throwaway server goes whole).
+drop_test_databases() {
+  command -v psql >/dev/null 2>&1 || return 0
+  for db in $(psql "$DATABASE_URL" -Atc "select datname from pg_database where datname like 'eddy\_test\_%'" 2>/dev/null); do
+    psql "$DATABASE_URL" -qc "drop database if exists \"$db\"" >/dev/null 2>&1 || true
+  done
+}
+if [ -z "${PG_TMP:-}" ]; then
+  trap drop_test_databases EXIT
+fi
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo test --locked --doc

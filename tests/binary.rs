@@ -65,38 +65,99 @@ fn serve_refuses_a_non_loopback_address_without_insecure() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
 }
 
-#[test]
-fn sigterm_finishes_and_exits_zero() {
-    let dir = tempfile::TempDir::new().unwrap();
-    let port = free_port();
-    let mut child = Command::new(EDDY)
+/// A child `eddy serve`, killed if a test fails before it stops it.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path, port: u16) -> Child {
+    let child = Command::new(EDDY)
         .env("EDDY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EDDY_DATA_DIR", dir.path())
+        .env("EDDY_DATA_DIR", dir)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    Child(child)
+}
+
+async fn until_ready(client: &reqwest::Client, port: u16) {
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        let ready = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "eddy did not start listening"
+            started.elapsed() < Duration::from_secs(30),
+            "eddy did not become ready"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn sigterm_takes_a_shutdown_checkpoint_and_exits_zero() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let client = reqwest::Client::new();
+    let mut child = serve(dir.path(), port);
+    until_ready(&client, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let spec = eddy::workload::seed_spec("clicks");
+    assert_eq!(
+        client
+            .post(format!("{base}/v1/pipelines"))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let events = serde_json::json!([{"user_id": "a", "ts": 1, "page": "/p"}, {"user_id": "b", "ts": 2, "page": "/p"}]);
+    let resp = client
+        .post(format!("{base}/v1/pipelines/clicks/events"))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
             break;
         }
         assert!(Instant::now() < deadline, "eddy did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    let _again = serve(dir.path(), port);
+    until_ready(&client, port).await;
+    let list: serde_json::Value = client
+        .get(format!("{base}/v1/pipelines/clicks/checkpoints"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["trigger"], "shutdown", "{list}");
+    assert_eq!(list["items"][0]["events"], 2);
 }

@@ -43,6 +43,13 @@ struct Server {
     base: String,
 }
 
+/// A failing assertion must not leave a server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        kill9(self);
+    }
+}
+
 fn spawn(dir: &std::path::Path, url: &str, port: u16) -> Server {
     let child = Command::new(EDDY)
         .env("EDDY_LISTEN", format!("127.0.0.1:{port}"))
