@@ -1,6 +1,7 @@
 //! The REST API of the contract. Each module registers its own routes with their OpenAPI
 //! annotations, so the route table and the published document cannot drift apart.
 
+pub mod access;
 mod checkpoints;
 mod events;
 mod health;

@@ -3,6 +3,7 @@
 
 use crate::api;
 use crate::api::problem::{ApiError, PROBLEM_JSON, problem_response};
+use crate::auth::{Tokens, TokensError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::config::Config;
 use crate::engine::{Engine, Pipeline};
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Cancelled when the service shuts down (ends long polls and streams).
     pub shutdown: CancellationToken,
     pub checkpoints: Arc<Checkpointer>,
+    /// API tokens; `None`: open access. Swapped whole on SIGHUP.
+    pub tokens: Arc<std::sync::RwLock<Option<Arc<Tokens>>>>,
 }
 
 impl AppState {
@@ -110,6 +113,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("stored pipeline {name:?} is no longer valid: {detail}")]
     InvalidStoredSpec { name: String, detail: String },
+    #[error("{0}")]
+    Tokens(#[from] TokensError),
     #[error("pipeline {name:?} cannot be recovered: {source}")]
     Recovery {
         name: String,
@@ -155,8 +160,15 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<AppStat
     })?;
     let store = store::connect(&config.database_url).await?;
     store.migrate().await?;
+    let tokens = config
+        .tokens_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()?
+        .map(Arc::new);
     let config = Arc::new(config);
     let state = AppState {
+        tokens: Arc::new(std::sync::RwLock::new(tokens)),
         engine: Arc::new(Engine::default()),
         checkpoints: Arc::new(Checkpointer::new(store.clone(), config.clone())),
         store,
@@ -193,6 +205,19 @@ pub async fn recover(state: &AppState) -> Result<(), StartError> {
     Ok(())
 }
 
+impl AppState {
+    /// Reads the tokens file again (SIGHUP); on error the old tokens stay.
+    pub fn reload_tokens(&self) -> Result<usize, TokensError> {
+        let Some(path) = &self.config.tokens_file else {
+            return Ok(0);
+        };
+        let tokens = Tokens::load(path)?;
+        let count = tokens.len();
+        *self.tokens.write().expect("tokens lock") = Some(Arc::new(tokens));
+        Ok(count)
+    }
+}
+
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -227,6 +252,10 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::api::access::require_access,
+        ))
         .fallback(route_not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_ready))
         .layer(middleware::map_response(problem_for_bare_errors))

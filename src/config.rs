@@ -35,6 +35,25 @@ pub enum Command {
     Migrate,
     /// Print the OpenAPI document.
     Openapi,
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token (once) and the line to add to the tokens file.
+    New {
+        /// A name for the token (one word).
+        name: String,
+        /// Comma-separated scopes: ingest, read, admin.
+        #[arg(long)]
+        scopes: String,
+        /// Comma-separated pipelines the token may touch [default: all].
+        #[arg(long)]
+        pipelines: Option<String>,
+    },
 }
 
 /// Settings, each from a flag, its environment variable, or the TOML file.
@@ -68,6 +87,12 @@ pub struct Settings {
     /// Output records kept per pipeline [default: 100000].
     #[arg(long, env = "EDDY_OUTPUT_RETAIN", global = true)]
     pub output_retain: Option<usize>,
+    /// File of API tokens; without it access is open (and serve stays on loopback).
+    #[arg(long, env = "EDDY_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+    /// Require a read token for /metrics too [default: false].
+    #[arg(long, env = "EDDY_METRICS_AUTH", global = true)]
+    pub metrics_auth: Option<bool>,
     /// fdatasync the WAL before acknowledging [default: true]; false only for benchmarks.
     #[arg(long, env = "EDDY_WAL_FSYNC", global = true)]
     pub wal_fsync: Option<bool>,
@@ -87,6 +112,8 @@ impl Settings {
             request_timeout: self.request_timeout.or(file.request_timeout),
             output_retain: self.output_retain.or(file.output_retain),
             wal_fsync: self.wal_fsync.or(file.wal_fsync),
+            tokens_file: self.tokens_file.or(file.tokens_file),
+            metrics_auth: self.metrics_auth.or(file.metrics_auth),
         }
     }
 
@@ -129,6 +156,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Whether WAL appends are fdatasync'ed before they are acknowledged.
     pub wal_fsync: bool,
+    pub tokens_file: Option<PathBuf>,
+    /// Whether /metrics needs a read token.
+    pub metrics_auth: bool,
 }
 
 impl Config {
@@ -168,6 +198,8 @@ impl Config {
             max_body_bytes: positive("EDDY_MAX_BODY_BYTES", s.max_body_bytes, 16 * 1024 * 1024)?,
             request_timeout: Duration::from_millis(timeout.millis() as u64),
             wal_fsync: s.wal_fsync.unwrap_or(true),
+            tokens_file: s.tokens_file,
+            metrics_auth: s.metrics_auth.unwrap_or(false),
         })
     }
 

@@ -4,6 +4,7 @@
 //! Layout (dependencies flow downwards):
 pub mod api; // HTTP handlers, DTOs, problem+json, the OpenAPI document
 pub mod app; // AppState, router and layers, start-up, serving
+pub mod auth; // API tokens: file format, hashing, scopes
 pub mod checkpoint; // taking, restoring and recovering checkpoints
 pub mod config; // flags, environment and TOML settings
 pub mod engine; // pipelines: sequencer, shards, operators, output log

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use eddy::app;
-use eddy::config::{Cli, Command, Config, Settings};
+use eddy::config::{Cli, Command, Config, Settings, TokenCommand};
 use eddy::store;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -17,26 +17,42 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
-    let command = cli.command.unwrap_or(Command::Serve { insecure: false });
-    if let Command::Openapi = command {
-        println!(
-            "{}",
-            eddy::api::openapi()
-                .to_pretty_json()
-                .expect("the document serialises")
-        );
-        return ExitCode::SUCCESS;
-    }
-    eddy::telemetry::init(&config.log);
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let result = match command {
-        Command::Migrate => runtime.block_on(migrate(config)),
-        Command::Serve { insecure } => runtime.block_on(serve(config, insecure)),
-        Command::Openapi => unreachable!("answered above"),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&*e),
+    let run =
+        |future: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>>>>| {
+            eddy::telemetry::init(&config.log);
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(future) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&*e),
+            }
+        };
+    match cli.command.unwrap_or(Command::Serve { insecure: false }) {
+        Command::Openapi => {
+            println!(
+                "{}",
+                eddy::api::openapi()
+                    .to_pretty_json()
+                    .expect("the document serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Token(TokenCommand::New {
+            name,
+            scopes,
+            pipelines,
+        }) => match eddy::auth::new_token(&name, &scopes, pipelines.as_deref()) {
+            Ok((token, line)) => {
+                println!("token (shown once): {token}");
+                println!("add this line to the tokens file:\n{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("eddy: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Migrate => run(Box::pin(migrate(config.clone()))),
+        Command::Serve { insecure } => run(Box::pin(serve(config.clone(), insecure))),
     }
 }
 
@@ -61,10 +77,10 @@ async fn migrate(config: Config) -> Result<(), BoxError> {
 }
 
 async fn serve(config: Config, insecure: bool) -> Result<(), BoxError> {
-    if !config.listen.ip().is_loopback() && !insecure {
+    if !config.listen.ip().is_loopback() && config.tokens_file.is_none() && !insecure {
         return Err(format!(
             "refusing to listen on {} without a tokens file: access would be open to the network \
-             (pass --insecure to do it anyway)",
+             (set EDDY_TOKENS_FILE, or pass --insecure to do it anyway)",
             config.listen
         )
         .into());
@@ -86,6 +102,7 @@ async fn serve(config: Config, insecure: bool) -> Result<(), BoxError> {
         return Err(e.into());
     }
     let ticker = app::spawn_ticker(&state);
+    tokio::spawn(reload_on_sighup(state.clone()));
     tracing::info!("ready");
     server.await??;
     shutdown.cancel();
@@ -93,6 +110,25 @@ async fn serve(config: Config, insecure: bool) -> Result<(), BoxError> {
     state.checkpoint_all(eddy::store::Trigger::Shutdown).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the tokens file again on every SIGHUP.
+async fn reload_on_sighup(state: app::AppState) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match state.reload_tokens() {
+                Ok(n) => tracing::info!(tokens = n, "tokens file reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "tokens file not reloaded; the old tokens stay")
+                }
+            }
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

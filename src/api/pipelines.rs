@@ -1,12 +1,14 @@
 //! `/v1/pipelines`: create, list, get (with live status) and delete pipelines.
 
+use super::access::may_touch;
 use super::problem::{ApiError, Problem};
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::engine::Pipeline;
 use crate::spec::PipelineSpec;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
@@ -159,12 +161,17 @@ async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> 
 )]
 async fn create_pipeline(
     State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc: Value = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson {
         detail: e.to_string(),
     })?;
     let spec = PipelineSpec::from_json(&doc).map_err(|errors| ApiError::InvalidSpec { errors })?;
+    if !may_touch(principal.as_deref(), &spec.name) {
+        let detail = format!("the token may not touch pipeline {:?}", spec.name);
+        return Err(ApiError::Forbidden { detail });
+    }
     app.store
         .insert_pipeline(&spec.name, &spec.document)
         .await?;
@@ -191,9 +198,17 @@ async fn create_pipeline(
     get, path = "/v1/pipelines", tag = "pipelines",
     responses((status = 200, description = "Every pipeline, by name", body = PipelineList))
 )]
-async fn list_pipelines(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_pipelines(
+    State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
+) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
-    for pipeline in app.engine.list() {
+    let visible = app
+        .engine
+        .list()
+        .into_iter()
+        .filter(|p| may_touch(principal.as_deref(), p.name()));
+    for pipeline in visible {
         items.push(answer(&app, &pipeline).await?);
     }
     Ok(Json(serde_json::json!({ "items": items })))

@@ -45,6 +45,12 @@ pub enum ApiError {
     /// 422: the pipeline spec is invalid.
     #[error("the pipeline spec is invalid")]
     InvalidSpec { errors: Vec<FieldError> },
+    /// 401 with `WWW-Authenticate: Bearer`.
+    #[error("{detail}")]
+    Unauthorized { detail: String },
+    /// 403: the token lacks the scope or the pipeline.
+    #[error("{detail}")]
+    Forbidden { detail: String },
     /// 404.
     #[error("pipeline {name:?} does not exist")]
     PipelineNotFound { name: String },
@@ -98,6 +104,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             InvalidSpec { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Forbidden { .. } => StatusCode::FORBIDDEN,
             PipelineNotFound { .. }
             | OperatorNotFound { .. }
             | KeyNotFound { .. }
@@ -122,6 +130,8 @@ impl ApiError {
             InvalidJson { .. } => "invalid_json",
             InvalidEvents { .. } => "invalid_events",
             InvalidSpec { .. } => "invalid_spec",
+            Unauthorized { .. } => "unauthorized",
+            Forbidden { .. } => "forbidden",
             PipelineNotFound { .. } => "pipeline_not_found",
             OperatorNotFound { .. } => "operator_not_found",
             KeyNotFound { .. } => "key_not_found",
@@ -178,6 +188,12 @@ impl IntoResponse for ApiError {
         };
         let mut response =
             problem_response(status, self.code(), self.to_string(), errors, checkpoint_id);
+        if matches!(self, ApiError::Unauthorized { .. }) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"eddy\""),
+            );
+        }
         if matches!(self, ApiError::Overloaded { .. }) {
             response
                 .headers_mut()
