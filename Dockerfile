@@ -16,10 +16,12 @@ RUN apt-get update \
     && useradd --system --uid 10001 --home-dir /var/lib/eddy --create-home eddy
 COPY --from=build /src/target/release/eddy /usr/local/bin/eddy
 USER eddy
+# Beyond loopback eddy wants a tokens file (mount it; see docker-compose.yml). Make one line
+# with: docker run --rm eddy token new admin --scopes admin
 ENV EDDY_LISTEN=0.0.0.0:8080 \
-    EDDY_DATA_DIR=/var/lib/eddy
+    EDDY_DATA_DIR=/var/lib/eddy \
+    EDDY_TOKENS_FILE=/run/secrets/eddy-tokens
 VOLUME /var/lib/eddy
 EXPOSE 8080
 ENTRYPOINT ["eddy"]
-# Listening beyond loopback without a tokens file is open access: --insecure says so out loud.
-CMD ["serve", "--insecure"]
+CMD ["serve"]

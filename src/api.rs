@@ -51,7 +51,61 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the API, as generated from the code.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    secured(routes().split_for_parts().1)
+}
+
+/// Declares bearer tokens, and their 401 and 403 answers, on every `/v1` operation (access is
+/// enforced by a middleware, not per handler).
+pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+    let components = doc.components.get_or_insert_with(Default::default);
+    let scheme = HttpBuilder::new()
+        .scheme(HttpAuthScheme::Bearer)
+        .description(Some("An API token (`eddy token new`)"))
+        .build();
+    components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    let problem = |description: &str| {
+        let content = ContentBuilder::new()
+            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                "Problem",
+            ))))
+            .build();
+        ResponseBuilder::new()
+            .description(description)
+            .content(problem::PROBLEM_JSON, content)
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation.security = Some(vec![SecurityRequirement::new(
+                "bearer",
+                Vec::<String>::new(),
+            )]);
+            let responses = &mut operation.responses.responses;
+            responses.insert(
+                "401".into(),
+                RefOr::T(problem("No or an unknown bearer token")),
+            );
+            responses.insert(
+                "403".into(),
+                RefOr::T(problem("The token lacks the scope or the pipeline")),
+            );
+        }
+    }
+    doc
 }
 
 /// Checks `?limit=`: default 100, from 1 to 1000.

@@ -249,6 +249,7 @@ pub fn spawn_ticker(state: &AppState) -> tokio::task::JoinHandle<()> {
 /// The full router: the API, `/docs`, problem+json for every error, and the layers.
 pub fn router(state: AppState) -> Router {
     let (api_router, openapi) = api::routes().split_for_parts();
+    let openapi = api::secured(openapi);
     let request_id = HeaderName::from_static("x-request-id");
     api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
