@@ -21,8 +21,7 @@ fn pipeline(shards: usize) -> Pipeline {
         spec,
         &EngineConfig {
             shards,
-            shard_queue: 64,
-            output_retain: 100_000,
+            ..EngineConfig::default()
         },
     )
 }

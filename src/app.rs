@@ -251,7 +251,14 @@ pub fn router(state: AppState) -> Router {
     let (api_router, openapi) = api::routes().split_for_parts();
     let openapi = api::secured(openapi);
     let request_id = HeaderName::from_static("x-request-id");
+    let shed = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(shed_error))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.config.max_concurrent_requests,
+        ));
     api_router
+        .layer(shed)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -259,11 +266,12 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(route_not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_ready))
-        .layer(middleware::map_response(problem_for_bare_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.config.request_timeout,
         ))
+        // Outside the timeout, so that its 408 is a problem document too.
+        .layer(middleware::map_response(problem_for_bare_errors))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
@@ -290,6 +298,17 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Requests beyond the concurrency limit are shed (503), never queued without bound.
+async fn shed_error(error: tower::BoxError) -> ApiError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Busy
+    } else {
+        ApiError::Internal {
+            cause: error.to_string(),
+        }
+    }
 }
 
 async fn route_not_found(req: Request) -> ApiError {

@@ -87,6 +87,26 @@ pub struct Settings {
     /// Output records kept per pipeline [default: 100000].
     #[arg(long, env = "EDDY_OUTPUT_RETAIN", global = true)]
     pub output_retain: Option<usize>,
+    /// Most events in one batch [default: 100000]; more is 413.
+    #[arg(long, env = "EDDY_MAX_BATCH_EVENTS", global = true)]
+    pub max_batch_events: Option<usize>,
+    /// Most bytes of one event [default: 1048576]; a larger event is invalid (400).
+    #[arg(long, env = "EDDY_MAX_EVENT_BYTES", global = true)]
+    pub max_event_bytes: Option<usize>,
+    /// Requests served at once [default: 1024]; more are shed with 503.
+    #[arg(long, env = "EDDY_MAX_CONCURRENT_REQUESTS", global = true)]
+    pub max_concurrent_requests: Option<usize>,
+    /// Most pipelines [default: 100]; creating more is 507.
+    #[arg(long, env = "EDDY_MAX_PIPELINES", global = true)]
+    pub max_pipelines: Option<usize>,
+    /// Most keys with state per pipeline, over all operators [default: 20000000]; a batch that
+    /// arrives at the limit is 507.
+    #[arg(long, env = "EDDY_MAX_KEYS_PER_PIPELINE", global = true)]
+    pub max_keys_per_pipeline: Option<usize>,
+    /// Most entries of one key of a `map` operator [default: 10000]; new entries beyond it are
+    /// ignored (and counted).
+    #[arg(long, env = "EDDY_MAX_MAP_ENTRIES", global = true)]
+    pub max_map_entries: Option<usize>,
     /// File of API tokens; without it access is open (and serve stays on loopback).
     #[arg(long, env = "EDDY_TOKENS_FILE", global = true)]
     pub tokens_file: Option<PathBuf>,
@@ -113,6 +133,14 @@ impl Settings {
             output_retain: self.output_retain.or(file.output_retain),
             wal_fsync: self.wal_fsync.or(file.wal_fsync),
             tokens_file: self.tokens_file.or(file.tokens_file),
+            max_batch_events: self.max_batch_events.or(file.max_batch_events),
+            max_event_bytes: self.max_event_bytes.or(file.max_event_bytes),
+            max_concurrent_requests: self
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests),
+            max_pipelines: self.max_pipelines.or(file.max_pipelines),
+            max_keys_per_pipeline: self.max_keys_per_pipeline.or(file.max_keys_per_pipeline),
+            max_map_entries: self.max_map_entries.or(file.max_map_entries),
             metrics_auth: self.metrics_auth.or(file.metrics_auth),
         }
     }
@@ -159,6 +187,10 @@ pub struct Config {
     pub tokens_file: Option<PathBuf>,
     /// Whether /metrics needs a read token.
     pub metrics_auth: bool,
+    pub max_batch_events: usize,
+    pub max_event_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub max_pipelines: usize,
 }
 
 impl Config {
@@ -194,12 +226,30 @@ impl Config {
                     s.output_retain,
                     defaults.output_retain,
                 )?,
+                max_keys: positive(
+                    "EDDY_MAX_KEYS_PER_PIPELINE",
+                    s.max_keys_per_pipeline,
+                    defaults.max_keys,
+                )?,
+                max_map_entries: positive(
+                    "EDDY_MAX_MAP_ENTRIES",
+                    s.max_map_entries,
+                    defaults.max_map_entries,
+                )?,
             },
             max_body_bytes: positive("EDDY_MAX_BODY_BYTES", s.max_body_bytes, 16 * 1024 * 1024)?,
             request_timeout: Duration::from_millis(timeout.millis() as u64),
             wal_fsync: s.wal_fsync.unwrap_or(true),
             tokens_file: s.tokens_file,
             metrics_auth: s.metrics_auth.unwrap_or(false),
+            max_batch_events: positive("EDDY_MAX_BATCH_EVENTS", s.max_batch_events, 100_000)?,
+            max_event_bytes: positive("EDDY_MAX_EVENT_BYTES", s.max_event_bytes, 1024 * 1024)?,
+            max_concurrent_requests: positive(
+                "EDDY_MAX_CONCURRENT_REQUESTS",
+                s.max_concurrent_requests,
+                1024,
+            )?,
+            max_pipelines: positive("EDDY_MAX_PIPELINES", s.max_pipelines, 100)?,
         })
     }
 

@@ -15,7 +15,10 @@ mod pipeline;
 mod runner;
 mod shard;
 
-pub use batch::{BatchError, BodyFormat, EventError, MAX_REPORTED_ERRORS, parse_batch};
+pub use batch::{
+    BatchError, BatchLimits, BodyFormat, EventError, MAX_REPORTED_ERRORS, parse_batch,
+    parse_batch_limited,
+};
 pub use definition::OperatorDef;
 pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
 pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
@@ -50,6 +53,10 @@ pub struct EngineConfig {
     pub shard_queue: usize,
     /// Output records kept per pipeline (at least the newest this many).
     pub output_retain: usize,
+    /// Keys with state per pipeline (all operators) at which batches are refused.
+    pub max_keys: usize,
+    /// Entries one key of a `map` may hold; new entries beyond are ignored.
+    pub max_map_entries: usize,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +65,8 @@ impl Default for EngineConfig {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard_queue: 64,
             output_retain: 100_000,
+            max_keys: 20_000_000,
+            max_map_entries: 10_000,
         }
     }
 }
@@ -76,6 +85,9 @@ pub enum EngineError {
     /// The pipeline's WAL failed: it accepts nothing until a restart recovers it.
     #[error("pipeline {pipeline:?} stopped accepting: {reason}")]
     Failed { pipeline: String, reason: String },
+    /// The pipeline holds as many keys as it may.
+    #[error("pipeline {pipeline:?} holds {keys} keys, its limit")]
+    KeyLimit { pipeline: String, keys: usize },
     /// A logged record or checkpointed state could not be applied again.
     #[error("pipeline {pipeline:?} cannot recover: {detail}")]
     Replay { pipeline: String, detail: String },

@@ -4,7 +4,9 @@
 
 use super::problem::{ApiError, Problem};
 use crate::app::{AppState, now_ms};
-use crate::engine::{BatchError, BodyFormat, Ingested, Submission, parse_batch};
+use crate::engine::{
+    BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
+};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -120,7 +122,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         (status = 200, description = "The batch is durable and applied (or, with a known Idempotency-Key, its first answer, with `Idempotent-Replayed: true`)", body = EventsAccepted),
         (status = 400, description = "Invalid events (`errors`) or unparseable body", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body or number of events over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The pipeline holds as many keys as it may; nothing applied", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Missing or other content type", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Overloaded: retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json"),
     )
@@ -150,11 +153,17 @@ async fn post_events(
     }
     let format = body_format(&headers)?;
     let bytes = read_body(body, app.config.max_body_bytes).await?;
-    let events = parse_batch(&bytes, format, pipeline.extractor()).map_err(|e| match e {
-        BatchError::Syntax(detail) => ApiError::InvalidJson { detail },
-        BatchError::Empty => ApiError::bad_request(e.to_string()),
-        BatchError::Invalid(errors) => ApiError::InvalidEvents { errors },
-    })?;
+    let limits = BatchLimits {
+        max_events: app.config.max_batch_events,
+        max_event_bytes: app.config.max_event_bytes,
+    };
+    let events =
+        parse_batch_limited(&bytes, format, pipeline.extractor(), limits).map_err(|e| match e {
+            BatchError::TooManyEvents { found, limit } => ApiError::TooManyEvents { found, limit },
+            BatchError::Syntax(detail) => ApiError::InvalidJson { detail },
+            BatchError::Empty => ApiError::bad_request(e.to_string()),
+            BatchError::Invalid(errors) => ApiError::InvalidEvents { errors },
+        })?;
     let submission = Submission {
         events,
         arrival: now_ms(),

@@ -157,6 +157,7 @@ async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> 
         (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A pipeline of that name exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The spec is invalid; `errors` names each field", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "As many pipelines exist as may", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_pipeline(
@@ -168,6 +169,10 @@ async fn create_pipeline(
         detail: e.to_string(),
     })?;
     let spec = PipelineSpec::from_json(&doc).map_err(|errors| ApiError::InvalidSpec { errors })?;
+    if app.engine.list().len() >= app.config.max_pipelines {
+        let detail = format!("at most {} pipelines may exist", app.config.max_pipelines);
+        return Err(ApiError::LimitReached { detail });
+    }
     if !may_touch(principal.as_deref(), &spec.name) {
         let detail = format!("the token may not touch pipeline {:?}", spec.name);
         return Err(ApiError::Forbidden { detail });

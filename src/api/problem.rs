@@ -81,12 +81,21 @@ pub enum ApiError {
     /// 413.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// 413: more events than a batch may hold.
+    #[error("the batch holds {found} events; at most {limit} are allowed")]
+    TooManyEvents { found: usize, limit: usize },
+    /// 507: a capacity limit (pipelines, keys per pipeline) is reached; nothing was applied.
+    #[error("{detail}")]
+    LimitReached { detail: String },
     /// 415.
     #[error("{detail}")]
     UnsupportedMediaType { detail: String },
     /// 503 with `Retry-After`: a shard queue is full.
     #[error("pipeline {pipeline:?} is overloaded; retry shortly")]
     Overloaded { pipeline: String },
+    /// 503 with `Retry-After`: more requests at once than the server takes.
+    #[error("the server is at its limit of concurrent requests; retry shortly")]
+    Busy,
     /// 503: recovery is not finished or the store does not answer.
     #[error("{detail}")]
     Unavailable { detail: String },
@@ -115,9 +124,10 @@ impl ApiError {
             PipelineExists { .. } | CheckpointRunning { .. } | Conflict { .. } => {
                 StatusCode::CONFLICT
             }
-            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PayloadTooLarge { .. } | TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            LimitReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
             UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Overloaded { .. } | Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded { .. } | Unavailable { .. } | Busy => StatusCode::SERVICE_UNAVAILABLE,
             Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -142,8 +152,11 @@ impl ApiError {
             Conflict { .. } => "conflict",
             CheckpointNotFound { .. } => "checkpoint_not_found",
             PayloadTooLarge { .. } => "payload_too_large",
+            TooManyEvents { .. } => "too_many_events",
+            LimitReached { .. } => "limit_reached",
             UnsupportedMediaType { .. } => "unsupported_media_type",
             Overloaded { .. } => "overloaded",
+            Busy => "busy",
             Unavailable { .. } => "unavailable",
             Internal { .. } => "internal",
         }
@@ -194,7 +207,7 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"eddy\""),
             );
         }
-        if matches!(self, ApiError::Overloaded { .. }) {
+        if matches!(self, ApiError::Overloaded { .. } | ApiError::Busy) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -239,6 +252,9 @@ impl From<EngineError> for ApiError {
                 }
             }
             e @ EngineError::Replay { .. } => ApiError::internal(&e),
+            e @ EngineError::KeyLimit { .. } => ApiError::LimitReached {
+                detail: e.to_string(),
+            },
         }
     }
 }

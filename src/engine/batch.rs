@@ -5,6 +5,7 @@
 use super::extract::{Event, Extractor};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Most bad events one refusal names.
 pub const MAX_REPORTED_ERRORS: usize = 100;
@@ -35,9 +36,29 @@ pub enum BatchError {
     /// The body holds no event.
     #[error("the batch holds no event")]
     Empty,
+    /// More events than a batch may hold.
+    #[error("the batch holds {found} events; at most {limit} are allowed")]
+    TooManyEvents { found: usize, limit: usize },
     /// Some events are invalid; nothing of the batch is applied.
     #[error("{} event(s) invalid", .0.len())]
     Invalid(Vec<EventError>),
+}
+
+/// What a batch may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Most events in one batch.
+    pub max_events: usize,
+    /// Most bytes of one event's JSON.
+    pub max_event_bytes: usize,
+}
+
+impl BatchLimits {
+    /// No limits (replays and tools that trust their input).
+    pub const NONE: BatchLimits = BatchLimits {
+        max_events: usize::MAX,
+        max_event_bytes: usize::MAX,
+    };
 }
 
 /// Parses and extracts every event of `body`.
@@ -46,31 +67,40 @@ pub fn parse_batch(
     format: BodyFormat,
     extractor: &Extractor,
 ) -> Result<Vec<Event>, BatchError> {
-    let docs: Vec<(usize, Result<Value, String>)> = match format {
-        BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(items)) => items.into_iter().map(Ok).enumerate().collect(),
-            Ok(single) => vec![(0, Ok(single))],
-            Err(e) => return Err(BatchError::Syntax(e.to_string())),
-        },
-        BodyFormat::NdJson => body
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.trim_ascii().is_empty())
-            .map(|(i, line)| {
-                (
-                    i,
-                    serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}")),
-                )
-            })
-            .collect(),
-    };
-    if docs.is_empty() {
+    parse_batch_limited(body, format, extractor, BatchLimits::NONE)
+}
+
+/// Parses and extracts every event of `body`, within `limits`.
+pub fn parse_batch_limited(
+    body: &[u8],
+    format: BodyFormat,
+    extractor: &Extractor,
+    limits: BatchLimits,
+) -> Result<Vec<Event>, BatchError> {
+    let raw = split(body, format)?;
+    if raw.is_empty() {
         return Err(BatchError::Empty);
     }
-    let mut events = Vec::with_capacity(docs.len());
+    if raw.len() > limits.max_events {
+        return Err(BatchError::TooManyEvents {
+            found: raw.len(),
+            limit: limits.max_events,
+        });
+    }
+    let mut events = Vec::with_capacity(raw.len());
     let mut errors = Vec::new();
-    for (index, doc) in docs {
-        match doc.and_then(|doc| extractor.extract(&doc)) {
+    for (index, bytes) in raw {
+        let event = if bytes.len() > limits.max_event_bytes {
+            Err(format!(
+                "event is larger than {} bytes",
+                limits.max_event_bytes
+            ))
+        } else {
+            serde_json::from_slice::<Value>(bytes)
+                .map_err(|e| format!("invalid JSON: {e}"))
+                .and_then(|doc| extractor.extract(&doc))
+        };
+        match event {
             Ok(event) => events.push(event),
             Err(detail) if errors.len() < MAX_REPORTED_ERRORS => {
                 errors.push(EventError { index, detail })
@@ -82,6 +112,31 @@ pub fn parse_batch(
         Ok(events)
     } else {
         Err(BatchError::Invalid(errors))
+    }
+}
+
+/// The events' JSON texts with their indices: a JSON array's elements (borrowed, not copied),
+/// a single JSON value, or NDJSON's non-blank lines (numbered by line).
+fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8])>, BatchError> {
+    let syntax = |e: serde_json::Error| BatchError::Syntax(e.to_string());
+    match format {
+        BodyFormat::Json if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(syntax)?;
+            Ok(items
+                .into_iter()
+                .map(|r| r.get().as_bytes())
+                .enumerate()
+                .collect())
+        }
+        BodyFormat::Json => {
+            let _: &RawValue = serde_json::from_slice(body).map_err(syntax)?;
+            Ok(vec![(0, body)])
+        }
+        BodyFormat::NdJson => Ok(body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.trim_ascii().is_empty())
+            .collect()),
     }
 }
 
@@ -154,6 +209,51 @@ mod tests {
             parse_batch(b"\n \n", BodyFormat::NdJson, &e).unwrap_err(),
             BatchError::Empty
         );
+    }
+
+    #[test]
+    fn limits_bound_the_events_and_their_size() {
+        let e = extractor();
+        let limits = BatchLimits {
+            max_events: 2,
+            max_event_bytes: 20,
+        };
+        let three = br#"[{"k": 1}, {"k": 2}, {"k": 3}]"#;
+        assert_eq!(
+            parse_batch_limited(three, BodyFormat::Json, &e, limits).unwrap_err(),
+            BatchError::TooManyEvents { found: 3, limit: 2 }
+        );
+        let big = br#"[{"k": 1}, {"k": "a long key of many bytes"}]"#;
+        assert_eq!(
+            indices(parse_batch_limited(big, BodyFormat::Json, &e, limits)),
+            [1]
+        );
+        let ndjson = b"{\"k\": 1}\n{\"k\": \"a long key of many bytes\"}\n";
+        assert_eq!(
+            indices(parse_batch_limited(ndjson, BodyFormat::NdJson, &e, limits)),
+            [1]
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_a_syntax_error_not_a_crash() {
+        let e = extractor();
+        let deep = ["{\"a\":".repeat(10_000), "1".into(), "}".repeat(10_000)].concat();
+        assert_eq!(
+            indices(parse_batch(deep.as_bytes(), BodyFormat::Json, &e)),
+            [0]
+        );
+        let deep_element = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(
+            indices(parse_batch(deep_element.as_bytes(), BodyFormat::Json, &e)),
+            [0]
+        );
+        let deep_event = format!(
+            "{{\"k\": 1, \"x\": {}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(parse_batch(deep_event.as_bytes(), BodyFormat::NdJson, &e).is_err());
     }
 
     #[test]

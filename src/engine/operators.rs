@@ -50,8 +50,8 @@ pub fn is_due(time: i64, watermark: i64) -> bool {
     time <= watermark
 }
 
-/// The definition of a built-in operator from its spec.
-pub(crate) fn definition(spec: &OperatorSpec) -> OperatorDef {
+/// The definition of a built-in operator from its spec (`max_map_entries` bounds a `map`).
+pub(crate) fn definition(spec: &OperatorSpec, max_map_entries: usize) -> OperatorDef {
     let mut inputs = Inputs {
         key: spec.key.clone(),
         filter: spec.filter.clone(),
@@ -77,7 +77,10 @@ pub(crate) fn definition(spec: &OperatorSpec) -> OperatorDef {
             inputs.value = value.clone().map(|v| (v, FieldKind::Number));
             inputs.entry_key = Some(entry_key.clone());
             let reduce = *reduce;
-            OperatorDef::new(name, inputs, move || MapOp { reduce })
+            OperatorDef::new(name, inputs, move || MapOp {
+                reduce,
+                max_entries: max_map_entries,
+            })
         }
         OperatorKind::Aggregate {
             value,

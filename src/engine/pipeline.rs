@@ -20,6 +20,7 @@ use crate::state::Key;
 use crate::wal::{Record, Wal};
 use bytes::Bytes;
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -127,6 +128,9 @@ pub struct Pipeline {
     wal: OnceLock<Wal>,
     /// Why the pipeline stopped accepting (its WAL failed).
     failure: Arc<OnceLock<String>>,
+    /// Keys with state per shard (all operators), published by each shard after a batch.
+    keys: Arc<[AtomicUsize]>,
+    max_keys: usize,
 }
 
 impl Pipeline {
@@ -135,7 +139,7 @@ impl Pipeline {
         let defs: Vec<OperatorDef> = spec
             .operators
             .iter()
-            .map(super::operators::definition)
+            .map(|op| super::operators::definition(op, config.max_map_entries))
             .collect();
         let mut pipeline = Pipeline::start(&spec, defs, config);
         pipeline.spec = Some(spec);
@@ -158,6 +162,9 @@ impl Pipeline {
             config.output_retain,
         ));
         let ttl = spec.state_ttl.map(|t| t.millis());
+        let keys: Arc<[AtomicUsize]> = (0..config.shards.max(1))
+            .map(|_| AtomicUsize::new(0))
+            .collect();
         let shards = (0..config.shards.max(1))
             .map(|i| {
                 let runners = defs
@@ -165,7 +172,7 @@ impl Pipeline {
                     .enumerate()
                     .map(|(index, d)| d.instance(index as u16, ttl))
                     .collect();
-                let shard = Shard::new(runners, output.clone());
+                let shard = Shard::new(runners, output.clone(), keys.clone(), i);
                 let (tx, rx) = mpsc::channel(config.shard_queue.max(1));
                 std::thread::Builder::new()
                     .name(format!("eddy-shard-{i}"))
@@ -196,6 +203,8 @@ impl Pipeline {
             closed: CancellationToken::new(),
             wal: OnceLock::new(),
             failure: Arc::new(OnceLock::new()),
+            keys,
+            max_keys: config.max_keys,
         }
     }
 
@@ -366,6 +375,13 @@ impl Pipeline {
             && seq.idempotency.get(key).is_some()
         {
             return Ok(Sequenced::Replayed(key.clone()));
+        }
+        let keys: usize = self.keys.iter().map(|k| k.load(Ordering::Relaxed)).sum();
+        if keys >= self.max_keys {
+            return Err(EngineError::KeyLimit {
+                pipeline: self.name.clone(),
+                keys,
+            });
         }
         let count = events.len() as u64;
         let mut items: Vec<Vec<Item>> = self.shards.iter().map(|_| Vec::new()).collect();

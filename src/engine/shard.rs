@@ -9,6 +9,7 @@ use super::runner::{Runner, StateRow, Step};
 use crate::state::Key;
 use serde_json::Value;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// A watermark change: after the event at `step`, the watermark is `watermark`.
@@ -81,15 +82,30 @@ pub(crate) struct Shard {
     runners: Vec<Box<dyn Runner>>,
     watermark: Option<i64>,
     output: Arc<Output>,
+    /// Keys with state per shard, this one's at `index` (the sequencer reads their sum).
+    keys: Arc<[AtomicUsize]>,
+    index: usize,
 }
 
 impl Shard {
-    pub fn new(runners: Vec<Box<dyn Runner>>, output: Arc<Output>) -> Shard {
+    pub fn new(
+        runners: Vec<Box<dyn Runner>>,
+        output: Arc<Output>,
+        keys: Arc<[AtomicUsize]>,
+        index: usize,
+    ) -> Shard {
         Shard {
             runners,
             watermark: None,
             output,
+            keys,
+            index,
         }
+    }
+
+    fn publish_key_count(&self) {
+        let count = self.runners.iter().map(|r| r.key_count()).sum();
+        self.keys[self.index].store(count, Ordering::Relaxed);
     }
 
     /// Serves the mailbox until every sender is gone.
@@ -112,6 +128,7 @@ impl Shard {
                     }
                     let _ = reply.send(rows);
                 }
+                self.publish_key_count();
                 self.output.complete(seq, emitted);
             }
             Command::Restore {
@@ -123,6 +140,7 @@ impl Shard {
                 let restored = rows.iter().try_for_each(|row| {
                     self.runners[usize::from(row.operator)].restore(row, watermark)
                 });
+                self.publish_key_count();
                 let _ = reply.send(restored);
             }
             Command::Remark { keys } => {

@@ -8,6 +8,8 @@ use serde_json::{Map, Value, json};
 /// The `map` operator.
 pub struct MapOp {
     pub reduce: Reduce,
+    /// Entries one key may hold: a new entry beyond is ignored (existing ones still update).
+    pub max_entries: usize,
 }
 
 impl Operator for MapOp {
@@ -20,6 +22,10 @@ impl Operator for MapOp {
             _ => Num::Int(1),
         };
         let old = state.get(entry).copied();
+        if old.is_none() && state.len() >= self.max_entries {
+            metrics::counter!("eddy_map_entries_ignored_total").increment(1);
+            return;
+        }
         let new = match (self.reduce, old) {
             (Reduce::Count, old) => old.unwrap_or(Num::ZERO) + Num::Int(1),
             (_, None) | (Reduce::Last, _) => value,
