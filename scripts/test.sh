@@ -70,6 +70,9 @@ if [ -z "${PG_TMP:-}" ]; then
   trap drop_test_databases EXIT
 fi
 
+say "schemathesis (the real server against openapi/openapi.json)"
+scripts/schemathesis.sh
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo test --locked --doc

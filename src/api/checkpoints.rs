@@ -151,6 +151,7 @@ async fn list_checkpoints(
     params(("name" = String, Path, description = "Pipeline name"), ("id" = i64, Path, description = "Checkpoint id")),
     responses(
         (status = 200, description = "The checkpoint", body = CheckpointDto),
+        (status = 400, description = "The id is not an integer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline or checkpoint", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -173,6 +174,7 @@ async fn get_checkpoint(
     params(("name" = String, Path, description = "Pipeline name"), ("id" = i64, Path, description = "Checkpoint id")),
     responses(
         (status = 200, description = "The state is the checkpoint's", body = Restored),
+        (status = 400, description = "The id is not an integer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline or checkpoint", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A checkpoint is running, or this one is not completed", body = Problem, content_type = "application/problem+json"),
     )

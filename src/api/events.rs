@@ -41,8 +41,24 @@ pub struct EventsAccepted {
 #[allow(dead_code)] // describes the document for OpenAPI; the server reads it as JSON
 pub struct WatermarkRequest {
     /// Epoch ms, or `"max"` (end of stream: closes everything).
-    #[schema(value_type = Object, example = 1_700_000_000_000_i64)]
-    time: Value,
+    time: WatermarkTime,
+}
+
+/// A watermark time: epoch milliseconds, or `"max"`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum WatermarkTime {
+    Millis(i64),
+    End(EndOfStream),
+}
+
+/// The end of the stream.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum EndOfStream {
+    Max,
 }
 
 /// The watermark after an advance.

@@ -36,8 +36,10 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct OutputParams {
     /// Records with offset above this (default: from the oldest kept).
-    after: Option<u64>,
+    #[param(minimum = 0)]
+    after: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Long-poll up to this duration (e.g. `5s`, at most `60s`) when there is no record yet.
     wait: Option<String>,
@@ -92,7 +94,8 @@ async fn get_output(
         .unwrap_or_default();
     let output = pipeline.output();
     let mut updates = output.subscribe();
-    let (mut records, mut next) = output.read(params.after, limit);
+    let after = offset_param(params.after)?;
+    let (mut records, mut next) = output.read(after, limit);
     let deadline = tokio::time::Instant::now() + wait;
     let closed = pipeline.closed();
     while records.is_empty() && !wait.is_zero() {
@@ -105,6 +108,16 @@ async fn get_output(
         (records, next) = output.read(Some(next), limit);
     }
     Ok(Json(OutputPage { records, next }))
+}
+
+/// An `after` offset: 0 or more.
+fn offset_param(after: Option<i64>) -> Result<Option<u64>, ApiError> {
+    after
+        .map(|a| {
+            u64::try_from(a)
+                .map_err(|_| ApiError::bad_request(format!("after must be 0 or more, not {a}")))
+        })
+        .transpose()
 }
 
 fn parse_wait(text: &str) -> Result<Duration, ApiError> {
@@ -121,7 +134,8 @@ fn parse_wait(text: &str) -> Result<Duration, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct StreamParams {
     /// Records with offset above this; `Last-Event-ID` wins when both are given.
-    after: Option<u64>,
+    #[param(minimum = 0)]
+    after: Option<i64>,
 }
 
 /// Stream output records (Server-Sent Events)
@@ -166,7 +180,7 @@ async fn stream_output(
     });
     let feed = Feed {
         output: pipeline.output_handle(),
-        after: last_id.or(params.after),
+        after: last_id.or(offset_param(params.after)?),
         buffered: VecDeque::new(),
         stop: stop.clone(),
         _guard: stop.drop_guard(),

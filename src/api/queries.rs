@@ -24,6 +24,7 @@ pub struct StateParams {
     /// Only keys starting with this.
     prefix: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
