@@ -38,6 +38,22 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run a pipeline over a file of events (NDJSON) through the engine, no HTTP, no WAL;
+    /// flush with the max watermark, write the output records, print events_per_s and totals.
+    Replay {
+        /// The pipeline spec (JSON).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The events, one JSON object per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the output records (NDJSON); discarded when absent.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Lines per batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
 }
 
 /// Token commands.

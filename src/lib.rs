@@ -8,6 +8,9 @@ pub mod auth; // API tokens: file format, hashing, scopes
 pub mod checkpoint; // taking, restoring and recovering checkpoints
 pub mod config; // flags, environment and TOML settings
 pub mod engine; // pipelines: sequencer, shards, operators, output log
+#[doc(hidden)]
+pub mod fuzzing; // entry points of the fuzz targets and the corpus test
+pub mod replay; // eddy replay: a pipeline over a file through the engine
 pub mod spec; // pipeline specs and their validation
 pub mod state; // keyed state primitives, keyed backend, timers
 pub mod store; // every SQL statement: PostgreSQL and SQLite backends

@@ -51,6 +51,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Replay {
+            spec,
+            input,
+            output,
+            batch,
+        } => {
+            // --shards is the global setting (EDDY_SHARDS).
+            let shards = config.engine.shards;
+            let args = eddy::replay::ReplayArgs {
+                spec,
+                input,
+                output,
+                shards,
+                batch,
+            };
+            run(Box::pin(async move {
+                let (totals, rate) = eddy::replay::replay(&args).await?;
+                println!("{}", totals.line());
+                println!("events_per_s={rate:.0}");
+                Ok(())
+            }))
+        }
         Command::Migrate => run(Box::pin(migrate(config.clone()))),
         Command::Serve { insecure } => run(Box::pin(serve(config.clone(), insecure))),
     }

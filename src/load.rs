@@ -1,0 +1,245 @@
+//! `eddy load`: a load generator against a running server. It creates the pipeline, posts a
+//! pre-encoded, seeded click stream from many connections (closed loop, or open loop at a fixed
+//! rate, where latency counts from the intended send time so a slow server cannot hide its
+//! queueing), optionally queries state and long-polls the output meanwhile, and reports
+//! acknowledged events/s, batch and query latency percentiles, failures by status, and the
+//! server's RSS.
+
+use crate::workload::{ClickStream, seed_spec};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How to load.
+#[derive(Clone, Debug)]
+pub struct LoadArgs {
+    pub url: String,
+    pub pipeline: String,
+    pub duration: Duration,
+    pub batch: usize,
+    pub connections: usize,
+    pub users: u64,
+    /// Batches per second over all connections (open loop); `None`: as fast as acknowledged.
+    pub rate: Option<f64>,
+    /// Also query state and long-poll the output.
+    pub queries: bool,
+    /// Take a checkpoint this often.
+    pub checkpoint_every: Option<Duration>,
+    pub token: Option<String>,
+    /// The server's pid, to report its RSS.
+    pub server_pid: Option<u32>,
+}
+
+/// What a load run measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub events: u64,
+    pub seconds: f64,
+    pub batch_ms: Vec<f64>,
+    pub query_ms: Vec<f64>,
+    /// Failed requests by status (0: no answer).
+    pub failures: BTreeMap<u16, u64>,
+    pub rss_bytes: Option<u64>,
+}
+
+/// The `p`-th percentile (0..=100) of `samples`, in their unit.
+pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+impl Report {
+    /// A human-readable summary, one figure per line.
+    pub fn summary(&mut self) -> String {
+        let mut lines = vec![
+            format!("events_per_s={:.0}", self.events as f64 / self.seconds.max(1e-9)),
+            format!("events={} seconds={:.1}", self.events, self.seconds),
+            format!(
+                "batch_ms p50={:.2} p99={:.2} p999={:.2} (n={})",
+                percentile(&mut self.batch_ms, 50.0),
+                percentile(&mut self.batch_ms, 99.0),
+                percentile(&mut self.batch_ms, 99.9),
+                self.batch_ms.len()
+            ),
+        ];
+        if !self.query_ms.is_empty() {
+            lines.push(format!(
+                "query_ms p50={:.2} p99={:.2} (n={})",
+                percentile(&mut self.query_ms, 50.0),
+                percentile(&mut self.query_ms, 99.0),
+                self.query_ms.len()
+            ));
+        }
+        let failures: Vec<String> = self.failures.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+        lines.push(format!("failures={}", if failures.is_empty() { "none".into() } else { failures.join(",") }));
+        if let Some(rss) = self.rss_bytes {
+            lines.push(format!("server_rss_mb={:.1}", rss as f64 / 1_048_576.0));
+        }
+        lines.join("\n")
+    }
+}
+
+/// The resident set of a process, from /proc.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[derive(Default)]
+struct Shared {
+    batch_ms: Mutex<Vec<f64>>,
+    query_ms: Mutex<Vec<f64>>,
+    failures: Mutex<BTreeMap<u16, u64>>,
+    events: AtomicU64,
+}
+
+/// Runs the load; fails only when the pipeline cannot be created.
+pub async fn run(args: LoadArgs) -> Result<Report, String> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.connections * 2).build().map_err(|e| e.to_string())?;
+    let auth = |req: reqwest::RequestBuilder| match &args.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let mut spec = seed_spec(&args.pipeline);
+    spec["checkpoint_interval"] = serde_json::json!("1h");
+    let created = auth(client.post(format!("{}/v1/pipelines", args.url))).json(&spec).send().await.map_err(|e| e.to_string())?;
+    if !(created.status().is_success() || created.status() == 409) {
+        return Err(format!("creating the pipeline: {}", created.status()));
+    }
+    // Pre-encoded batches, a few per connection, reused round robin.
+    let stream = ClickStream { users: args.users, ..ClickStream::default() };
+    let bodies: Arc<Vec<bytes::Bytes>> =
+        Arc::new(stream.ndjson_batches(args.batch * 64, args.batch).into_iter().map(bytes::Bytes::from).collect());
+    let shared = Arc::new(Shared::default());
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let events_url = format!("{}/v1/pipelines/{}/events", args.url, args.pipeline);
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (client, bodies, shared, url, args) = (client.clone(), bodies.clone(), shared.clone(), events_url.clone(), args.clone());
+        tasks.push(tokio::spawn(async move {
+            let interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+            let mut intended = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / args.connections as f64));
+            let mut i = c;
+            while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(intended.into()).await;
+                }
+                let sent_at = if interval.is_some() { intended } else { Instant::now() };
+                let mut req = client.post(&url).header("content-type", "application/x-ndjson").body(bodies[i % bodies.len()].clone());
+                if let Some(t) = &args.token {
+                    req = req.bearer_auth(t);
+                }
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        shared.events.fetch_add(args.batch as u64, Ordering::Relaxed);
+                        shared.batch_ms.lock().await.push(sent_at.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+                    Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
+                }
+                i += args.connections;
+                if let Some(interval) = interval {
+                    intended += interval;
+                }
+            }
+        }));
+    }
+    if args.queries {
+        tasks.push(tokio::spawn(query_loop(client.clone(), args.clone(), shared.clone(), deadline)));
+        tasks.push(tokio::spawn(poll_loop(client.clone(), args.clone(), shared.clone(), deadline)));
+    }
+    if let Some(every) = args.checkpoint_every {
+        let (client, args, shared) = (client.clone(), args.clone(), shared.clone());
+        tasks.push(tokio::spawn(async move {
+            let url = format!("{}/v1/pipelines/{}/checkpoints", args.url, args.pipeline);
+            while Instant::now() + every < deadline {
+                tokio::time::sleep(every).await;
+                let mut req = client.post(&url);
+                if let Some(t) = &args.token {
+                    req = req.bearer_auth(t);
+                }
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() || resp.status() == 409 => {}
+                    Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+                    Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        events: shared.events.load(Ordering::Relaxed),
+        seconds,
+        batch_ms: std::mem::take(&mut *shared.batch_ms.lock().await),
+        query_ms: std::mem::take(&mut *shared.query_ms.lock().await),
+        failures: std::mem::take(&mut *shared.failures.lock().await),
+        rss_bytes: args.server_pid.and_then(rss_of),
+    })
+}
+
+async fn query_loop(client: reqwest::Client, args: LoadArgs, shared: Arc<Shared>, deadline: Instant) {
+    let mut n = 0_u64;
+    while Instant::now() < deadline {
+        let user = format!("u{}", n % args.users.max(1));
+        n += 1;
+        let url = format!("{}/v1/pipelines/{}/operators/sessions/state?key={user}", args.url, args.pipeline);
+        let start = Instant::now();
+        let mut req = client.get(url);
+        if let Some(t) = &args.token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() || resp.status() == 404 => {
+                let _ = resp.bytes().await;
+                shared.query_ms.lock().await.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+            Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn poll_loop(client: reqwest::Client, args: LoadArgs, shared: Arc<Shared>, deadline: Instant) {
+    let mut after = 0_u64;
+    while Instant::now() + Duration::from_secs(2) < deadline {
+        let url = format!("{}/v1/pipelines/{}/output?after={after}&limit=1000&wait=1s", args.url, args.pipeline);
+        let mut req = client.get(url);
+        if let Some(t) = &args.token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let page: serde_json::Value = resp.json().await.unwrap_or_default();
+                after = page["next"].as_u64().unwrap_or(after);
+            }
+            Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+            Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_pick_by_rank() {
+        let mut samples: Vec<f64> = (1..=100).map(f64::from).rev().collect();
+        assert_eq!(percentile(&mut samples, 50.0), 51.0);
+        assert_eq!(percentile(&mut samples, 99.0), 99.0);
+        assert_eq!(percentile(&mut samples, 100.0), 100.0);
+        assert_eq!(percentile(&mut [], 99.0), 0.0);
+    }
+}

@@ -1,0 +1,205 @@
+//! `eddy replay`: a pipeline over a file of events through the same engine as the server (no
+//! HTTP, no WAL), for backfills, for testing a pipeline on recorded data, and for measuring the
+//! engine without the network. Batches are parsed in parallel but sequenced in file order, so
+//! a replay's outputs are a function of the file (and the batch size) alone.
+
+use crate::engine::{BodyFormat, EngineConfig, OutputRecord, Pipeline, parse_batch};
+use crate::spec::PipelineSpec;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What to replay.
+#[derive(Clone, Debug)]
+pub struct ReplayArgs {
+    pub spec: PathBuf,
+    pub input: PathBuf,
+    pub output: Option<PathBuf>,
+    pub shards: usize,
+    /// Lines per batch.
+    pub batch: usize,
+}
+
+/// What a replay did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Totals {
+    pub events: u64,
+    pub late_events: u64,
+    /// Output records per operator.
+    pub records: BTreeMap<String, u64>,
+    /// Sum of `count` over window records (and `events` over session records).
+    pub count_sum: u64,
+    /// Sum of `duration_ms` over session records.
+    pub duration_sum: i64,
+}
+
+impl Totals {
+    fn add(&mut self, record: &OutputRecord) {
+        *self.records.entry(record.operator.to_string()).or_default() += 1;
+        let field = |name: &str| {
+            record
+                .value
+                .get(name)
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(0)
+        };
+        self.count_sum += (field("count") + field("events")) as u64;
+        self.duration_sum += field("duration_ms");
+    }
+
+    /// The comparable line: `events=… late=… records=op:n,… count_sum=… duration_sum=…`.
+    pub fn line(&self) -> String {
+        let records: Vec<String> = self
+            .records
+            .iter()
+            .map(|(op, n)| format!("{op}:{n}"))
+            .collect();
+        format!(
+            "events={} late={} records={} count_sum={} duration_sum={}",
+            self.events,
+            self.late_events,
+            records.join(","),
+            self.count_sum,
+            self.duration_sum
+        )
+    }
+}
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the spec is invalid: {detail}")]
+    Spec { path: PathBuf, detail: String },
+    #[error("{path} (batch from line {line}): {detail}")]
+    Events {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error("engine: {0}")]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+/// Runs the replay; answers the totals and the events per second.
+pub async fn replay(args: &ReplayArgs) -> Result<(Totals, f64), ReplayError> {
+    let io = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| ReplayError::Io { path, source }
+    };
+    let text = std::fs::read(&args.spec).map_err(io(&args.spec))?;
+    let doc = serde_json::from_slice(&text).map_err(|e| ReplayError::Spec {
+        path: args.spec.clone(),
+        detail: e.to_string(),
+    })?;
+    let spec = PipelineSpec::from_json(&doc).map_err(|errors| ReplayError::Spec {
+        path: args.spec.clone(),
+        detail: format!("{errors:?}"),
+    })?;
+    let input = std::fs::read(&args.input).map_err(io(&args.input))?;
+    let config = EngineConfig {
+        shards: args.shards.max(1),
+        output_retain: usize::MAX,
+        ..EngineConfig::default()
+    };
+    let pipeline = Arc::new(Pipeline::from_spec(spec, &config));
+
+    let mut chunks = Vec::new();
+    let (mut start, mut line, mut lines) = (0, 0, 0);
+    for (i, byte) in input.iter().enumerate() {
+        if *byte == b'\n' {
+            lines += 1;
+            if lines == args.batch.max(1) {
+                chunks.push((line, start, i + 1));
+                (start, line, lines) = (i + 1, line + lines, 0);
+            }
+        }
+    }
+    if start < input.len() {
+        chunks.push((line, start, input.len()));
+    }
+    let input = Arc::new(input);
+    let began = Instant::now();
+    let parsed = futures::stream::iter(chunks).map(|(line, from, to)| {
+        let (input, pipeline) = (input.clone(), pipeline.clone());
+        tokio::task::spawn_blocking(move || {
+            let body = &input[from..to];
+            let batch = match parse_batch(body, BodyFormat::NdJson, pipeline.extractor()) {
+                Err(crate::engine::BatchError::Empty) => Ok(Vec::new()),
+                other => other,
+            };
+            (line, batch)
+        })
+    });
+    let mut applied = parsed.buffered(4).map(|joined| {
+        let pipeline = pipeline.clone();
+        let path = args.input.clone();
+        async move {
+            let (line, batch) = joined.expect("parse task");
+            let events = batch.map_err(|e| {
+                let detail = match e {
+                    crate::engine::BatchError::Invalid(errors) => errors
+                        .iter()
+                        .take(5)
+                        .map(|e| format!("line {}: {}", line + e.index, e.detail))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    other => other.to_string(),
+                };
+                ReplayError::Events { path, line, detail }
+            })?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            pipeline
+                .ingest(events, crate::app::now_ms())
+                .await
+                .map(|_| ())
+                .map_err(ReplayError::from)
+        }
+    });
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    while let Some(next) = applied.next().await {
+        in_flight.push_back(next);
+        if in_flight.len() >= 8 {
+            in_flight.next().await.expect("in flight")?;
+        }
+    }
+    while let Some(done) = in_flight.next().await {
+        done?;
+    }
+    pipeline.advance_watermark(i64::MAX).await?;
+    let elapsed = began.elapsed().as_secs_f64();
+    let status = pipeline.status().await?;
+    let (records, _) = pipeline.output().read(None, usize::MAX);
+    let mut totals = Totals {
+        events: status.events,
+        late_events: status.late_events,
+        ..Totals::default()
+    };
+    let mut out = match &args.output {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(io(path))?,
+        )),
+        None => None,
+    };
+    for record in &records {
+        totals.add(record);
+        if let Some(out) = &mut out {
+            serde_json::to_writer(&mut *out, &**record).expect("records serialise");
+            out.write_all(b"\n")
+                .map_err(io(args.output.as_ref().expect("set")))?;
+        }
+    }
+    if let (Some(mut out), Some(path)) = (out, &args.output) {
+        out.flush().map_err(io(path))?;
+    }
+    Ok((totals, status.events as f64 / elapsed.max(1e-9)))
+}
