@@ -54,6 +54,44 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
     },
+    /// Load a running server: post a generated click stream from many connections and report
+    /// events/s, latency percentiles and the server's RSS.
+    Load {
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The pipeline to create (the contract's example) and load.
+        #[arg(long, default_value = "load")]
+        pipeline: String,
+        /// How long, e.g. "30s".
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// Events per request.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Distinct users in the stream.
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Open loop: batches per second over all connections (latency from the intended
+        /// send time); without it, each connection sends as soon as it is answered.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Also query state and long-poll the output.
+        #[arg(long)]
+        queries: bool,
+        /// Take a checkpoint this often, e.g. "10s".
+        #[arg(long)]
+        checkpoint_every: Option<String>,
+        /// Bearer token.
+        #[arg(long, env = "EDDY_TOKEN")]
+        token: Option<String>,
+        /// The server's pid, to report its RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
 }
 
 /// Token commands.

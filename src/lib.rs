@@ -10,6 +10,7 @@ pub mod config; // flags, environment and TOML settings
 pub mod engine; // pipelines: sequencer, shards, operators, output log
 #[doc(hidden)]
 pub mod fuzzing; // entry points of the fuzz targets and the corpus test
+pub mod load; // eddy load: the load generator
 pub mod replay; // eddy replay: a pipeline over a file through the engine
 pub mod spec; // pipeline specs and their validation
 pub mod state; // keyed state primitives, keyed backend, timers

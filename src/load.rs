@@ -58,7 +58,10 @@ impl Report {
     /// A human-readable summary, one figure per line.
     pub fn summary(&mut self) -> String {
         let mut lines = vec![
-            format!("events_per_s={:.0}", self.events as f64 / self.seconds.max(1e-9)),
+            format!(
+                "events_per_s={:.0}",
+                self.events as f64 / self.seconds.max(1e-9)
+            ),
             format!("events={} seconds={:.1}", self.events, self.seconds),
             format!(
                 "batch_ms p50={:.2} p99={:.2} p999={:.2} (n={})",
@@ -76,8 +79,19 @@ impl Report {
                 self.query_ms.len()
             ));
         }
-        let failures: Vec<String> = self.failures.iter().map(|(s, n)| format!("{s}:{n}")).collect();
-        lines.push(format!("failures={}", if failures.is_empty() { "none".into() } else { failures.join(",") }));
+        let failures: Vec<String> = self
+            .failures
+            .iter()
+            .map(|(s, n)| format!("{s}:{n}"))
+            .collect();
+        lines.push(format!(
+            "failures={}",
+            if failures.is_empty() {
+                "none".into()
+            } else {
+                failures.join(",")
+            }
+        ));
         if let Some(rss) = self.rss_bytes {
             lines.push(format!("server_rss_mb={:.1}", rss as f64 / 1_048_576.0));
         }
@@ -88,7 +102,13 @@ impl Report {
 /// The resident set of a process, from /proc.
 pub fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -102,47 +122,93 @@ struct Shared {
 
 /// Runs the load; fails only when the pipeline cannot be created.
 pub async fn run(args: LoadArgs) -> Result<Report, String> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.connections * 2).build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections * 2)
+        .build()
+        .map_err(|e| e.to_string())?;
     let auth = |req: reqwest::RequestBuilder| match &args.token {
         Some(t) => req.bearer_auth(t),
         None => req,
     };
     let mut spec = seed_spec(&args.pipeline);
     spec["checkpoint_interval"] = serde_json::json!("1h");
-    let created = auth(client.post(format!("{}/v1/pipelines", args.url))).json(&spec).send().await.map_err(|e| e.to_string())?;
+    let created = auth(client.post(format!("{}/v1/pipelines", args.url)))
+        .json(&spec)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     if !(created.status().is_success() || created.status() == 409) {
         return Err(format!("creating the pipeline: {}", created.status()));
     }
     // Pre-encoded batches, a few per connection, reused round robin.
-    let stream = ClickStream { users: args.users, ..ClickStream::default() };
-    let bodies: Arc<Vec<bytes::Bytes>> =
-        Arc::new(stream.ndjson_batches(args.batch * 64, args.batch).into_iter().map(bytes::Bytes::from).collect());
+    let stream = ClickStream {
+        users: args.users,
+        ..ClickStream::default()
+    };
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
+        stream
+            .ndjson_batches(args.batch * 64, args.batch)
+            .into_iter()
+            .map(bytes::Bytes::from)
+            .collect(),
+    );
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
     let deadline = started + args.duration;
     let events_url = format!("{}/v1/pipelines/{}/events", args.url, args.pipeline);
     let mut tasks = Vec::new();
     for c in 0..args.connections {
-        let (client, bodies, shared, url, args) = (client.clone(), bodies.clone(), shared.clone(), events_url.clone(), args.clone());
+        let (client, bodies, shared, url, args) = (
+            client.clone(),
+            bodies.clone(),
+            shared.clone(),
+            events_url.clone(),
+            args.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r));
-            let mut intended = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / args.connections as f64));
+            let interval = args
+                .rate
+                .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+            let mut intended = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(c as f64 / args.connections as f64)
+                });
             let mut i = c;
             while Instant::now() < deadline {
-                if let Some(interval) = interval {
+                if interval.is_some() {
                     tokio::time::sleep_until(intended.into()).await;
                 }
-                let sent_at = if interval.is_some() { intended } else { Instant::now() };
-                let mut req = client.post(&url).header("content-type", "application/x-ndjson").body(bodies[i % bodies.len()].clone());
+                let sent_at = if interval.is_some() {
+                    intended
+                } else {
+                    Instant::now()
+                };
+                let mut req = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(bodies[i % bodies.len()].clone());
                 if let Some(t) = &args.token {
                     req = req.bearer_auth(t);
                 }
                 match req.send().await {
                     Ok(resp) if resp.status().is_success() => {
-                        shared.events.fetch_add(args.batch as u64, Ordering::Relaxed);
-                        shared.batch_ms.lock().await.push(sent_at.elapsed().as_secs_f64() * 1e3);
+                        shared
+                            .events
+                            .fetch_add(args.batch as u64, Ordering::Relaxed);
+                        shared
+                            .batch_ms
+                            .lock()
+                            .await
+                            .push(sent_at.elapsed().as_secs_f64() * 1e3);
                     }
-                    Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+                    Ok(resp) => {
+                        *shared
+                            .failures
+                            .lock()
+                            .await
+                            .entry(resp.status().as_u16())
+                            .or_default() += 1
+                    }
                     Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
                 }
                 i += args.connections;
@@ -153,8 +219,18 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
         }));
     }
     if args.queries {
-        tasks.push(tokio::spawn(query_loop(client.clone(), args.clone(), shared.clone(), deadline)));
-        tasks.push(tokio::spawn(poll_loop(client.clone(), args.clone(), shared.clone(), deadline)));
+        tasks.push(tokio::spawn(query_loop(
+            client.clone(),
+            args.clone(),
+            shared.clone(),
+            deadline,
+        )));
+        tasks.push(tokio::spawn(poll_loop(
+            client.clone(),
+            args.clone(),
+            shared.clone(),
+            deadline,
+        )));
     }
     if let Some(every) = args.checkpoint_every {
         let (client, args, shared) = (client.clone(), args.clone(), shared.clone());
@@ -168,7 +244,14 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
                 }
                 match req.send().await {
                     Ok(resp) if resp.status().is_success() || resp.status() == 409 => {}
-                    Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+                    Ok(resp) => {
+                        *shared
+                            .failures
+                            .lock()
+                            .await
+                            .entry(resp.status().as_u16())
+                            .or_default() += 1
+                    }
                     Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
                 }
             }
@@ -188,12 +271,20 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
     })
 }
 
-async fn query_loop(client: reqwest::Client, args: LoadArgs, shared: Arc<Shared>, deadline: Instant) {
+async fn query_loop(
+    client: reqwest::Client,
+    args: LoadArgs,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) {
     let mut n = 0_u64;
     while Instant::now() < deadline {
         let user = format!("u{}", n % args.users.max(1));
         n += 1;
-        let url = format!("{}/v1/pipelines/{}/operators/sessions/state?key={user}", args.url, args.pipeline);
+        let url = format!(
+            "{}/v1/pipelines/{}/operators/sessions/state?key={user}",
+            args.url, args.pipeline
+        );
         let start = Instant::now();
         let mut req = client.get(url);
         if let Some(t) = &args.token {
@@ -202,19 +293,38 @@ async fn query_loop(client: reqwest::Client, args: LoadArgs, shared: Arc<Shared>
         match req.send().await {
             Ok(resp) if resp.status().is_success() || resp.status() == 404 => {
                 let _ = resp.bytes().await;
-                shared.query_ms.lock().await.push(start.elapsed().as_secs_f64() * 1e3);
+                shared
+                    .query_ms
+                    .lock()
+                    .await
+                    .push(start.elapsed().as_secs_f64() * 1e3);
             }
-            Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+            Ok(resp) => {
+                *shared
+                    .failures
+                    .lock()
+                    .await
+                    .entry(resp.status().as_u16())
+                    .or_default() += 1
+            }
             Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-async fn poll_loop(client: reqwest::Client, args: LoadArgs, shared: Arc<Shared>, deadline: Instant) {
+async fn poll_loop(
+    client: reqwest::Client,
+    args: LoadArgs,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) {
     let mut after = 0_u64;
     while Instant::now() + Duration::from_secs(2) < deadline {
-        let url = format!("{}/v1/pipelines/{}/output?after={after}&limit=1000&wait=1s", args.url, args.pipeline);
+        let url = format!(
+            "{}/v1/pipelines/{}/output?after={after}&limit=1000&wait=1s",
+            args.url, args.pipeline
+        );
         let mut req = client.get(url);
         if let Some(t) = &args.token {
             req = req.bearer_auth(t);
@@ -224,7 +334,14 @@ async fn poll_loop(client: reqwest::Client, args: LoadArgs, shared: Arc<Shared>,
                 let page: serde_json::Value = resp.json().await.unwrap_or_default();
                 after = page["next"].as_u64().unwrap_or(after);
             }
-            Ok(resp) => *shared.failures.lock().await.entry(resp.status().as_u16()).or_default() += 1,
+            Ok(resp) => {
+                *shared
+                    .failures
+                    .lock()
+                    .await
+                    .entry(resp.status().as_u16())
+                    .or_default() += 1
+            }
             Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
         }
     }

@@ -161,3 +161,92 @@ async fn sigterm_takes_a_shutdown_checkpoint_and_exits_zero() {
     assert_eq!(list["items"][0]["trigger"], "shutdown", "{list}");
     assert_eq!(list["items"][0]["events"], 2);
 }
+
+#[tokio::test]
+async fn load_drives_a_server_and_reports_its_figures() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    until_ready(&reqwest::Client::new(), port).await;
+    let out = tokio::process::Command::new(EDDY)
+        .args([
+            "load",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--duration",
+            "2s",
+            "--batch",
+            "200",
+        ])
+        .args([
+            "--connections",
+            "4",
+            "--users",
+            "1000",
+            "--queries",
+            "--checkpoint-every",
+            "500ms",
+        ])
+        .args(["--server-pid", &server.0.id().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("events="))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(events > 0, "{report}");
+    for line in [
+        "events_per_s=",
+        "batch_ms p50=",
+        "query_ms p50=",
+        "failures=none",
+        "server_rss_mb=",
+    ] {
+        assert!(report.contains(line), "{line} missing in\n{report}");
+    }
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/v1/pipelines/load"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        status["status"]["events"], events,
+        "every acknowledged event is in the status"
+    );
+    let open_loop = tokio::process::Command::new(EDDY)
+        .args([
+            "load",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--duration",
+            "1s",
+            "--rate",
+            "50",
+            "--batch",
+            "10",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(open_loop.status.success());
+    let bad = tokio::process::Command::new(EDDY)
+        .args(["load", "--duration", "5 s"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+}
