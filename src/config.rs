@@ -56,42 +56,66 @@ pub enum Command {
     },
     /// Load a running server: post a generated click stream from many connections and report
     /// events/s, latency percentiles and the server's RSS.
-    Load {
-        /// The server's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// The pipeline to create (the contract's example) and load.
-        #[arg(long, default_value = "load")]
-        pipeline: String,
-        /// How long, e.g. "30s".
-        #[arg(long, default_value = "30s")]
-        duration: String,
-        /// Events per request.
-        #[arg(long, default_value_t = 1_000)]
-        batch: usize,
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 8)]
-        connections: usize,
-        /// Distinct users in the stream.
-        #[arg(long, default_value_t = 100_000)]
-        users: u64,
-        /// Open loop: batches per second over all connections (latency from the intended
-        /// send time); without it, each connection sends as soon as it is answered.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Also query state and long-poll the output.
-        #[arg(long)]
-        queries: bool,
-        /// Take a checkpoint this often, e.g. "10s".
-        #[arg(long)]
-        checkpoint_every: Option<String>,
-        /// Bearer token.
-        #[arg(long, env = "EDDY_TOKEN")]
-        token: Option<String>,
-        /// The server's pid, to report its RSS.
-        #[arg(long)]
-        server_pid: Option<u32>,
-    },
+    Load(LoadOptions),
+}
+
+/// Options of `eddy load`.
+#[derive(Debug, Args)]
+pub struct LoadOptions {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The pipeline to create (the contract's example) and load.
+    #[arg(long, default_value = "load")]
+    pipeline: String,
+    /// How long, e.g. "30s".
+    #[arg(long, default_value = "30s")]
+    duration: String,
+    /// Events per request.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Distinct users in the stream.
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Open loop: batches per second over all connections (latency from the intended send
+    /// time); without it, each connection sends as soon as it is answered.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Also query state and long-poll the output.
+    #[arg(long)]
+    queries: bool,
+    /// Take a checkpoint this often, e.g. "10s".
+    #[arg(long)]
+    checkpoint_every: Option<String>,
+    /// Bearer token.
+    #[arg(long, env = "EDDY_TOKEN")]
+    token: Option<String>,
+    /// The server's pid, to report its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+impl LoadOptions {
+    /// The load to run; the error names a bad duration.
+    pub fn into_args(self) -> Result<crate::load::LoadArgs, String> {
+        let span = |text: &str| Span::parse(text).map(|s| Duration::from_millis(s.millis() as u64));
+        Ok(crate::load::LoadArgs {
+            duration: span(&self.duration)?,
+            checkpoint_every: self.checkpoint_every.as_deref().map(span).transpose()?,
+            url: self.url,
+            pipeline: self.pipeline,
+            batch: self.batch,
+            connections: self.connections,
+            users: self.users,
+            rate: self.rate,
+            queries: self.queries,
+            token: self.token,
+            server_pid: self.server_pid,
+        })
+    }
 }
 
 /// Token commands.

@@ -120,6 +120,27 @@ struct Shared {
     events: AtomicU64,
 }
 
+/// Sends `req` (with the bearer token, if any); answers the response when its status is
+/// accepted, else counts the failure (status 0: no answer).
+async fn send(
+    req: reqwest::RequestBuilder,
+    token: &Option<String>,
+    shared: &Shared,
+    accepted: impl Fn(reqwest::StatusCode) -> bool,
+) -> Option<reqwest::Response> {
+    let req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let status = match req.send().await {
+        Ok(resp) if accepted(resp.status()) => return Some(resp),
+        Ok(resp) => resp.status().as_u16(),
+        Err(_) => 0,
+    };
+    *shared.failures.lock().await.entry(status).or_default() += 1;
+    None
+}
+
 /// Runs the load; fails only when the pipeline cannot be created.
 pub async fn run(args: LoadArgs) -> Result<Report, String> {
     let client = reqwest::Client::builder()
@@ -183,33 +204,22 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
                 } else {
                     Instant::now()
                 };
-                let mut req = client
+                let req = client
                     .post(&url)
                     .header("content-type", "application/x-ndjson")
                     .body(bodies[i % bodies.len()].clone());
-                if let Some(t) = &args.token {
-                    req = req.bearer_auth(t);
-                }
-                match req.send().await {
-                    Ok(resp) if resp.status().is_success() => {
-                        shared
-                            .events
-                            .fetch_add(args.batch as u64, Ordering::Relaxed);
-                        shared
-                            .batch_ms
-                            .lock()
-                            .await
-                            .push(sent_at.elapsed().as_secs_f64() * 1e3);
-                    }
-                    Ok(resp) => {
-                        *shared
-                            .failures
-                            .lock()
-                            .await
-                            .entry(resp.status().as_u16())
-                            .or_default() += 1
-                    }
-                    Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
+                if send(req, &args.token, &shared, |s| s.is_success())
+                    .await
+                    .is_some()
+                {
+                    shared
+                        .events
+                        .fetch_add(args.batch as u64, Ordering::Relaxed);
+                    shared
+                        .batch_ms
+                        .lock()
+                        .await
+                        .push(sent_at.elapsed().as_secs_f64() * 1e3);
                 }
                 i += args.connections;
                 if let Some(interval) = interval {
@@ -238,22 +248,10 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
             let url = format!("{}/v1/pipelines/{}/checkpoints", args.url, args.pipeline);
             while Instant::now() + every < deadline {
                 tokio::time::sleep(every).await;
-                let mut req = client.post(&url);
-                if let Some(t) = &args.token {
-                    req = req.bearer_auth(t);
-                }
-                match req.send().await {
-                    Ok(resp) if resp.status().is_success() || resp.status() == 409 => {}
-                    Ok(resp) => {
-                        *shared
-                            .failures
-                            .lock()
-                            .await
-                            .entry(resp.status().as_u16())
-                            .or_default() += 1
-                    }
-                    Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
-                }
+                send(client.post(&url), &args.token, &shared, |s| {
+                    s.is_success() || s == 409
+                })
+                .await;
             }
         }));
     }
@@ -286,28 +284,17 @@ async fn query_loop(
             args.url, args.pipeline
         );
         let start = Instant::now();
-        let mut req = client.get(url);
-        if let Some(t) = &args.token {
-            req = req.bearer_auth(t);
-        }
-        match req.send().await {
-            Ok(resp) if resp.status().is_success() || resp.status() == 404 => {
-                let _ = resp.bytes().await;
-                shared
-                    .query_ms
-                    .lock()
-                    .await
-                    .push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            Ok(resp) => {
-                *shared
-                    .failures
-                    .lock()
-                    .await
-                    .entry(resp.status().as_u16())
-                    .or_default() += 1
-            }
-            Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
+        if let Some(resp) = send(client.get(url), &args.token, &shared, |s| {
+            s.is_success() || s == 404
+        })
+        .await
+        {
+            let _ = resp.bytes().await;
+            shared
+                .query_ms
+                .lock()
+                .await
+                .push(start.elapsed().as_secs_f64() * 1e3);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -325,24 +312,9 @@ async fn poll_loop(
             "{}/v1/pipelines/{}/output?after={after}&limit=1000&wait=1s",
             args.url, args.pipeline
         );
-        let mut req = client.get(url);
-        if let Some(t) = &args.token {
-            req = req.bearer_auth(t);
-        }
-        match req.send().await {
-            Ok(resp) if resp.status().is_success() => {
-                let page: serde_json::Value = resp.json().await.unwrap_or_default();
-                after = page["next"].as_u64().unwrap_or(after);
-            }
-            Ok(resp) => {
-                *shared
-                    .failures
-                    .lock()
-                    .await
-                    .entry(resp.status().as_u16())
-                    .or_default() += 1
-            }
-            Err(_) => *shared.failures.lock().await.entry(0).or_default() += 1,
+        if let Some(resp) = send(client.get(url), &args.token, &shared, |s| s.is_success()).await {
+            let page: serde_json::Value = resp.json().await.unwrap_or_default();
+            after = page["next"].as_u64().unwrap_or(after);
         }
     }
 }

@@ -73,52 +73,17 @@ fn main() -> ExitCode {
                 Ok(())
             }))
         }
-        Command::Load {
-            url,
-            pipeline,
-            duration,
-            batch,
-            connections,
-            users,
-            rate,
-            queries,
-            checkpoint_every,
-            token,
-            server_pid,
-        } => {
-            let span = |text: &str| {
-                eddy::spec::Span::parse(text)
-                    .map(|s| std::time::Duration::from_millis(s.millis() as u64))
-            };
-            let (duration, checkpoint_every) = match (
-                span(&duration),
-                checkpoint_every.as_deref().map(span).transpose(),
-            ) {
-                (Ok(d), Ok(c)) => (d, c),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("eddy: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let args = eddy::load::LoadArgs {
-                url,
-                pipeline,
-                duration,
-                batch,
-                connections,
-                users,
-                rate,
-                queries,
-                checkpoint_every,
-                token,
-                server_pid,
-            };
-            run(Box::pin(async move {
+        Command::Load(options) => match options.into_args() {
+            Ok(args) => run(Box::pin(async move {
                 let mut report = eddy::load::run(args).await?;
                 println!("{}", report.summary());
                 Ok(())
-            }))
-        }
+            })),
+            Err(e) => {
+                eprintln!("eddy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Migrate => run(Box::pin(migrate(config.clone()))),
         Command::Serve { insecure } => run(Box::pin(serve(config.clone(), insecure))),
     }

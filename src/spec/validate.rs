@@ -475,25 +475,7 @@ mod tests {
     use super::*;
 
     fn seed() -> Value {
-        json!({
-          "name": "clicks",
-          "key": "/user_id",
-          "time": { "field": "/ts", "format": "epoch_ms", "max_out_of_orderness": "5s" },
-          "checkpoint_interval": "10s",
-          "retain_checkpoints": 5,
-          "state_ttl": "7d",
-          "operators": [
-            { "name": "sessions",   "kind": "session",   "gap": "30m" },
-            { "name": "last_pages", "kind": "last_n",    "value": "/page", "n": 5 },
-            { "name": "cart",       "kind": "map",       "where": {"/type": "cart"},
-              "entry_key": "/product_id", "value": "/qty", "reduce": "sum" },
-            { "name": "spend",      "kind": "aggregate", "where": {"/type": "purchase"},
-              "value": "/amount", "functions": ["sum", "count"], "reset": "month" },
-            { "name": "last_login", "kind": "latest",    "where": {"/type": "login"}, "value": "/ts" },
-            { "name": "page_views", "kind": "window",    "key": "/page", "size": "1m",
-              "functions": ["count"], "retain": 10 }
-          ]
-        })
+        crate::workload::seed_spec("clicks")
     }
 
     fn errors_of(doc: Value) -> Vec<FieldError> {
