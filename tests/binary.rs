@@ -250,3 +250,37 @@ async fn load_drives_a_server_and_reports_its_figures() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[tokio::test]
+async fn with_a_tokens_file_serve_listens_beyond_loopback_and_wants_tokens() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (token, line) = eddy::auth::new_token("ops", "read", None).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, line).unwrap();
+    let port = free_port();
+    let _child = Child(
+        Command::new(EDDY)
+            .env("EDDY_LISTEN", format!("0.0.0.0:{port}"))
+            .env("EDDY_DATA_DIR", dir.path())
+            .env("EDDY_TOKENS_FILE", &tokens)
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::new();
+    until_ready(&client, port).await;
+    let url = format!("http://127.0.0.1:{port}/v1/pipelines");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
