@@ -28,11 +28,16 @@ fn spec() -> PipelineSpec {
 fn event() -> impl Strategy<Value = Value> {
     let x = prop_oneof![
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         "[a-z\\u{e9}\\u{1f600}\"\\\\]{0,6}".prop_map(Value::from),
         Just(json!({"nested": [1, {"deep": null}]})),
     ];
-    let v = prop_oneof![(-5i64..5).prop_map(Value::from), (-5.0f64..5.0).prop_map(Value::from)];
+    let v = prop_oneof![
+        (-5i64..5).prop_map(Value::from),
+        (-5.0f64..5.0).prop_map(Value::from)
+    ];
     (0..6u8, 0..300i64, x, v, 0..3u8)
         .prop_map(|(k, t, x, v, e)| json!({"k": format!("k{k}"), "t": t * 3_600_000 / 100, "x": x, "v": v, "e": e}))
 }
