@@ -98,16 +98,44 @@ pub struct Emission {
     pub value: Value,
 }
 
+/// The timer queues of one operator instance.
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    pub event: TimerQueue,
+    pub processing: TimerQueue,
+}
+
 /// Where the engine stands while an operator runs, and the operator's means to act on it.
 pub struct Context<'a> {
-    pub(crate) key: &'a Key,
-    pub(crate) watermark: Option<i64>,
-    pub(crate) event_timers: &'a mut TimerQueue,
-    pub(crate) processing_timers: &'a mut TimerQueue,
-    pub(crate) out: &'a mut Vec<Emission>,
-    pub(crate) step: u32,
-    pub(crate) phase: u8,
-    pub(crate) operator: u16,
+    key: &'a Key,
+    watermark: Option<i64>,
+    timers: &'a mut Timers,
+    out: &'a mut Vec<Emission>,
+    step: u32,
+    phase: u8,
+    operator: u16,
+}
+
+impl<'a> Context<'a> {
+    /// The context of operator `operator` for `key` at `step` (phase 0: an event, 1: a timer).
+    pub(crate) fn new(
+        key: &'a Key,
+        watermark: Option<i64>,
+        timers: &'a mut Timers,
+        out: &'a mut Vec<Emission>,
+        (step, phase): (u32, u8),
+        operator: u16,
+    ) -> Context<'a> {
+        Context {
+            key,
+            watermark,
+            timers,
+            out,
+            step,
+            phase,
+            operator,
+        }
+    }
 }
 
 impl Context<'_> {
@@ -123,12 +151,12 @@ impl Context<'_> {
 
     /// Calls `on_timer` for this key once the watermark is at least `time`.
     pub fn register_event_time_timer(&mut self, time: i64) {
-        self.event_timers.register(time, self.key.clone());
+        self.timers.event.register(time, self.key.clone());
     }
 
     /// Calls `on_timer` for this key once the processing-time clock is at least `time`.
     pub fn register_processing_time_timer(&mut self, time: i64) {
-        self.processing_timers.register(time, self.key.clone());
+        self.timers.processing.register(time, self.key.clone());
     }
 
     /// Emits an output record for the current key.

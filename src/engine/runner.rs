@@ -1,7 +1,7 @@
 //! Runs one operator instance over its keyed state: the type-erased face a shard drives, so a
 //! shard holds built-in and user operators alike as `Box<dyn Runner>`.
 
-use super::operator::{Context, Emission, Input, Operator, TimeDomain};
+use super::operator::{Context, Emission, Input, Operator, TimeDomain, Timers};
 use crate::state::{Change, Key, KeyedState, TimerQueue};
 use serde_json::Value;
 
@@ -48,8 +48,7 @@ pub(crate) struct OperatorRunner<O: Operator> {
     op: O,
     index: u16,
     state: KeyedState<O::State>,
-    event_timers: TimerQueue,
-    processing_timers: TimerQueue,
+    timers: Timers,
     /// (expire-check time, key): lazily re-armed from the key's newest event time.
     ttl_timers: TimerQueue,
     ttl: Option<i64>,
@@ -61,8 +60,7 @@ impl<O: Operator> OperatorRunner<O> {
             op,
             index,
             state: KeyedState::default(),
-            event_timers: TimerQueue::default(),
-            processing_timers: TimerQueue::default(),
+            timers: Timers::default(),
             ttl_timers: TimerQueue::default(),
             ttl,
         }
@@ -72,8 +70,7 @@ impl<O: Operator> OperatorRunner<O> {
         let Self {
             op,
             state,
-            event_timers,
-            processing_timers,
+            timers,
             index,
             ..
         } = self;
@@ -83,16 +80,8 @@ impl<O: Operator> OperatorRunner<O> {
             false,
             |s| op.is_empty(s),
             |s| {
-                let mut cx = Context {
-                    key,
-                    watermark: at.watermark,
-                    event_timers,
-                    processing_timers,
-                    out: at.out,
-                    step: at.step,
-                    phase,
-                    operator: *index,
-                };
+                let mut cx =
+                    Context::new(key, at.watermark, timers, at.out, (at.step, phase), *index);
                 op.on_timer(s, time, domain, &mut cx);
             },
         );
@@ -117,8 +106,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         let Self {
             op,
             state,
-            event_timers,
-            processing_timers,
+            timers,
             index,
             ..
         } = self;
@@ -129,16 +117,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             true,
             |s| op.is_empty(s),
             |s| {
-                let mut cx = Context {
-                    key,
-                    watermark: at.watermark,
-                    event_timers,
-                    processing_timers,
-                    out: at.out,
-                    step: at.step,
-                    phase: 0,
-                    operator: *index,
-                };
+                let mut cx = Context::new(key, at.watermark, timers, at.out, (at.step, 0), *index);
                 op.on_event(s, input, &mut cx);
             },
         );
@@ -153,7 +132,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
 
     fn advance_watermark(&mut self, mut at: Step<'_>) {
         let Some(wm) = at.watermark else { return };
-        while let Some((time, key)) = self.event_timers.pop_due(wm) {
+        while let Some((time, key)) = self.timers.event.pop_due(wm) {
             self.fire(&key, time, TimeDomain::EventTime, 1, &mut at);
         }
         if let Some(ttl) = self.ttl {
@@ -164,7 +143,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
     }
 
     fn advance_clock(&mut self, now: i64, mut at: Step<'_>) {
-        while let Some((time, key)) = self.processing_timers.pop_due(now) {
+        while let Some((time, key)) = self.timers.processing.pop_due(now) {
             self.fire(&key, time, TimeDomain::ProcessingTime, 1, &mut at);
         }
     }
@@ -235,16 +214,14 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         let mut state: O::State =
             serde_json::from_slice(bytes).map_err(|e| format!("key {:?}: {e}", row.key))?;
         let mut out = Vec::new();
-        let mut cx = Context {
-            key: &row.key,
+        let mut cx = Context::new(
+            &row.key,
             watermark,
-            event_timers: &mut self.event_timers,
-            processing_timers: &mut self.processing_timers,
-            out: &mut out,
-            step: 0,
-            phase: 0,
-            operator: self.index,
-        };
+            &mut self.timers,
+            &mut out,
+            (0, 0),
+            self.index,
+        );
         self.op.restore_timers(&mut state, &mut cx);
         if let Some(ttl) = self.ttl {
             self.ttl_timers.register(
