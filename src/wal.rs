@@ -451,6 +451,33 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_fails_that_record_and_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = Wal::open(
+            dir.path(),
+            WalOptions {
+                fsync: true,
+                segment_bytes: 1,
+            },
+            1,
+        )
+        .unwrap();
+        // The segment the writer rotates into is /dev/full: its first write gets ENOSPC. (Made
+        // after opening: reading /dev/full never ends.)
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.wal", 2))).unwrap();
+        assert_eq!(append(&opened.wal, 1), [1]);
+        let (tx, rx) = mpsc::channel();
+        for i in 0..2 {
+            let tx = tx.clone();
+            opened
+                .wal
+                .append(&events(i), Box::new(move |r| tx.send(r).unwrap()));
+            let failed = rx.recv().unwrap().unwrap_err();
+            assert!(failed.0.contains("No space left"), "{failed}");
+        }
+    }
+
+    #[test]
     fn records_come_back_in_order_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let opened = open(dir.path(), SEGMENT_BYTES, 1);

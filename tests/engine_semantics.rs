@@ -445,3 +445,57 @@ async fn listing_state_pages_in_byte_order_with_a_prefix() {
     );
     assert!(!more);
 }
+
+#[tokio::test]
+async fn a_wal_write_failure_stops_the_pipeline_accepting() {
+    use eddy::engine::{EngineError, Submission};
+    use eddy::wal::{Wal, WalOptions};
+    let dir = tempfile::TempDir::new().unwrap();
+    let p = pipeline(
+        json!([{"name": "l", "kind": "latest", "value": "/t"}]),
+        json!({}),
+    );
+    let opened = Wal::open(
+        dir.path(),
+        WalOptions {
+            fsync: true,
+            segment_bytes: 1,
+        },
+        1,
+    )
+    .unwrap();
+    // The second segment is /dev/full: writes there fail with ENOSPC, a real I/O error. (Made
+    // after opening: reading /dev/full never ends.)
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.wal", 2))).unwrap();
+    p.attach_wal(opened.wal);
+    let submit = |k: &str| {
+        let body = serde_json::to_vec(&json!({"k": k, "t": 1})).unwrap();
+        let events = parse_batch(&body, BodyFormat::Json, p.extractor()).unwrap();
+        Submission {
+            events,
+            arrival: 0,
+            idempotency_key: None,
+            body: Some((body.into(), BodyFormat::Json)),
+        }
+    };
+    p.submit(submit("a"))
+        .await
+        .expect("the first segment takes it");
+    assert!(matches!(
+        p.submit(submit("b")).await,
+        Err(EngineError::Failed { .. })
+    ));
+    assert!(
+        matches!(p.submit(submit("c")).await, Err(EngineError::Failed { .. })),
+        "fail-stop"
+    );
+    assert_eq!(
+        p.state("l", "a").await.unwrap(),
+        Some(json!({"value": 1, "time": 1}))
+    );
+    assert_eq!(
+        p.state("l", "b").await.unwrap(),
+        None,
+        "nothing that was not durable is applied"
+    );
+}
