@@ -283,18 +283,23 @@ pub fn seed_spec() -> Value {
     eddy::workload::seed_spec("clicks")
 }
 
+/// Status, content type and body text of a response.
+async fn read(resp: Response) -> (StatusCode, String, String) {
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, resp.text().await.expect("body"))
+}
+
 /// The JSON body of `resp`, after checking its status and content type.
 #[track_caller]
 pub fn body_json(resp: Response, status: StatusCode) -> impl std::future::Future<Output = Value> {
     let caller = std::panic::Location::caller();
     async move {
-        let got = resp.status();
-        let ct = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let text = resp.text().await.expect("body");
+        let (got, ct, text) = read(resp).await;
         assert_eq!(got, status, "at {caller}: body {text}");
         assert!(
             ct.starts_with("application/json"),
@@ -313,13 +318,7 @@ pub fn expect_problem(
 ) -> impl std::future::Future<Output = Value> {
     let caller = std::panic::Location::caller();
     async move {
-        let got = resp.status();
-        let ct = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let text = resp.text().await.expect("body");
+        let (got, ct, text) = read(resp).await;
         assert_eq!(got, status, "at {caller}: body {text}");
         assert_eq!(ct, "application/problem+json", "at {caller}: body {text}");
         let doc: Value = serde_json::from_str(&text).expect("problem JSON");
