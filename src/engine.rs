@@ -13,6 +13,7 @@ pub mod operators;
 mod output;
 mod pipeline;
 mod runner;
+mod scan;
 mod shard;
 
 pub use batch::{

@@ -5,7 +5,7 @@
 //! defaults filled in) so that the API can echo it.
 
 mod duration;
-mod pointer;
+pub(crate) mod pointer;
 mod validate;
 
 pub use duration::Span;

@@ -4,7 +4,6 @@
 
 use super::extract::{Event, Extractor};
 use serde::Serialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// Most bad events one refusal names.
@@ -96,9 +95,7 @@ pub fn parse_batch_limited(
                 limits.max_event_bytes
             ))
         } else {
-            serde_json::from_slice::<Value>(bytes)
-                .map_err(|e| format!("invalid JSON: {e}"))
-                .and_then(|doc| extractor.extract(&doc))
+            extractor.extract(bytes)
         };
         match event {
             Ok(event) => events.push(event),

@@ -394,7 +394,7 @@ impl Pipeline {
             late += u64::from(is_late(time, watermark));
             for (operator, input) in event.inputs.into_iter().enumerate() {
                 if let Some(input) = input {
-                    let shard = shard_of(key_group(&input.key), self.shards.len());
+                    let shard = shard_of(u32::from(input.key_group), self.shards.len());
                     items[shard].push(Item {
                         step,
                         operator: operator as u16,

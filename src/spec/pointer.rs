@@ -41,6 +41,11 @@ impl Pointer {
         &self.text
     }
 
+    /// The unescaped reference tokens.
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
+
     /// The value the pointer designates in `doc`, if any.
     pub fn resolve<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
         self.tokens.iter().try_fold(doc, |node, token| match node {
@@ -85,7 +90,7 @@ fn unescape(raw: &str) -> Option<String> {
 }
 
 /// RFC 6901 array indices: `0` or digits without a leading zero.
-fn array_index(token: &str) -> Option<usize> {
+pub(crate) fn array_index(token: &str) -> Option<usize> {
     let leading_zero = token.len() > 1 && token.starts_with('0');
     if leading_zero || !token.bytes().all(|b| b.is_ascii_digit()) {
         return None;

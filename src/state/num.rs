@@ -33,7 +33,11 @@ impl Num {
 
     /// Reads a JSON number; anything else is `None`.
     pub fn from_json(value: &Value) -> Option<Num> {
-        let n = value.as_number()?;
+        value.as_number().and_then(Num::from_number)
+    }
+
+    /// Reads a JSON number: an integer when it fits an `i64`, else a float.
+    pub fn from_number(n: &Number) -> Option<Num> {
         Some(match n.as_i64() {
             Some(i) => Num::Int(i),
             None => Num::Float(n.as_f64()?),
