@@ -110,8 +110,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             index,
             ..
         } = self;
-        let existed = state.get(key).is_some();
-        state.update(
+        let created = state.update(
             key,
             Some(input.time),
             true,
@@ -121,10 +120,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
                 op.on_event(s, input, &mut cx);
             },
         );
-        if let Some(ttl) = self.ttl
-            && !existed
-            && self.state.get(key).is_some()
-        {
+        if let (Some(ttl), Some(((), true))) = (self.ttl, created) {
             let due = input.time.saturating_add(ttl).saturating_add(1);
             self.ttl_timers.register(due, key.clone());
         }
@@ -179,32 +175,22 @@ impl<O: Operator> Runner for OperatorRunner<O> {
 
     fn drain_changes(&mut self, out: &mut Vec<StateRow>) {
         let operator = self.index;
-        let state = &mut self.state;
-        let mut puts = Vec::new();
-        state.drain_changes(|change| match change {
-            Change::Put(key, s) => {
-                let value = serde_json::to_vec(s).expect("operator state serialises");
-                puts.push((key.clone(), value));
-            }
-            Change::Delete(key) => out.push(StateRow {
+        self.state.drain_changes(|change, last_time| {
+            let (key, value) = match change {
+                Change::Put(key, s) => {
+                    let value = serde_json::to_vec(s).expect("operator state serialises");
+                    (key.clone(), Some(value))
+                }
+                Change::Delete(key) => (key, None),
+            };
+            out.push(StateRow {
                 operator,
                 key_group: super::key_group(&key) as u16,
                 key,
-                last_time: 0,
-                value: None,
-            }),
-        });
-        for (key, value) in puts {
-            let last_time = self.state.last_time(&key).unwrap_or(i64::MIN);
-            let key_group = super::key_group(&key) as u16;
-            out.push(StateRow {
-                operator,
-                key,
-                key_group,
                 last_time,
-                value: Some(value),
+                value,
             });
-        }
+        });
     }
 
     fn restore(&mut self, row: &StateRow, watermark: Option<i64>) -> Result<(), String> {
