@@ -1,7 +1,13 @@
-//! Durability figures on a real store (PostgreSQL from DATABASE_URL, or the SQLite default):
-//! a full checkpoint of 1,000,000 keys, an incremental one with 10,000 changed keys, recovery
-//! from that checkpoint plus 1,000,000 WAL events, and ingest through the WAL (no HTTP) with
-//! fdatasync on and off.
+//! Durability figures on a real store (PostgreSQL from DATABASE_URL, or the SQLite default),
+//! with criterion:
+//! - `checkpoint/full`: a checkpoint of 1,000,000 keys, all changed;
+//! - `checkpoint/incremental`: 10,000 changed keys out of 1,000,000;
+//! - `restore`: recovery of a pipeline from a checkpoint of 1,000,000 keys plus 1,000,000
+//!   events in the WAL after it;
+//! - `ingest_wal`: events/s through the WAL (no HTTP), fdatasync on and off.
+//!
+//! Each measures only its step (`iter_custom`): loading the keys before a checkpoint, or
+//! changing 10,000 of them, is set-up and not timed.
 //!
 //! Run: DATABASE_URL=postgres://… cargo bench --bench durability
 
@@ -10,13 +16,17 @@ use eddy::config::{Config, Settings};
 use eddy::engine::{BodyFormat, Pipeline, Submission, parse_batch};
 use eddy::spec::PipelineSpec;
 use eddy::store::{self, Trigger};
+use eddy::store::Store;
 use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use criterion::{Criterion, SamplingMode, Throughput};
+use std::time::{Duration, Instant};
 
 const KEYS: usize = 1_000_000;
 const BATCH: usize = 1_000;
+/// Events per run of `ingest_wal`.
+const WAL_EVENTS: usize = 500_000;
 
 fn spec(name: &str) -> PipelineSpec {
     PipelineSpec::from_json(&json!({
@@ -46,12 +56,7 @@ fn bodies(first: usize, n: usize, ts: i64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-async fn ingest(pipeline: &Pipeline, bodies: Vec<Vec<u8>>) -> f64 {
-    let start = Instant::now();
-    let events: usize = bodies
-        .iter()
-        .map(|b| b.iter().filter(|c| **c == b'\n').count())
-        .sum();
+async fn ingest(pipeline: &Pipeline, bodies: Vec<Vec<u8>>) {
     futures::stream::iter(bodies)
         .map(|body| {
             let events = parse_batch(&body, BodyFormat::NdJson, pipeline.extractor()).unwrap();
@@ -68,7 +73,6 @@ async fn ingest(pipeline: &Pipeline, bodies: Vec<Vec<u8>>) -> f64 {
             r.unwrap();
         })
         .await;
-    events as f64 / start.elapsed().as_secs_f64()
 }
 
 /// A new database on the server of `admin` (dropped by hand or with the server): the bench
@@ -98,80 +102,171 @@ async fn fresh_database(admin: &str) -> String {
     url
 }
 
-#[tokio::main]
-async fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let database_url = match std::env::var("DATABASE_URL") {
-        Ok(admin) if admin.starts_with("postgres") => Some(fresh_database(&admin).await),
-        _ => None,
-    };
-    let settings = Settings {
-        data_dir: Some(dir.path().to_owned()),
-        database_url,
-        shards: Some(2),
-        ..Settings::default()
-    };
-    let mut config = Config::resolve(settings).unwrap();
-    std::fs::create_dir_all(&config.data_dir).unwrap();
-    let store = store::connect(&config.database_url).await.unwrap();
-    store.migrate().await.unwrap();
-    println!("store: {}", store.backend());
-
-    for fsync in [true, false] {
-        config.wal_fsync = fsync;
-        let name = format!("ingest-{fsync}");
-        store
-            .insert_pipeline(&name, &spec(&name).document)
-            .await
-            .unwrap();
-        let checkpointer = Checkpointer::new(store.clone(), Arc::new(config.clone()));
-        let pipeline = checkpointer.recover(spec(&name)).await.unwrap();
-        let rate = ingest(&pipeline, bodies(0, 500_000, 1)).await;
-        println!(
-            "ingest through the WAL, fdatasync {}: {rate:.0} events/s",
-            if fsync { "on" } else { "off" }
-        );
-    }
-    config.wal_fsync = true;
-
-    let config = Arc::new(config);
-    let checkpointer = Checkpointer::new(store.clone(), config.clone());
-    store
-        .insert_pipeline("ckpt", &spec("ckpt").document)
-        .await
-        .unwrap();
-    let pipeline = checkpointer.recover(spec("ckpt")).await.unwrap();
-    ingest(&pipeline, bodies(0, KEYS, 1)).await;
-    let start = Instant::now();
-    let full = checkpointer.take(&pipeline, Trigger::Manual).await.unwrap();
-    println!(
-        "full checkpoint: {} keys, {} bytes in {:.0} ms",
-        full.keys_written,
-        full.bytes,
-        start.elapsed().as_secs_f64() * 1e3
-    );
-
-    ingest(&pipeline, bodies(0, KEYS / 100, 2)).await;
-    let start = Instant::now();
-    let incremental = checkpointer.take(&pipeline, Trigger::Manual).await.unwrap();
-    println!(
-        "incremental checkpoint: {} of {KEYS} keys changed, {:.0} ms",
-        incremental.keys_written,
-        start.elapsed().as_secs_f64() * 1e3
-    );
-
-    ingest(&pipeline, bodies(0, KEYS, 3)).await;
-    drop(pipeline);
-    let start = Instant::now();
-    let recovered = checkpointer.recover(spec("ckpt")).await.unwrap();
-    let status = recovered.status().await.unwrap();
-    println!(
-        "recovery: checkpoint of {KEYS} keys + {KEYS} WAL events in {:.0} ms (events {}, keys {})",
-        start.elapsed().as_secs_f64() * 1e3,
-        status.events,
-        status.keys[0].1
-    );
+struct Bench {
+    runtime: tokio::runtime::Runtime,
+    store: Arc<dyn Store>,
+    config: Config,
+    _dir: tempfile::TempDir,
+    /// Pipelines created so far (each needs a name of its own).
+    created: usize,
 }
+
+impl Bench {
+    fn new() -> Bench {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, config) = runtime.block_on(async {
+            let database_url = match std::env::var("DATABASE_URL") {
+                Ok(admin) if admin.starts_with("postgres") => Some(fresh_database(&admin).await),
+                _ => None,
+            };
+            let settings = Settings {
+                data_dir: Some(dir.path().to_owned()),
+                database_url,
+                shards: Some(2),
+                ..Settings::default()
+            };
+            let config = Config::resolve(settings).unwrap();
+            std::fs::create_dir_all(&config.data_dir).unwrap();
+            let store = store::connect(&config.database_url).await.unwrap();
+            store.migrate().await.unwrap();
+            println!("store: {}", store.backend());
+            (store, config)
+        });
+        Bench {
+            runtime,
+            store,
+            config,
+            _dir: dir,
+            created: 0,
+        }
+    }
+
+    fn checkpointer(&self, fsync: bool) -> Checkpointer {
+        let config = Config {
+            wal_fsync: fsync,
+            ..self.config.clone()
+        };
+        Checkpointer::new(self.store.clone(), Arc::new(config))
+    }
+
+    /// A new pipeline with `keys` keys loaded.
+    fn loaded(&mut self, checkpointer: &Checkpointer, keys: usize) -> (String, Pipeline) {
+        self.created += 1;
+        let name = format!("p{}", self.created);
+        let pipeline = self.runtime.block_on(async {
+            self.store
+                .insert_pipeline(&name, &spec(&name).document)
+                .await
+                .unwrap();
+            let pipeline = checkpointer.recover(spec(&name)).await.unwrap();
+            ingest(&pipeline, bodies(0, keys, 1)).await;
+            pipeline
+        });
+        (name, pipeline)
+    }
+
+    fn checkpoint(&self, checkpointer: &Checkpointer, pipeline: &Pipeline) -> Duration {
+        self.runtime.block_on(async {
+            let start = Instant::now();
+            checkpointer.take(pipeline, Trigger::Manual).await.unwrap();
+            start.elapsed()
+        })
+    }
+}
+
+fn durability(c: &mut Criterion) {
+    let mut bench = Bench::new();
+    let checkpointer = bench.checkpointer(true);
+
+    let mut group = c.benchmark_group("checkpoint");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.bench_function("full/1000000_keys", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let (_, pipeline) = bench.loaded(&checkpointer, KEYS);
+                    bench.checkpoint(&checkpointer, &pipeline)
+                })
+                .sum()
+        })
+    });
+    let (_, pipeline) = bench.loaded(&checkpointer, KEYS);
+    bench.checkpoint(&checkpointer, &pipeline);
+    let mut round = 1;
+    group.bench_function("incremental/10000_of_1000000_keys", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    round += 1;
+                    let first = (round * KEYS / 100) % KEYS;
+                    let changed = bodies(first, KEYS / 100, round as i64);
+                    bench.runtime.block_on(ingest(&pipeline, changed));
+                    bench.checkpoint(&checkpointer, &pipeline)
+                })
+                .sum()
+        })
+    });
+    group.finish();
+    drop(pipeline);
+
+    let (name, pipeline) = bench.loaded(&checkpointer, KEYS);
+    bench.checkpoint(&checkpointer, &pipeline);
+    bench
+        .runtime
+        .block_on(ingest(&pipeline, bodies(0, KEYS, 3)));
+    drop(pipeline);
+    let mut group = c.benchmark_group("restore");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.bench_function("1000000_keys+1000000_wal_events", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    bench.runtime.block_on(async {
+                        let start = Instant::now();
+                        let recovered = checkpointer.recover(spec(&name)).await.unwrap();
+                        let status = recovered.status().await.unwrap();
+                        let took = start.elapsed();
+                        assert_eq!(status.keys[0].1, KEYS);
+                        took
+                    })
+                })
+                .sum()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("ingest_wal");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(WAL_EVENTS as u64));
+    for fsync in [true, false] {
+        let checkpointer = bench.checkpointer(fsync);
+        let id = format!("fdatasync_{}", if fsync { "on" } else { "off" });
+        group.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let (_, pipeline) = bench.loaded(&checkpointer, 0);
+                        let batches = bodies(0, WAL_EVENTS, 1);
+                        bench.runtime.block_on(async {
+                            let start = Instant::now();
+                            ingest(&pipeline, batches).await;
+                            start.elapsed()
+                        })
+                    })
+                    .sum()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion::criterion_group!(benches, durability);
+criterion::criterion_main!(benches);

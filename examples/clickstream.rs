@@ -17,6 +17,7 @@ fn main() {
     );
     let stream = eddy::workload::ClickStream {
         users,
+        amount_always: true,
         ..Default::default()
     };
     let out = std::io::stdout();
@@ -29,10 +30,7 @@ fn main() {
             start_ms: stream.start_ms + start as i64,
             ..stream.clone()
         };
-        for mut event in seeded.events(n) {
-            if event.get("amount").is_none() {
-                event["amount"] = serde_json::json!(1);
-            }
+        for event in seeded.events(n) {
             serde_json::to_writer(&mut out, &event).unwrap();
             out.write_all(b"\n").unwrap();
         }

@@ -18,6 +18,9 @@ pub struct ClickStream {
     /// Events arrive up to this much earlier than their position suggests, ms.
     pub disorder_ms: i64,
     pub seed: u64,
+    /// Every event carries an `amount` (purchases a price, the others 1), as the
+    /// three-operator pipeline of [`three_operator_spec`] reads one from each.
+    pub amount_always: bool,
 }
 
 impl Default for ClickStream {
@@ -30,6 +33,7 @@ impl Default for ClickStream {
             step_ms: 1,
             disorder_ms: 3_000,
             seed: 42,
+            amount_always: false,
         }
     }
 }
@@ -42,6 +46,14 @@ impl ClickStream {
     }
 
     fn event(&self, rng: &mut SmallRng, i: i64) -> Value {
+        let mut event = self.click(rng, i);
+        if self.amount_always && event.get("amount").is_none() {
+            event["amount"] = json!(1);
+        }
+        event
+    }
+
+    fn click(&self, rng: &mut SmallRng, i: i64) -> Value {
         let user = rng.random_range(0..self.users);
         let ts = self.start_ms + i * self.step_ms - rng.random_range(0..=self.disorder_ms);
         let page = format!("/p/{}", rng.random_range(0..self.pages));
@@ -72,6 +84,15 @@ impl ClickStream {
             })
             .collect()
     }
+}
+
+/// The three-operator click pipeline (`examples/clicks3.json`): sessions per user, page views
+/// per page and minute, spend per user.
+pub fn three_operator_spec(name: &str) -> Value {
+    let mut spec: Value =
+        serde_json::from_str(include_str!("../examples/clicks3.json")).expect("valid JSON");
+    spec["name"] = json!(name);
+    spec
 }
 
 /// The contract's six-operator example pipeline.
@@ -122,6 +143,21 @@ mod tests {
         let pipeline =
             crate::engine::Pipeline::from_spec(spec, &crate::engine::EngineConfig::default());
         for body in ClickStream::default().ndjson_batches(2_000, 500) {
+            crate::engine::parse_batch(
+                &body,
+                crate::engine::BodyFormat::NdJson,
+                pipeline.extractor(),
+            )
+            .unwrap();
+        }
+        let spec = PipelineSpec::from_json(&three_operator_spec("clicks3")).unwrap();
+        let pipeline =
+            crate::engine::Pipeline::from_spec(spec, &crate::engine::EngineConfig::default());
+        let stream = ClickStream {
+            amount_always: true,
+            ..ClickStream::default()
+        };
+        for body in stream.ndjson_batches(2_000, 500) {
             crate::engine::parse_batch(
                 &body,
                 crate::engine::BodyFormat::NdJson,
