@@ -11,16 +11,16 @@
 //!
 //! Run: DATABASE_URL=postgres://… cargo bench --bench durability
 
+use criterion::{Criterion, SamplingMode, Throughput};
 use eddy::checkpoint::Checkpointer;
 use eddy::config::{Config, Settings};
 use eddy::engine::{BodyFormat, Pipeline, Submission, parse_batch};
 use eddy::spec::PipelineSpec;
-use eddy::store::{self, Trigger};
 use eddy::store::Store;
+use eddy::store::{self, Trigger};
 use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
-use criterion::{Criterion, SamplingMode, Throughput};
 use std::time::{Duration, Instant};
 
 const KEYS: usize = 1_000_000;

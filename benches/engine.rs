@@ -75,7 +75,10 @@ fn engine(c: &mut Criterion) {
     group.throughput(Throughput::Elements(events as u64));
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
-    let pipelines = [("six", seed_spec("bench")), ("three", three_operator_spec("bench"))];
+    let pipelines = [
+        ("six", seed_spec("bench")),
+        ("three", three_operator_spec("bench")),
+    ];
     for users in [100_000, 1_000_000] {
         let stream = ClickStream {
             users,

@@ -3,11 +3,13 @@
 //!
 //! Invariant: state is owned by exactly one shard thread; nothing here locks.
 
+mod json_text;
 mod keyed;
 mod num;
 mod primitives;
 mod timers;
 
+pub use json_text::JsonText;
 pub use keyed::{Change, KeyedState};
 pub use num::Num;
 pub use primitives::{

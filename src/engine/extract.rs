@@ -9,7 +9,7 @@
 use super::operator::Field;
 use super::scan::{Captures, Plan, ScanError};
 use crate::spec::{Pointer, TimeFormat, TimeSpec};
-use crate::state::{Key, Num};
+use crate::state::{JsonText, Key, Num};
 use serde_json::value::RawValue;
 use serde_json::{Number, Value};
 use smallvec::SmallVec;
@@ -235,31 +235,8 @@ fn value_at(pointer: &Pointer, kind: FieldKind, raw: Option<&RawValue>) -> Resul
             _ => None,
         }
         .ok_or_else(|| format!("{pointer:?} must be a number")),
-        FieldKind::Json => Ok(Field::Json(compact(raw))),
+        FieldKind::Json => Ok(Field::Json(JsonText::compact(raw))),
     }
-}
-
-/// The value's text without the whitespace between its tokens.
-fn compact(raw: &RawValue) -> Box<RawValue> {
-    let text = raw.get();
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-        } else if c == '"' {
-            in_string = true;
-        } else if c.is_ascii_whitespace() {
-            continue;
-        }
-        out.push(c);
-    }
-    RawValue::from_string(out).expect("JSON without insignificant whitespace is JSON")
 }
 
 fn time_at(spec: &TimeSpec, raw: Option<&RawValue>) -> Result<i64, String> {
@@ -460,7 +437,7 @@ mod tests {
 
     fn json_value(event: &Event) -> String {
         match &event.inputs[0].as_ref().unwrap().value {
-            Field::Json(raw) => raw.get().to_owned(),
+            Field::Json(text) => text.as_str().to_owned(),
             other => panic!("{other:?}"),
         }
     }

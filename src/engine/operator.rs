@@ -2,32 +2,20 @@
 //! is called with. Written after Flink's `KeyedProcessFunction`: per-key state, event-time and
 //! processing-time timers, and outputs.
 
-use crate::state::{Key, Num, TimerQueue};
+use crate::state::{JsonText, Key, Num, TimerQueue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 /// The field an operator reads from an event, as extracted at ingest.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Field {
     /// The operator reads no value.
     Absent,
     /// A number (`map`, `aggregate`, `window`).
     Number(Num),
     /// Any JSON value, kept as its compact text (`latest`, `last_n`).
-    Json(Box<RawValue>),
-}
-
-impl PartialEq for Field {
-    fn eq(&self, other: &Field) -> bool {
-        match (self, other) {
-            (Field::Absent, Field::Absent) => true,
-            (Field::Number(a), Field::Number(b)) => a == b,
-            (Field::Json(a), Field::Json(b)) => a.get() == b.get(),
-            _ => false,
-        }
-    }
+    Json(JsonText),
 }
 
 /// One event as one operator sees it.

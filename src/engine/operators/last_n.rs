@@ -1,7 +1,7 @@
 //! `last_n`: the `n` most recent values in arrival order.
 
 use crate::engine::operator::{Context, Field, Input, Operator};
-use crate::state::ListState;
+use crate::state::{JsonText, ListState};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -11,16 +11,17 @@ pub struct LastN {
 }
 
 impl Operator for LastN {
-    type State = ListState<Box<RawValue>>;
+    type State = ListState<JsonText>;
 
     fn on_event(&self, state: &mut Self::State, input: &Input<'_>, _cx: &mut Context<'_>) {
         let Field::Json(value) = input.value else {
             return;
         };
-        state.add(value.clone());
-        while state.len() > self.n {
+        // Make room first, so the list never holds more than `n` (nor reallocates for one).
+        while state.len() >= self.n {
             state.pop_oldest();
         }
+        state.add(value.clone());
     }
 
     fn is_empty(&self, state: &Self::State) -> bool {
@@ -28,7 +29,7 @@ impl Operator for LastN {
     }
 
     fn query(&self, state: &Self::State) -> Value {
-        let newest_first: Vec<&RawValue> = state.iter().rev().map(|v| &**v).collect();
+        let newest_first: Vec<&RawValue> = state.iter().rev().map(JsonText::as_raw).collect();
         json!({ "values": newest_first })
     }
 }

@@ -1,15 +1,14 @@
 //! `latest`: the value of the event with the greatest event time; a tie goes to the later arrival.
 
 use crate::engine::operator::{Context, Field, Input, Operator};
-use crate::state::ValueState;
-use serde_json::value::RawValue;
+use crate::state::{JsonText, ValueState};
 use serde_json::{Value, json};
 
 /// The `latest` operator.
 pub struct Latest;
 
 /// (event time, value) of the newest event.
-pub type LatestState = ValueState<(i64, Box<RawValue>)>;
+pub type LatestState = ValueState<(i64, JsonText)>;
 
 impl Operator for Latest {
     type State = LatestState;
@@ -29,6 +28,6 @@ impl Operator for Latest {
 
     fn query(&self, state: &LatestState) -> Value {
         let (time, value) = state.value().expect("non-empty state");
-        json!({"value": value, "time": time})
+        json!({"value": value.as_raw(), "time": time})
     }
 }
