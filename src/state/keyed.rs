@@ -62,15 +62,19 @@ impl<S> Default for KeyedState<S> {
     }
 }
 
+/// 32 well-mixed bits of the key's hash (FxHash's own low and middle bits are weak, so its
+/// output is multiplied once more and the high half kept).
 fn hash(key: &str) -> u32 {
     let mut h = rustc_hash::FxBuildHasher.build_hasher();
     h.write(key.as_bytes());
-    (h.finish() >> 32) as u32
+    (h.finish().wrapping_mul(MIX) >> 32) as u32
 }
 
-/// The table's 64-bit hash from the stored 32 bits: the top bits tag, the low bits place.
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The table's 64-bit hash from the stored 32 bits: every bit of the result depends on them.
 fn spread(h: u32) -> u64 {
-    (u64::from(h) << 32) | u64::from(h)
+    u64::from(h).wrapping_mul(MIX).rotate_left(32) ^ u64::from(h)
 }
 
 impl<S: Default> KeyedState<S> {
