@@ -3,6 +3,7 @@
 //!
 //! Invariant: state is owned by exactly one shard thread; nothing here locks.
 
+mod index;
 mod json_text;
 mod keyed;
 mod num;
@@ -10,7 +11,7 @@ mod primitives;
 mod timers;
 
 pub use json_text::JsonText;
-pub use keyed::{Change, KeyedState};
+pub use keyed::{Change, KeyedState, key_hash};
 pub use num::Num;
 pub use primitives::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,

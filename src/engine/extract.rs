@@ -9,7 +9,7 @@
 use super::operator::Field;
 use super::scan::{Captures, Plan, ScanError};
 use crate::spec::{Pointer, TimeFormat, TimeSpec};
-use crate::state::{JsonText, Key, Num};
+use crate::state::{JsonText, Key, Num, key_hash};
 use serde_json::value::RawValue;
 use serde_json::{Number, Value};
 use smallvec::SmallVec;
@@ -55,6 +55,8 @@ pub struct OpInput {
     pub key: Key,
     /// `key_group(key)`, computed once at extraction.
     pub key_group: u16,
+    /// `state::key_hash(key)`, computed once at extraction.
+    pub hash: u32,
     pub value: Field,
     pub entry_key: Option<Key>,
 }
@@ -147,7 +149,7 @@ fn op_input(
     inputs: &Inputs,
     slots: &OpSlots,
     captures: &Captures<'_>,
-    pipeline_key: &(Key, u16),
+    pipeline_key: &(Key, u16, u32),
 ) -> Result<Option<OpInput>, String> {
     let selected = inputs
         .filter
@@ -157,7 +159,7 @@ fn op_input(
     if !selected {
         return Ok(None);
     }
-    let (key, key_group) = match (&inputs.key, slots.key) {
+    let (key, key_group, hash) = match (&inputs.key, slots.key) {
         (Some(pointer), Some(slot)) => key_at(pointer, captures[slot])?,
         _ => pipeline_key.clone(),
     };
@@ -172,6 +174,7 @@ fn op_input(
     Ok(Some(OpInput {
         key,
         key_group,
+        hash,
         value,
         entry_key,
     }))
@@ -210,7 +213,8 @@ fn number(text: &str) -> Number {
     }
 }
 
-fn key_at(pointer: &Pointer, raw: Option<&RawValue>) -> Result<(Key, u16), String> {
+/// The key at `pointer`, with its key group and hash.
+fn key_at(pointer: &Pointer, raw: Option<&RawValue>) -> Result<(Key, u16, u32), String> {
     let key = match raw.map(leaf) {
         None | Some(Leaf::Null) => return Err(format!("{pointer:?} is missing")),
         Some(Leaf::Str(s)) => Key::from(s.as_ref()),
@@ -222,7 +226,8 @@ fn key_at(pointer: &Pointer, raw: Option<&RawValue>) -> Result<(Key, u16), Strin
         return Err(format!("{pointer:?} is longer than {MAX_KEY_BYTES} bytes"));
     }
     let group = super::key_group(&key) as u16;
-    Ok((key, group))
+    let hash = key_hash(&key);
+    Ok((key, group, hash))
 }
 
 fn value_at(pointer: &Pointer, kind: FieldKind, raw: Option<&RawValue>) -> Result<Field, String> {

@@ -2,7 +2,7 @@
 //! shard holds built-in and user operators alike as `Box<dyn Runner>`.
 
 use super::operator::{Context, Emission, Input, Operator, TimeDomain, Timers};
-use crate::state::{Change, Key, KeyedState, TimerQueue};
+use crate::state::{Change, Key, KeyedState, TimerQueue, key_hash};
 use serde_json::Value;
 
 /// Where a shard stands when it calls a runner.
@@ -14,7 +14,11 @@ pub(crate) struct Step<'a> {
 
 /// What a shard needs of an operator instance.
 pub(crate) trait Runner: Send {
-    fn apply(&mut self, key: &Key, input: &Input<'_>, at: Step<'_>);
+    /// Applies one event to `key`, whose `key_hash` is `hash`.
+    fn apply(&mut self, key: &Key, hash: u32, input: &Input<'_>, at: Step<'_>);
+    /// Brings the index slot (`entry` false) or the entry (true) of a key soon applied into
+    /// the cache: a hint with no effect on results.
+    fn prefetch(&self, hash: u32, entry: bool);
     /// Fires due event-time timers and expires keys past their TTL.
     fn advance_watermark(&mut self, at: Step<'_>);
     /// Fires due processing-time timers.
@@ -76,6 +80,7 @@ impl<O: Operator> OperatorRunner<O> {
         } = self;
         state.update(
             key,
+            key_hash(key),
             None,
             false,
             |s| op.is_empty(s),
@@ -102,7 +107,7 @@ impl<O: Operator> OperatorRunner<O> {
 }
 
 impl<O: Operator> Runner for OperatorRunner<O> {
-    fn apply(&mut self, key: &Key, input: &Input<'_>, at: Step<'_>) {
+    fn apply(&mut self, key: &Key, hash: u32, input: &Input<'_>, at: Step<'_>) {
         let Self {
             op,
             state,
@@ -112,6 +117,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         } = self;
         let created = state.update(
             key,
+            hash,
             Some(input.time),
             true,
             |s| op.is_empty(s),
@@ -123,6 +129,14 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         if let (Some(ttl), Some(((), true))) = (self.ttl, created) {
             let due = input.time.saturating_add(ttl).saturating_add(1);
             self.ttl_timers.register(due, key.clone());
+        }
+    }
+
+    fn prefetch(&self, hash: u32, entry: bool) {
+        if entry {
+            self.state.prefetch_entry(hash);
+        } else {
+            self.state.prefetch_slot(hash);
         }
     }
 

@@ -73,6 +73,9 @@ pub(crate) enum Command {
     },
 }
 
+/// How many items ahead of the one applied a shard prefetches state for.
+const PREFETCH_AHEAD: usize = 8;
+
 /// An event is late when its time is strictly below the watermark it is judged against.
 pub fn is_late(time: i64, watermark: Option<i64>) -> bool {
     watermark.is_some_and(|w| time < w)
@@ -177,7 +180,14 @@ impl Shard {
     fn process(&mut self, batch: ShardBatch) -> Vec<Emission> {
         let mut out = Vec::new();
         let mut marks = batch.marks.iter().peekable();
-        for item in &batch.items {
+        for (i, item) in batch.items.iter().enumerate() {
+            // Overlap the cache misses of lookups to come: the index slot of the key applied
+            // 2 * AHEAD items from now, the entry of the one AHEAD from now.
+            for (ahead, entry) in [(2 * PREFETCH_AHEAD, false), (PREFETCH_AHEAD, true)] {
+                if let Some(next) = batch.items.get(i + ahead) {
+                    self.runners[usize::from(next.operator)].prefetch(next.input.hash, entry);
+                }
+            }
             while let Some(mark) = marks.next_if(|m| m.step < item.step) {
                 self.advance(mark, &mut out);
             }
@@ -192,7 +202,8 @@ impl Shard {
                 step: item.step,
                 out: &mut out,
             };
-            self.runners[usize::from(item.operator)].apply(&item.input.key, &input, at);
+            let runner = &mut self.runners[usize::from(item.operator)];
+            runner.apply(&item.input.key, item.input.hash, &input, at);
         }
         for mark in marks {
             self.advance(mark, &mut out);

@@ -10,7 +10,7 @@
 //! Invariant: a live entry holds non-empty state; an update that leaves a key empty removes it.
 
 use super::Key;
-use hashbrown::HashTable;
+use super::index::{Index, prefetch};
 use std::hash::{BuildHasher, Hasher};
 
 #[derive(Debug)]
@@ -37,8 +37,8 @@ pub enum Change<'a, S> {
 /// Per-key state of one operator instance.
 #[derive(Debug)]
 pub struct KeyedState<S> {
-    /// (entry number, hash) of every live key.
-    index: HashTable<(u32, u32)>,
+    /// Entry number of every live key, by hash.
+    index: Index,
     entries: Vec<Entry<S>>,
     /// Numbers of free entries.
     free: Vec<u32>,
@@ -52,7 +52,7 @@ pub struct KeyedState<S> {
 impl<S> Default for KeyedState<S> {
     fn default() -> Self {
         KeyedState {
-            index: HashTable::new(),
+            index: Index::default(),
             entries: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -63,29 +63,40 @@ impl<S> Default for KeyedState<S> {
 }
 
 /// 32 well-mixed bits of the key's hash (FxHash's own low and middle bits are weak, so its
-/// output is multiplied once more and the high half kept).
-fn hash(key: &str) -> u32 {
+/// output is multiplied once more and the high half kept). Computed once per event, at
+/// extraction, and carried with the key.
+pub fn key_hash(key: &str) -> u32 {
     let mut h = rustc_hash::FxBuildHasher.build_hasher();
     h.write(key.as_bytes());
-    (h.finish().wrapping_mul(MIX) >> 32) as u32
-}
-
-const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The table's 64-bit hash from the stored 32 bits: every bit of the result depends on them.
-fn spread(h: u32) -> u64 {
-    u64::from(h).wrapping_mul(MIX).rotate_left(32) ^ u64::from(h)
+    (h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
 
 impl<S: Default> KeyedState<S> {
     fn find(&self, key: &str) -> Option<usize> {
-        let h = hash(key);
+        self.find_hashed(key, key_hash(key))
+    }
+
+    fn find_hashed(&self, key: &str, hash: u32) -> Option<usize> {
         let entries = &self.entries;
         self.index
-            .find(spread(h), |&(i, eh)| {
-                eh == h && entries[i as usize].key.as_str() == key
-            })
-            .map(|&(i, _)| i as usize)
+            .find(hash, |i| entries[i as usize].key.as_str() == key)
+            .map(|i| i as usize)
+    }
+
+    /// Brings the index slot of the key with `hash` into the cache (a hint: see [`Index`]).
+    pub fn prefetch_slot(&self, hash: u32) {
+        self.index.prefetch_slot(hash);
+    }
+
+    /// Brings the entry of the key with `hash` into the cache, once its slot is there.
+    pub fn prefetch_entry(&self, hash: u32) {
+        if let Some(entry) = self
+            .index
+            .likely_entry(hash)
+            .and_then(|e| self.entries.get(e as usize))
+        {
+            prefetch(entry);
+        }
     }
 
     /// The state of `key`.
@@ -108,7 +119,7 @@ impl<S: Default> KeyedState<S> {
 
     /// Puts a new live entry for `key`; answers its number.
     fn insert(&mut self, key: Key, state: S, last_time: i64, changed: bool) -> usize {
-        let h = hash(&key);
+        let h = key_hash(&key);
         let entry = Entry {
             key,
             last_time,
@@ -126,8 +137,7 @@ impl<S: Default> KeyedState<S> {
                 self.entries.len() - 1
             }
         };
-        self.index
-            .insert_unique(spread(h), (i as u32, h), |&(_, h)| spread(h));
+        self.index.insert(h, i as u32);
         self.live += 1;
         if changed {
             self.changed.push(i as u32);
@@ -137,11 +147,7 @@ impl<S: Default> KeyedState<S> {
 
     /// Frees entry `i`, remembering its key as removed.
     fn free_entry(&mut self, i: usize) {
-        let h = hash(&self.entries[i].key);
-        self.index
-            .find_entry(spread(h), |&(j, _)| j as usize == i)
-            .expect("a live entry is indexed")
-            .remove();
+        self.index.remove(key_hash(&self.entries[i].key), i as u32);
         let entry = &mut self.entries[i];
         entry.live = false;
         entry.changed = false;
@@ -154,16 +160,18 @@ impl<S: Default> KeyedState<S> {
     /// Runs `f` on the state of `key`, creating it (empty) when `create` is set. Records `time`
     /// as the key's newest event time, marks the key changed, and drops it when left empty.
     /// Returns `None` when the key had no state and `create` is false; else `f`'s result and
-    /// whether the key was created.
+    /// whether the key was created. `hash` is `key_hash(key)`.
     pub fn update<R>(
         &mut self,
         key: &Key,
+        hash: u32,
         time: Option<i64>,
         create: bool,
         is_empty: impl Fn(&S) -> bool,
         f: impl FnOnce(&mut S) -> R,
     ) -> Option<(R, bool)> {
-        if let Some(i) = self.find(key) {
+        debug_assert_eq!(hash, key_hash(key));
+        if let Some(i) = self.find_hashed(key, hash) {
             let entry = &mut self.entries[i];
             let result = f(&mut entry.state);
             if let Some(t) = time {
@@ -272,9 +280,14 @@ mod tests {
     use super::*;
 
     fn add(ks: &mut KeyedState<Vec<i32>>, key: &str, v: i32) {
-        ks.update(&key.into(), Some(i64::from(v)), true, Vec::is_empty, |s| {
-            s.push(v)
-        });
+        ks.update(
+            &key.into(),
+            key_hash(key),
+            Some(i64::from(v)),
+            true,
+            Vec::is_empty,
+            |s| s.push(v),
+        );
     }
 
     fn drain(ks: &mut KeyedState<Vec<i32>>) -> Vec<String> {
@@ -306,7 +319,14 @@ mod tests {
         let mut ks = KeyedState::default();
         add(&mut ks, "a", 1);
         drain(&mut ks);
-        ks.update(&"a".into(), None, false, Vec::is_empty, Vec::clear);
+        ks.update(
+            &"a".into(),
+            key_hash("a"),
+            None,
+            false,
+            Vec::is_empty,
+            Vec::clear,
+        );
         assert_eq!(ks.get("a"), None);
         assert_eq!(drain(&mut ks), ["del a"]);
     }
@@ -314,7 +334,14 @@ mod tests {
     #[test]
     fn creating_nothing_leaves_no_trace() {
         let mut ks: KeyedState<Vec<i32>> = KeyedState::default();
-        ks.update(&"a".into(), Some(1), true, Vec::is_empty, |_| ());
+        ks.update(
+            &"a".into(),
+            key_hash("a"),
+            Some(1),
+            true,
+            Vec::is_empty,
+            |_| (),
+        );
         assert!(ks.is_empty());
         assert_eq!(drain(&mut ks), Vec::<String>::new());
     }
