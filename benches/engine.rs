@@ -10,7 +10,7 @@
 //! Run: cargo bench --bench engine   (EDDY_BENCH_EVENTS=… changes the events per run)
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use eddy::engine::{BodyFormat, EngineConfig, Event, Pipeline, parse_batch};
+use eddy::engine::{BodyFormat, EngineConfig, ParsedBatch, Pipeline, parse_batch};
 use eddy::spec::PipelineSpec;
 use eddy::workload::{ClickStream, seed_spec, three_operator_spec};
 use futures::StreamExt;
@@ -55,7 +55,7 @@ async fn parse_and_apply(pipeline: &Arc<Pipeline>, bodies: &Arc<Vec<Vec<u8>>>) {
         .await;
 }
 
-async fn apply(pipeline: &Pipeline, batches: Vec<Vec<Event>>) {
+async fn apply(pipeline: &Pipeline, batches: Vec<ParsedBatch>) {
     futures::stream::iter(batches)
         .map(|batch| pipeline.ingest(batch, 0))
         .buffered(IN_FLIGHT)
@@ -108,7 +108,7 @@ fn engine(c: &mut Criterion) {
                             let parsed = bodies.iter().map(|body| {
                                 parse_batch(body, BodyFormat::NdJson, p.extractor()).unwrap()
                             });
-                            let batches: Vec<Vec<Event>> = parsed.collect();
+                            let batches: Vec<ParsedBatch> = parsed.collect();
                             (p, batches)
                         },
                         |(p, batches)| runtime.block_on(apply(&p, batches)),

@@ -17,7 +17,7 @@ mod scan;
 mod shard;
 
 pub use batch::{
-    BatchError, BatchLimits, BodyFormat, EventError, MAX_REPORTED_ERRORS, parse_batch,
+    BatchError, BatchLimits, BodyFormat, EventError, MAX_REPORTED_ERRORS, ParsedBatch, parse_batch,
     parse_batch_limited,
 };
 pub use definition::OperatorDef;

@@ -132,8 +132,8 @@ pub async fn replay(args: &ReplayArgs) -> Result<(Totals, f64), ReplayError> {
         tokio::task::spawn_blocking(move || {
             let body = &input[from..to];
             let batch = match parse_batch(body, BodyFormat::NdJson, pipeline.extractor()) {
-                Err(crate::engine::BatchError::Empty) => Ok(Vec::new()),
-                other => other,
+                Err(crate::engine::BatchError::Empty) => Ok(None),
+                other => other.map(Some),
             };
             (line, batch)
         })
@@ -155,9 +155,9 @@ pub async fn replay(args: &ReplayArgs) -> Result<(Totals, f64), ReplayError> {
                 };
                 ReplayError::Events { path, line, detail }
             })?;
-            if events.is_empty() {
+            let Some(events) = events else {
                 return Ok(());
-            }
+            };
             pipeline
                 .ingest(events, crate::app::now_ms())
                 .await

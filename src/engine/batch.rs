@@ -3,6 +3,7 @@
 //! bad event named (up to [`MAX_REPORTED_ERRORS`]).
 
 use super::extract::{Event, Extractor};
+use super::shard::Item;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -60,12 +61,60 @@ impl BatchLimits {
     };
 }
 
+/// A parsed batch, already routed: per event its time, and per shard the (event, operator)
+/// inputs its key groups own, in event order. Built by the parsing thread, outside the
+/// sequencer's lock, so sequencing touches only the times.
+#[derive(Debug)]
+pub struct ParsedBatch {
+    /// Per event, its time (`None` in processing time).
+    pub(crate) times: Vec<Option<i64>>,
+    /// Per shard, its items.
+    pub(crate) items: Vec<Vec<Item>>,
+}
+
+impl ParsedBatch {
+    fn new(extractor: &Extractor, events: usize) -> ParsedBatch {
+        let shards = extractor.shards();
+        let per_shard = events * extractor.operators() / shards + 16;
+        ParsedBatch {
+            times: Vec::with_capacity(events),
+            items: (0..shards).map(|_| Vec::with_capacity(per_shard)).collect(),
+        }
+    }
+
+    fn push(&mut self, event: Event) {
+        let step = self.times.len() as u32;
+        self.times.push(event.time);
+        let shards = self.items.len();
+        let inputs = event.inputs.into_iter().enumerate();
+        for (operator, input) in inputs.filter_map(|(op, input)| Some((op, input?))) {
+            let shard = super::shard_of(u32::from(input.key_group), shards);
+            self.items[shard].push(Item {
+                step,
+                operator: operator as u16,
+                time: event.time.unwrap_or(0),
+                input,
+            });
+        }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+}
+
 /// Parses and extracts every event of `body`.
 pub fn parse_batch(
     body: &[u8],
     format: BodyFormat,
     extractor: &Extractor,
-) -> Result<Vec<Event>, BatchError> {
+) -> Result<ParsedBatch, BatchError> {
     parse_batch_limited(body, format, extractor, BatchLimits::NONE)
 }
 
@@ -75,7 +124,7 @@ pub fn parse_batch_limited(
     format: BodyFormat,
     extractor: &Extractor,
     limits: BatchLimits,
-) -> Result<Vec<Event>, BatchError> {
+) -> Result<ParsedBatch, BatchError> {
     let raw = split(body, format)?;
     if raw.is_empty() {
         return Err(BatchError::Empty);
@@ -86,7 +135,7 @@ pub fn parse_batch_limited(
             limit: limits.max_events,
         });
     }
-    let mut events = Vec::with_capacity(raw.len());
+    let mut events = ParsedBatch::new(extractor, raw.len());
     let mut errors = Vec::new();
     for (index, bytes) in raw {
         let event = if bytes.len() > limits.max_event_bytes {
@@ -98,7 +147,8 @@ pub fn parse_batch_limited(
             extractor.extract(bytes)
         };
         match event {
-            Ok(event) => events.push(event),
+            Ok(event) if errors.is_empty() => events.push(event),
+            Ok(_) => {}
             Err(detail) if errors.len() < MAX_REPORTED_ERRORS => {
                 errors.push(EventError { index, detail })
             }
@@ -146,7 +196,7 @@ mod tests {
         Extractor::new(Pointer::parse("/k").unwrap(), None, vec![])
     }
 
-    fn indices(result: Result<Vec<Event>, BatchError>) -> Vec<usize> {
+    fn indices(result: Result<ParsedBatch, BatchError>) -> Vec<usize> {
         match result {
             Err(BatchError::Invalid(errors)) => errors.iter().map(|e| e.index).collect(),
             other => panic!("expected invalid events, got {other:?}"),

@@ -73,6 +73,8 @@ pub struct Extractor {
     time_slot: Option<usize>,
     /// Per operator, the slots of what it reads.
     slots: Vec<OpSlots>,
+    /// Shards a parsed batch is routed to (see [`super::ParsedBatch`]).
+    shards: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -116,7 +118,26 @@ impl Extractor {
             key_slot,
             time_slot,
             slots,
+            shards: 1,
         }
+    }
+
+    /// The same plan, routing parsed batches to `shards` shards.
+    pub fn routed(self, shards: usize) -> Self {
+        Extractor {
+            shards: shards.max(1),
+            ..self
+        }
+    }
+
+    /// Shards a parsed batch is routed to.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Number of operators.
+    pub fn operators(&self) -> usize {
+        self.operators.len()
     }
 
     /// Extracts one event from its JSON text; the error names the field and what is wrong.

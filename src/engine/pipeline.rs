@@ -7,9 +7,9 @@
 //! shards receive a batch only once its record is durable (the WAL's after-action sends it),
 //! so nothing is applied, visible or answered before it would survive a crash.
 
-use super::batch::{BodyFormat, parse_batch};
+use super::batch::{BodyFormat, ParsedBatch, parse_batch};
 use super::definition::OperatorDef;
-use super::extract::{Event, Extractor};
+use super::extract::Extractor;
 use super::idempotency::{Idempotency, IdempotencyEntry};
 use super::output::{Output, OutputRecord};
 use super::runner::StateRow;
@@ -48,7 +48,7 @@ struct Sequencer {
 
 /// A batch of extracted events with what the WAL records of it.
 pub struct Submission {
-    pub events: Vec<Event>,
+    pub events: ParsedBatch,
     /// Arrival time, epoch ms (event time in processing time).
     pub arrival: i64,
     pub idempotency_key: Option<String>,
@@ -156,7 +156,8 @@ impl Pipeline {
             defs.iter()
                 .map(|d| (d.name.clone(), d.inputs.clone()))
                 .collect(),
-        );
+        )
+        .routed(config.shards);
         let output = Arc::new(Output::new(
             names.iter().map(|n| Arc::from(n.as_str())).collect(),
             config.output_retain,
@@ -265,7 +266,7 @@ impl Pipeline {
 
     /// Sequences, applies and acknowledges a batch of extracted events that arrived at
     /// `arrival` (epoch ms). Returns once every event is applied and its outputs are logged.
-    pub async fn ingest(&self, events: Vec<Event>, arrival: i64) -> Result<Ack, EngineError> {
+    pub async fn ingest(&self, events: ParsedBatch, arrival: i64) -> Result<Ack, EngineError> {
         let submission = Submission {
             events,
             arrival,
@@ -384,32 +385,26 @@ impl Pipeline {
             });
         }
         let count = events.len() as u64;
-        let mut items: Vec<Vec<Item>> = self.shards.iter().map(|_| Vec::new()).collect();
+        let ParsedBatch { times, mut items } = events;
+        debug_assert_eq!(items.len(), self.shards.len(), "parsed for this pipeline");
         let mut marks = Vec::new();
         let mut watermark = seq.counters.watermark;
         let mut late = 0;
-        for (step, event) in events.into_iter().enumerate() {
-            let step = step as u32;
-            let time = event.time.unwrap_or(arrival);
+        for (step, time) in times.iter().enumerate() {
+            let time = time.unwrap_or(arrival);
             late += u64::from(is_late(time, watermark));
-            for (operator, input) in event.inputs.into_iter().enumerate() {
-                if let Some(input) = input {
-                    let shard = shard_of(u32::from(input.key_group), self.shards.len());
-                    items[shard].push(Item {
-                        step,
-                        operator: operator as u16,
-                        time,
-                        input,
-                    });
-                }
-            }
             let candidate = time.saturating_sub(self.out_of_orderness);
             if watermark.is_none_or(|w| candidate > w) {
                 watermark = Some(candidate);
                 marks.push(Mark {
-                    step,
+                    step: step as u32,
                     watermark: candidate,
                 });
+            }
+        }
+        if self.processing_time {
+            for item in items.iter_mut().flatten() {
+                item.time = arrival;
             }
         }
         let first_offset = seq.counters.next_offset;
