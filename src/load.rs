@@ -8,7 +8,7 @@
 use crate::workload::{ClickStream, seed_spec};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -42,6 +42,8 @@ pub struct Report {
     /// Failed requests by status (0: no answer).
     pub failures: BTreeMap<u16, u64>,
     pub rss_bytes: Option<u64>,
+    /// The pipeline's counters at the end: (events, late events, keys of `sessions`).
+    pub pipeline: Option<(u64, u64, u64)>,
 }
 
 /// The `p`-th percentile (0..=100) of `samples`, in their unit.
@@ -92,6 +94,11 @@ impl Report {
                 failures.join(",")
             }
         ));
+        if let Some((events, late, keys)) = self.pipeline {
+            lines.push(format!(
+                "pipeline events={events} late={late} session_keys={keys}"
+            ));
+        }
         if let Some(rss) = self.rss_bytes {
             lines.push(format!("server_rss_mb={:.1}", rss as f64 / 1_048_576.0));
         }
@@ -114,6 +121,9 @@ pub fn rss_of(pid: u32) -> Option<u64> {
 
 #[derive(Default)]
 struct Shared {
+    /// The next batch of the stream to send, over all connections: taken in order, so the
+    /// server sees the stream in order but for the batches in flight at once.
+    next_batch: AtomicUsize,
     batch_ms: Mutex<Vec<f64>>,
     query_ms: Mutex<Vec<f64>>,
     failures: Mutex<BTreeMap<u16, u64>>,
@@ -161,18 +171,18 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
     if !(created.status().is_success() || created.status() == 409) {
         return Err(format!("creating the pipeline: {}", created.status()));
     }
-    // Pre-encoded batches, a few per connection, reused round robin.
+    // Pre-encoded batches, a few per connection, reused round robin with their times moved
+    // on by the span of all of them on every pass, so the stream keeps advancing.
+    // Ten events per ms: a round of every connection's batch spans less event time than the
+    // pipeline's out-of-orderness, so what arrives late is only the generator's own disorder.
     let stream = ClickStream {
         users: args.users,
+        events_per_step: 10,
         ..ClickStream::default()
     };
-    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
-        stream
-            .ndjson_batches(args.batch * 64, args.batch)
-            .into_iter()
-            .map(bytes::Bytes::from)
-            .collect(),
-    );
+    let templates = stream.ndjson_batches(args.batch * 64, args.batch);
+    let span = (args.batch * 64) as i64 / stream.events_per_step * stream.step_ms;
+    let bodies: Arc<Vec<Template>> = Arc::new(templates.into_iter().map(Template::new).collect());
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
     let deadline = started + args.duration;
@@ -194,7 +204,6 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
                 + interval.map_or(Duration::ZERO, |i| {
                     i.mul_f64(c as f64 / args.connections as f64)
                 });
-            let mut i = c;
             while Instant::now() < deadline {
                 if interval.is_some() {
                     tokio::time::sleep_until(intended.into()).await;
@@ -204,10 +213,11 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
                 } else {
                     Instant::now()
                 };
+                let i = shared.next_batch.fetch_add(1, Ordering::Relaxed);
                 let req = client
                     .post(&url)
                     .header("content-type", "application/x-ndjson")
-                    .body(bodies[i % bodies.len()].clone());
+                    .body(bodies[i % bodies.len()].stamped((i / bodies.len()) as i64 * span));
                 if send(req, &args.token, &shared, |s| s.is_success())
                     .await
                     .is_some()
@@ -221,7 +231,6 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
                         .await
                         .push(sent_at.elapsed().as_secs_f64() * 1e3);
                 }
-                i += args.connections;
                 if let Some(interval) = interval {
                     intended += interval;
                 }
@@ -259,7 +268,22 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
         let _ = task.await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let status_url = format!("{}/v1/pipelines/{}", args.url, args.pipeline);
+    let pipeline = match send(client.get(status_url), &args.token, &shared, |s| {
+        s.is_success()
+    })
+    .await
+    {
+        Some(resp) => resp.json::<serde_json::Value>().await.ok().map(|doc| {
+            let status = &doc["status"];
+            let field = |name: &str| status[name].as_u64().unwrap_or(0);
+            let keys = status["keys"]["sessions"].as_u64();
+            (field("events"), field("late_events"), keys.unwrap_or(0))
+        }),
+        None => None,
+    };
     Ok(Report {
+        pipeline,
         events: shared.events.load(Ordering::Relaxed),
         seconds,
         batch_ms: std::mem::take(&mut *shared.batch_ms.lock().await),
@@ -267,6 +291,52 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
         failures: std::mem::take(&mut *shared.failures.lock().await),
         rss_bytes: args.server_pid.and_then(rss_of),
     })
+}
+
+/// A pre-encoded batch and where its event times are, to send it again later in event time.
+struct Template {
+    body: bytes::Bytes,
+    /// Offsets of the digits of every `"ts":` value.
+    times: Vec<std::ops::Range<usize>>,
+}
+
+impl Template {
+    fn new(body: Vec<u8>) -> Template {
+        const FIELD: &[u8] = b"\"ts\":";
+        let mut times = Vec::new();
+        let mut from = 0;
+        while let Some(at) = memchr::memmem::find(&body[from..], FIELD) {
+            let start = from + at + FIELD.len();
+            let len = body[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            times.push(start..start + len);
+            from = start + len;
+        }
+        Template {
+            body: body.into(),
+            times,
+        }
+    }
+
+    /// The batch with every time moved `shift` ms later (a copy, unless `shift` is 0).
+    fn stamped(&self, shift: i64) -> bytes::Bytes {
+        if shift == 0 {
+            return self.body.clone();
+        }
+        let mut body = Vec::with_capacity(self.body.len() + self.times.len());
+        let mut copied = 0;
+        for digits in &self.times {
+            body.extend_from_slice(&self.body[copied..digits.start]);
+            let text = std::str::from_utf8(&self.body[digits.clone()]).expect("ASCII digits");
+            let time: i64 = text.parse().expect("an epoch-ms time");
+            body.extend_from_slice((time + shift).to_string().as_bytes());
+            copied = digits.end;
+        }
+        body.extend_from_slice(&self.body[copied..]);
+        body.into()
+    }
 }
 
 async fn query_loop(
@@ -321,7 +391,21 @@ async fn poll_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{Template, percentile};
+
+    #[test]
+    fn templates_move_every_time_and_nothing_else() {
+        let body = br#"{"user_id":"u1","ts":1700000000000,"page":"/p/1"}
+{"ts":999,"user_id":"u2","qty":1}
+"#;
+        let t = Template::new(body.to_vec());
+        assert_eq!(&t.stamped(0)[..], &body[..]);
+        let moved = t.stamped(64_000);
+        assert_eq!(
+            std::str::from_utf8(&moved).unwrap(),
+            "{\"user_id\":\"u1\",\"ts\":1700000064000,\"page\":\"/p/1\"}\n{\"ts\":64999,\"user_id\":\"u2\",\"qty\":1}\n"
+        );
+    }
 
     #[test]
     fn percentiles_pick_by_rank() {

@@ -15,6 +15,8 @@ pub struct ClickStream {
     pub start_ms: i64,
     /// Mean event-time step between consecutive events, ms.
     pub step_ms: i64,
+    /// Consecutive events sharing one step of time (a denser stream: many events per ms).
+    pub events_per_step: i64,
     /// Events arrive up to this much earlier than their position suggests, ms.
     pub disorder_ms: i64,
     pub seed: u64,
@@ -31,6 +33,7 @@ impl Default for ClickStream {
             products: 1_000,
             start_ms: 1_700_000_000_000,
             step_ms: 1,
+            events_per_step: 1,
             disorder_ms: 3_000,
             seed: 42,
             amount_always: false,
@@ -55,7 +58,8 @@ impl ClickStream {
 
     fn click(&self, rng: &mut SmallRng, i: i64) -> Value {
         let user = rng.random_range(0..self.users);
-        let ts = self.start_ms + i * self.step_ms - rng.random_range(0..=self.disorder_ms);
+        let step = i / self.events_per_step.max(1);
+        let ts = self.start_ms + step * self.step_ms - rng.random_range(0..=self.disorder_ms);
         let page = format!("/p/{}", rng.random_range(0..self.pages));
         match rng.random_range(0..100) {
             0..70 => json!({"user_id": format!("u{user}"), "ts": ts, "type": "view", "page": page}),
