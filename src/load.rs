@@ -180,8 +180,11 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
         events_per_step: 10,
         ..ClickStream::default()
     };
-    let templates = stream.ndjson_batches(args.batch * 64, args.batch);
-    let span = (args.batch * 64) as i64 / stream.events_per_step * stream.step_ms;
+    // Enough batches that every user appears (twice the users in events, at most 2,000,000),
+    // so the working set is the users asked for, not what a few batches happen to hold.
+    let batches = ((2 * args.users as usize).min(2_000_000) / args.batch.max(1)).max(64);
+    let templates = stream.ndjson_batches(args.batch * batches, args.batch);
+    let span = (args.batch * batches) as i64 / stream.events_per_step * stream.step_ms;
     let bodies: Arc<Vec<Template>> = Arc::new(templates.into_iter().map(Template::new).collect());
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
