@@ -5,6 +5,9 @@ use super::operator::{Context, Emission, Input, Operator, TimeDomain, Timers};
 use crate::state::{Change, Key, KeyedState, TimerQueue, key_hash};
 use serde_json::Value;
 
+/// How many keys ahead of the one applied (or fired) state is prefetched for.
+pub(crate) const PREFETCH_AHEAD: usize = 8;
+
 /// Where a shard stands when it calls a runner.
 pub(crate) struct Step<'a> {
     pub watermark: Option<i64>,
@@ -143,6 +146,13 @@ impl<O: Operator> Runner for OperatorRunner<O> {
     fn advance_watermark(&mut self, mut at: Step<'_>) {
         let Some(wm) = at.watermark else { return };
         while let Some((time, key)) = self.timers.event.pop_due(wm) {
+            // Timers fire in time order, their keys in no order: overlap the lookups' misses.
+            if let Some(next) = self.timers.event.upcoming(2 * PREFETCH_AHEAD) {
+                self.state.prefetch_slot(key_hash(next));
+            }
+            if let Some(next) = self.timers.event.upcoming(PREFETCH_AHEAD) {
+                self.state.prefetch_entry(key_hash(next));
+            }
             self.fire(&key, time, TimeDomain::EventTime, 1, &mut at);
         }
         if let Some(ttl) = self.ttl {

@@ -5,7 +5,7 @@
 use super::extract::OpInput;
 use super::operator::{Emission, Input};
 use super::output::Output;
-use super::runner::{Runner, StateRow, Step};
+use super::runner::{PREFETCH_AHEAD, Runner, StateRow, Step};
 use crate::state::Key;
 use serde_json::Value;
 use std::sync::Arc;
@@ -72,9 +72,6 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<(usize, usize)>>,
     },
 }
-
-/// How many items ahead of the one applied a shard prefetches state for.
-const PREFETCH_AHEAD: usize = 8;
 
 /// An event is late when its time is strictly below the watermark it is judged against.
 pub fn is_late(time: i64, watermark: Option<i64>) -> bool {

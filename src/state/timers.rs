@@ -71,6 +71,13 @@ impl TimerQueue {
         }
     }
 
+    /// The key of the timer `n` places after the next one in firing order, if it is already
+    /// in the bucket being fired: for prefetching its state (a hint, it may not be due yet).
+    pub fn upcoming(&self, n: usize) -> Option<&Key> {
+        let at = self.firing.len().checked_sub(n + 1)?;
+        Some(&self.firing[at].1)
+    }
+
     /// Number of pending timers.
     pub fn len(&self) -> usize {
         self.len
@@ -101,7 +108,11 @@ mod tests {
         q.register(10, "z".into());
         q.register(20, "a".into());
         assert_eq!(q.pop_due(5), None);
+        assert_eq!(q.upcoming(0), None, "no bucket reached yet");
         assert_eq!(q.pop_due(20), Some((10, "z".into())));
+        assert_eq!(q.upcoming(0), Some(&"a".into()));
+        assert_eq!(q.upcoming(1), Some(&"b".into()));
+        assert_eq!(q.upcoming(2), None);
         assert_eq!(q.pop_due(20), Some((20, "a".into())));
         assert_eq!(q.pop_due(20), Some((20, "b".into())));
         assert!(q.is_empty());
