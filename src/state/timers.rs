@@ -104,11 +104,12 @@ mod tests {
     #[test]
     fn timers_fire_in_time_then_key_order_and_only_when_due() {
         let mut q = TimerQueue::default();
+        assert_eq!(q.upcoming(0), None);
         q.register(20, "b".into());
         q.register(10, "z".into());
         q.register(20, "a".into());
         assert_eq!(q.pop_due(5), None);
-        assert_eq!(q.upcoming(0), None, "no bucket reached yet");
+        assert_eq!(q.upcoming(0), Some(&"z".into()), "its bucket is reached, it is next");
         assert_eq!(q.pop_due(20), Some((10, "z".into())));
         assert_eq!(q.upcoming(0), Some(&"a".into()));
         assert_eq!(q.upcoming(1), Some(&"b".into()));
