@@ -2,10 +2,11 @@
 //! NDJSON. A batch is atomic: every event extracts cleanly, or the batch is refused with every
 //! bad event named (up to [`MAX_REPORTED_ERRORS`]).
 
-use super::extract::{Event, Extractor};
+use super::extract::Extractor;
 use super::shard::Item;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 /// Most bad events one refusal names.
 pub const MAX_REPORTED_ERRORS: usize = 100;
@@ -82,19 +83,32 @@ impl ParsedBatch {
         }
     }
 
-    fn push(&mut self, event: Event) {
+    /// Extracts the event `text` into the batch; on an error, nothing of it stays.
+    fn extract(&mut self, extractor: &Extractor, text: &[u8]) -> Result<(), String> {
         let step = self.times.len() as u32;
-        self.times.push(event.time);
         let shards = self.items.len();
-        let inputs = event.inputs.into_iter().enumerate();
-        for (operator, input) in inputs.filter_map(|(op, input)| Some((op, input?))) {
+        let before: SmallVec<[usize; 8]> = self.items.iter().map(Vec::len).collect();
+        let items = &mut self.items;
+        let extracted = extractor.extract_each(text, |operator, time, input| {
             let shard = super::shard_of(u32::from(input.key_group), shards);
-            self.items[shard].push(Item {
+            items[shard].push(Item {
                 step,
                 operator: operator as u16,
-                time: event.time.unwrap_or(0),
+                time: time.unwrap_or(0),
                 input,
             });
+        });
+        match extracted {
+            Ok(time) => {
+                self.times.push(time);
+                Ok(())
+            }
+            Err(e) => {
+                for (items, len) in self.items.iter_mut().zip(before) {
+                    items.truncate(len);
+                }
+                Err(e)
+            }
         }
     }
 
@@ -138,17 +152,19 @@ pub fn parse_batch_limited(
     let mut events = ParsedBatch::new(extractor, raw.len());
     let mut errors = Vec::new();
     for (index, bytes) in raw {
-        let event = if bytes.len() > limits.max_event_bytes {
+        let extracted = if bytes.len() > limits.max_event_bytes {
             Err(format!(
                 "event is larger than {} bytes",
                 limits.max_event_bytes
             ))
+        } else if errors.is_empty() {
+            events.extract(extractor, bytes)
         } else {
-            extractor.extract(bytes)
+            // The batch is refused: only find the other bad events.
+            extractor.extract_each(bytes, |_, _, _| {}).map(|_| ())
         };
-        match event {
-            Ok(event) if errors.is_empty() => events.push(event),
-            Ok(_) => {}
+        match extracted {
+            Ok(()) => {}
             Err(detail) if errors.len() < MAX_REPORTED_ERRORS => {
                 errors.push(EventError { index, detail })
             }

@@ -142,6 +142,20 @@ impl Extractor {
 
     /// Extracts one event from its JSON text; the error names the field and what is wrong.
     pub fn extract(&self, text: &[u8]) -> Result<Event, String> {
+        let mut inputs: SmallVec<[Option<OpInput>; 6]> =
+            smallvec::smallvec![None; self.operators.len()];
+        let time = self.extract_each(text, |operator, _, input| inputs[operator] = Some(input))?;
+        Ok(Event { time, inputs })
+    }
+
+    /// Extracts one event, handing each operator that sees it its input (with the event's
+    /// time) as soon as it is read, so nothing is built per event; answers the event's time.
+    /// On an error, `sink` may have been called for some operators: the caller discards those.
+    pub fn extract_each(
+        &self,
+        text: &[u8],
+        mut sink: impl FnMut(usize, Option<i64>, OpInput),
+    ) -> Result<Option<i64>, String> {
         let text = std::str::from_utf8(text)
             .map_err(|e| format!("invalid JSON: invalid UTF-8 at byte {}", e.valid_up_to()))?;
         let captures = self.plan.scan(text).map_err(|e| match e {
@@ -153,16 +167,15 @@ impl Extractor {
             (Some(spec), Some(slot)) => Some(time_at(spec, captures[slot])?),
             _ => None,
         };
-        let inputs = self
-            .operators
-            .iter()
-            .zip(&self.slots)
-            .map(|((name, inputs), slots)| {
-                op_input(inputs, slots, &captures, &key)
-                    .map_err(|e| format!("operator {name:?}: {e}"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Event { time, inputs })
+        let operators = self.operators.iter().zip(&self.slots).enumerate();
+        for (operator, ((name, inputs), slots)) in operators {
+            let input = op_input(inputs, slots, &captures, &key)
+                .map_err(|e| format!("operator {name:?}: {e}"))?;
+            if let Some(input) = input {
+                sink(operator, time, input);
+            }
+        }
+        Ok(time)
     }
 }
 

@@ -109,7 +109,11 @@ mod tests {
         q.register(10, "z".into());
         q.register(20, "a".into());
         assert_eq!(q.pop_due(5), None);
-        assert_eq!(q.upcoming(0), Some(&"z".into()), "its bucket is reached, it is next");
+        assert_eq!(
+            q.upcoming(0),
+            Some(&"z".into()),
+            "its bucket is reached, it is next"
+        );
         assert_eq!(q.pop_due(20), Some((10, "z".into())));
         assert_eq!(q.upcoming(0), Some(&"a".into()));
         assert_eq!(q.upcoming(1), Some(&"b".into()));
