@@ -39,9 +39,10 @@ pub struct Totals {
 impl Totals {
     fn add(&mut self, record: &OutputRecord) {
         *self.records.entry(record.operator.to_string()).or_default() += 1;
+        let value: serde_json::Value =
+            serde_json::from_str(record.value.get()).expect("records are JSON");
         let field = |name: &str| {
-            record
-                .value
+            value
                 .get(name)
                 .and_then(serde_json::Value::as_i64)
                 .unwrap_or(0)

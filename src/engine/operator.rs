@@ -6,6 +6,7 @@ use crate::state::{JsonText, Key, Num, TimerQueue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The field an operator reads from an event, as extracted at ingest.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,7 +73,7 @@ pub trait Operator: Send + 'static {
 
 /// One output record as an operator emits it, tagged so that the engine can order the outputs
 /// of every shard the same way, whatever the number of shards.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Emission {
     /// Position in the batch (index of the event, or of the watermark change after it).
     pub step: u32,
@@ -83,7 +84,15 @@ pub struct Emission {
     pub key: Key,
     /// The record's type, e.g. `session_closed`.
     pub kind: &'static str,
-    pub value: Value,
+    /// The record's value as compact JSON text: serialised once, where it is emitted.
+    pub value: Box<RawValue>,
+}
+
+impl PartialEq for Emission {
+    fn eq(&self, other: &Emission) -> bool {
+        let tag = |e: &Emission| (e.step, e.phase, e.operator, e.key.clone(), e.kind);
+        tag(self) == tag(other) && self.value.get() == other.value.get()
+    }
 }
 
 /// The timer queues of one operator instance.
@@ -149,6 +158,12 @@ impl Context<'_> {
 
     /// Emits an output record for the current key.
     pub fn emit(&mut self, kind: &'static str, value: Value) {
+        let value = serde_json::value::to_raw_value(&value).expect("a Value serialises");
+        self.emit_json(kind, value);
+    }
+
+    /// Emits an output record whose value is already JSON text (no document is built).
+    pub fn emit_json(&mut self, kind: &'static str, value: Box<RawValue>) {
         self.out.push(Emission {
             step: self.step,
             phase: self.phase,

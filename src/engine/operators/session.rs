@@ -24,6 +24,26 @@ pub struct Session {
     pub events: u64,
 }
 
+/// A session as answered and emitted.
+#[derive(Serialize)]
+struct SessionAnswer {
+    start: i64,
+    end: i64,
+    duration_ms: i64,
+    events: u64,
+}
+
+impl From<&Session> for SessionAnswer {
+    fn from(s: &Session) -> SessionAnswer {
+        SessionAnswer {
+            start: s.start,
+            end: s.end,
+            duration_ms: s.end - s.start,
+            events: s.events,
+        }
+    }
+}
+
 /// The open sessions of one key.
 ///
 /// Invariant: sorted by start, and any two are more than `gap` apart, so ends are sorted too
@@ -47,12 +67,7 @@ impl SessionOp {
     }
 
     fn answer(session: &Session) -> Value {
-        json!({
-            "start": session.start,
-            "end": session.end,
-            "duration_ms": session.end - session.start,
-            "events": session.events,
-        })
+        serde_json::to_value(SessionAnswer::from(session)).expect("a session serialises")
     }
 }
 
@@ -95,7 +110,9 @@ impl Operator for SessionOp {
             .take_while(|s| is_due(self.closes_at(s), watermark))
             .count();
         for session in state.sessions.drain(..closing) {
-            cx.emit("session_closed", Self::answer(&session));
+            let record = serde_json::value::to_raw_value(&SessionAnswer::from(&session))
+                .expect("a session serialises");
+            cx.emit_json("session_closed", record);
         }
         self.arm(state, cx);
     }
