@@ -46,10 +46,20 @@ pub enum DecodeError {
 }
 
 impl Record {
-    /// The framed bytes of this record at `lsn`.
+    /// The framed bytes of this record at `lsn`: built in one buffer, so a request body is
+    /// copied once, from the request into the record.
     pub fn encode(&self, lsn: u64) -> Vec<u8> {
-        let mut payload = Vec::with_capacity(64);
-        payload.extend_from_slice(&lsn.to_le_bytes());
+        let body_len = match self {
+            Record::Events {
+                idempotency_key,
+                body,
+                ..
+            } => idempotency_key.as_ref().map_or(0, String::len) + body.len() + 32,
+            _ => 16,
+        };
+        let mut framed = Vec::with_capacity(HEADER + 8 + 1 + body_len);
+        framed.extend_from_slice(&[0; HEADER]);
+        framed.extend_from_slice(&lsn.to_le_bytes());
         match self {
             Record::Events {
                 arrival,
@@ -58,30 +68,30 @@ impl Record {
                 first_offset,
                 body,
             } => {
-                payload.push(1);
-                payload.extend_from_slice(&arrival.to_le_bytes());
-                payload.push(*format);
-                payload.extend_from_slice(&first_offset.to_le_bytes());
+                framed.push(1);
+                framed.extend_from_slice(&arrival.to_le_bytes());
+                framed.push(*format);
+                framed.extend_from_slice(&first_offset.to_le_bytes());
                 let key = idempotency_key.as_deref().unwrap_or("").as_bytes();
-                payload.push(u8::from(idempotency_key.is_some()));
-                payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                payload.extend_from_slice(key);
-                payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                payload.extend_from_slice(body);
+                framed.push(u8::from(idempotency_key.is_some()));
+                framed.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                framed.extend_from_slice(key);
+                framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                framed.extend_from_slice(body);
             }
             Record::Watermark { time } => {
-                payload.push(2);
-                payload.extend_from_slice(&time.to_le_bytes());
+                framed.push(2);
+                framed.extend_from_slice(&time.to_le_bytes());
             }
             Record::Tick { now } => {
-                payload.push(3);
-                payload.extend_from_slice(&now.to_le_bytes());
+                framed.push(3);
+                framed.extend_from_slice(&now.to_le_bytes());
             }
         }
-        let mut framed = Vec::with_capacity(HEADER + payload.len());
-        framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        framed.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        framed.extend_from_slice(&payload);
+        let payload = &framed[HEADER..];
+        let (len, crc) = (payload.len() as u32, crc32c::crc32c(payload));
+        framed[..4].copy_from_slice(&len.to_le_bytes());
+        framed[4..HEADER].copy_from_slice(&crc.to_le_bytes());
         framed
     }
 
