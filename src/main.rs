@@ -65,6 +65,7 @@ fn main() -> ExitCode {
                 output,
                 shards,
                 batch,
+                retain: config.engine.output_retain,
             };
             run(Box::pin(async move {
                 let (totals, rate) = eddy::replay::replay(&args).await?;

@@ -21,6 +21,8 @@ pub struct ReplayArgs {
     pub shards: usize,
     /// Lines per batch.
     pub batch: usize,
+    /// Output records kept in memory (the rest are written and let go).
+    pub retain: usize,
 }
 
 /// What a replay did.
@@ -38,17 +40,21 @@ pub struct Totals {
 
 impl Totals {
     fn add(&mut self, record: &OutputRecord) {
+        /// The fields summed, read without building the record's document.
+        #[derive(serde::Deserialize)]
+        struct Counted {
+            count: Option<i64>,
+            events: Option<i64>,
+            duration_ms: Option<i64>,
+        }
         *self.records.entry(record.operator.to_string()).or_default() += 1;
-        let value: serde_json::Value =
-            serde_json::from_str(record.value.get()).expect("records are JSON");
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(serde_json::Value::as_i64)
-                .unwrap_or(0)
-        };
-        self.count_sum += (field("count") + field("events")) as u64;
-        self.duration_sum += field("duration_ms");
+        let counted: Counted = serde_json::from_str(record.value.get()).unwrap_or(Counted {
+            count: None,
+            events: None,
+            duration_ms: None,
+        });
+        self.count_sum += (counted.count.unwrap_or(0) + counted.events.unwrap_or(0)) as u64;
+        self.duration_sum += counted.duration_ms.unwrap_or(0);
     }
 
     /// The comparable line: `events=… late=… records=op:n,… count_sum=… duration_sum=…`.
@@ -107,7 +113,7 @@ pub async fn replay(args: &ReplayArgs) -> Result<(Totals, f64), ReplayError> {
     let input = std::fs::read(&args.input).map_err(io(&args.input))?;
     let config = EngineConfig {
         shards: args.shards.max(1),
-        output_retain: usize::MAX,
+        output_retain: args.retain.max(1),
         ..EngineConfig::default()
     };
     let pipeline = Arc::new(Pipeline::from_spec(spec, &config));
@@ -128,6 +134,12 @@ pub async fn replay(args: &ReplayArgs) -> Result<(Totals, f64), ReplayError> {
     }
     let input = Arc::new(input);
     let began = Instant::now();
+    // Output records are written (and counted) as they come, and then let go: a replay's
+    // memory does not grow with its output.
+    // Nothing may be trimmed before the consumer has read it.
+    pipeline.output().mark_persisted(0);
+    let (end_tx, end_rx) = tokio::sync::watch::channel(None);
+    let consumer = tokio::spawn(consume(pipeline.clone(), args.output.clone(), end_rx));
     let parsed = futures::stream::iter(chunks).map(|(line, from, to)| {
         let (input, pipeline) = (input.clone(), pipeline.clone());
         tokio::task::spawn_blocking(move || {
@@ -177,30 +189,61 @@ pub async fn replay(args: &ReplayArgs) -> Result<(Totals, f64), ReplayError> {
         done?;
     }
     pipeline.advance_watermark(i64::MAX).await?;
+    end_tx.send_replace(Some(pipeline.output().last_offset()));
+    let mut totals = consumer.await.expect("output consumer")?;
     let elapsed = began.elapsed().as_secs_f64();
     let status = pipeline.status().await?;
-    let (records, _) = pipeline.output().read(None, usize::MAX);
-    let mut totals = Totals {
-        events: status.events,
-        late_events: status.late_events,
-        ..Totals::default()
+    totals.events = status.events;
+    totals.late_events = status.late_events;
+    Ok((totals, status.events as f64 / elapsed.max(1e-9)))
+}
+
+/// Reads the output log as it grows, until offset `end` once it is known: counts every record,
+/// writes it to `path` (if any), and marks it persisted so that the log may trim it.
+async fn consume(
+    pipeline: Arc<Pipeline>,
+    path: Option<PathBuf>,
+    mut end: tokio::sync::watch::Receiver<Option<u64>>,
+) -> Result<Totals, ReplayError> {
+    let io = |source| ReplayError::Io {
+        path: path.clone().unwrap_or_default(),
+        source,
     };
-    let mut out = match &args.output {
+    let mut out = match &path {
         Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(io(path))?,
+            std::fs::File::create(path).map_err(io)?,
         )),
         None => None,
     };
-    for record in &records {
-        totals.add(record);
-        if let Some(out) = &mut out {
-            serde_json::to_writer(&mut *out, &**record).expect("records serialise");
-            out.write_all(b"\n")
-                .map_err(io(args.output.as_ref().expect("set")))?;
+    let output = pipeline.output();
+    let mut appended = output.subscribe();
+    let (mut totals, mut after) = (Totals::default(), 0);
+    loop {
+        appended.borrow_and_update();
+        let last = *end.borrow_and_update();
+        let (records, next) = output.read(Some(after), 10_000);
+        for record in &records {
+            totals.add(record);
+            if let Some(out) = &mut out {
+                serde_json::to_writer(&mut *out, &**record).expect("records serialise");
+                out.write_all(b"\n").map_err(io)?;
+            }
+        }
+        if !records.is_empty() {
+            after = next;
+            output.mark_persisted(after);
+            continue;
+        }
+        if last.is_some_and(|last| after >= last) {
+            break;
+        }
+        tokio::select! {
+            _ = appended.changed() => {}
+            _ = end.changed() => {}
         }
     }
-    if let (Some(mut out), Some(path)) = (out, &args.output) {
-        out.flush().map_err(io(path))?;
+    if let Some(mut out) = out {
+        out.flush().map_err(io)?;
     }
-    Ok((totals, status.events as f64 / elapsed.max(1e-9)))
+    Ok(totals)
 }

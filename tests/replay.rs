@@ -24,7 +24,19 @@ fn replay(
     output: &std::path::Path,
     shards: &str,
 ) -> String {
+    replay_keeping(spec, input, output, shards, "100000")
+}
+
+/// A replay whose output log keeps at most `retain` records in memory.
+fn replay_keeping(
+    spec: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    shards: &str,
+    retain: &str,
+) -> String {
     let out = Command::new(EDDY)
+        .env("EDDY_OUTPUT_RETAIN", retain)
         .args(["replay", "--spec"])
         .arg(spec)
         .arg("--input")
@@ -90,6 +102,12 @@ fn a_replay_writes_every_output_and_the_same_totals_with_any_number_of_shards() 
             .collect::<Vec<_>>(),
         (1..=parsed.len() as u64).collect::<Vec<_>>()
     );
+    // Records are written as they come and let go: a log keeping 10 loses none of them.
+    let small = dir.path().join("small.ndjson");
+    let printed_small = replay_keeping(&spec, &input, &small, "2", "10");
+    assert!(parsed.len() > 100, "{} records", parsed.len());
+    assert_eq!(totals(&printed_small), totals(&printed_one));
+    assert_eq!(std::fs::read_to_string(&small).unwrap(), records);
 }
 
 #[test]
