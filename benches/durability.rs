@@ -179,21 +179,33 @@ impl Bench {
     }
 }
 
+/// A group of steps that take seconds: ten samples of one run each.
+fn slow_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group
+}
+
+/// The summed time of `iters` runs of `run`, each timing its own step.
+fn each(iters: u64, mut run: impl FnMut() -> Duration) -> Duration {
+    (0..iters).map(|_| run()).sum()
+}
+
 fn durability(c: &mut Criterion) {
     let mut bench = Bench::new();
     let checkpointer = bench.checkpointer(true);
 
-    let mut group = c.benchmark_group("checkpoint");
-    group.sample_size(10);
-    group.sampling_mode(SamplingMode::Flat);
+    let mut group = slow_group(c, "checkpoint");
     group.bench_function("full/1000000_keys", |b| {
         b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    let (_, pipeline) = bench.loaded(&checkpointer, KEYS);
-                    bench.checkpoint(&checkpointer, &pipeline)
-                })
-                .sum()
+            each(iters, || {
+                let (_, pipeline) = bench.loaded(&checkpointer, KEYS);
+                bench.checkpoint(&checkpointer, &pipeline)
+            })
         })
     });
     let (_, pipeline) = bench.loaded(&checkpointer, KEYS);
@@ -201,15 +213,13 @@ fn durability(c: &mut Criterion) {
     let mut round = 1;
     group.bench_function("incremental/10000_of_1000000_keys", |b| {
         b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    round += 1;
-                    let first = (round * KEYS / 100) % KEYS;
-                    let changed = bodies(first, KEYS / 100, round as i64);
-                    bench.runtime.block_on(ingest(&pipeline, changed));
-                    bench.checkpoint(&checkpointer, &pipeline)
-                })
-                .sum()
+            each(iters, || {
+                round += 1;
+                let first = (round * KEYS / 100) % KEYS;
+                let changed = bodies(first, KEYS / 100, round as i64);
+                bench.runtime.block_on(ingest(&pipeline, changed));
+                bench.checkpoint(&checkpointer, &pipeline)
+            })
         })
     });
     group.finish();
@@ -221,47 +231,39 @@ fn durability(c: &mut Criterion) {
         .runtime
         .block_on(ingest(&pipeline, bodies(0, KEYS, 3)));
     drop(pipeline);
-    let mut group = c.benchmark_group("restore");
-    group.sample_size(10);
-    group.sampling_mode(SamplingMode::Flat);
+    let mut group = slow_group(c, "restore");
     group.bench_function("1000000_keys+1000000_wal_events", |b| {
         b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    bench.runtime.block_on(async {
-                        let start = Instant::now();
-                        let recovered = checkpointer.recover(spec(&name)).await.unwrap();
-                        let status = recovered.status().await.unwrap();
-                        let took = start.elapsed();
-                        assert_eq!(status.keys[0].1, KEYS);
-                        took
-                    })
+            each(iters, || {
+                bench.runtime.block_on(async {
+                    let start = Instant::now();
+                    let recovered = checkpointer.recover(spec(&name)).await.unwrap();
+                    let status = recovered.status().await.unwrap();
+                    let took = start.elapsed();
+                    assert_eq!(status.keys[0].1, KEYS);
+                    took
                 })
-                .sum()
+            })
         })
     });
     group.finish();
 
-    let mut group = c.benchmark_group("ingest_wal");
-    group.sample_size(10);
-    group.sampling_mode(SamplingMode::Flat);
+    let mut group = slow_group(c, "ingest_wal");
     group.throughput(Throughput::Elements(WAL_EVENTS as u64));
     for fsync in [true, false] {
         let checkpointer = bench.checkpointer(fsync);
         let id = format!("fdatasync_{}", if fsync { "on" } else { "off" });
         group.bench_function(id, |b| {
             b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let (_, pipeline) = bench.loaded(&checkpointer, 0);
-                        let batches = bodies(0, WAL_EVENTS, 1);
-                        bench.runtime.block_on(async {
-                            let start = Instant::now();
-                            ingest(&pipeline, batches).await;
-                            start.elapsed()
-                        })
+                each(iters, || {
+                    let (_, pipeline) = bench.loaded(&checkpointer, 0);
+                    let batches = bodies(0, WAL_EVENTS, 1);
+                    bench.runtime.block_on(async {
+                        let start = Instant::now();
+                        ingest(&pipeline, batches).await;
+                        start.elapsed()
                     })
-                    .sum()
+                })
             })
         });
     }

@@ -367,13 +367,23 @@ mod tests {
         Extractor::new(Pointer::parse("/user").unwrap(), Some(time), ops)
     }
 
-    fn number_op(filter: Vec<(Pointer, Value)>) -> Vec<(String, Inputs)> {
+    /// One operator `name` reading `value` as `kind`, filtered by `filter`.
+    fn value_op(
+        name: &str,
+        value: &str,
+        kind: FieldKind,
+        filter: Vec<(Pointer, Value)>,
+    ) -> Vec<(String, Inputs)> {
         let inputs = Inputs {
             filter,
-            value: Some((Pointer::parse("/amount").unwrap(), FieldKind::Number)),
+            value: Some((Pointer::parse(value).unwrap(), kind)),
             ..Inputs::default()
         };
-        vec![("spend".into(), inputs)]
+        vec![(name.into(), inputs)]
+    }
+
+    fn number_op(filter: Vec<(Pointer, Value)>) -> Vec<(String, Inputs)> {
+        value_op("spend", "/amount", FieldKind::Number, filter)
     }
 
     #[test]
@@ -466,12 +476,7 @@ mod tests {
     }
 
     fn json_op(filter: Vec<(Pointer, Value)>) -> Vec<(String, Inputs)> {
-        let inputs = Inputs {
-            filter,
-            value: Some((Pointer::parse("/v").unwrap(), FieldKind::Json)),
-            ..Inputs::default()
-        };
-        vec![("last".into(), inputs)]
+        value_op("last", "/v", FieldKind::Json, filter)
     }
 
     fn json_value(event: &Event) -> String {

@@ -163,6 +163,36 @@ fn check_depth<E: de::Error>(raw: &RawValue, enclosing: usize) -> Result<(), E> 
     Ok(())
 }
 
+/// The `visit_*` methods of every JSON scalar, each answering `$answer`: a scalar holds no
+/// member to walk into nor anything to skip.
+macro_rules! scalars_are {
+    ($answer:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($answer)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($answer)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($answer)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($answer)
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($answer)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($answer)
+        }
+    };
+}
+
 /// Captures the value at `node`, then walks into it for the nodes below.
 struct Capture<'p, 'c, 'a> {
     node: &'p Node,
@@ -259,29 +289,7 @@ impl<'a> Visitor<'a> for Walk<'_, '_, 'a> {
         }
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(false)
-    }
+    scalars_are!(false);
 }
 
 /// A member name, borrowed from the text unless it holds escapes.
@@ -337,29 +345,7 @@ impl<'a> Visitor<'a> for SkipVisitor {
         Ok(Skip)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-
-    fn visit_unit<E>(self) -> Result<Skip, E> {
-        Ok(Skip)
-    }
+    scalars_are!(Skip);
 }
 
 #[cfg(test)]
