@@ -195,11 +195,19 @@ fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8])>, BatchEr
             let _: &RawValue = serde_json::from_slice(body).map_err(syntax)?;
             Ok(vec![(0, body)])
         }
-        BodyFormat::NdJson => Ok(body
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.trim_ascii().is_empty())
-            .collect()),
+        BodyFormat::NdJson => {
+            let mut lines = Vec::with_capacity(body.len() / 64);
+            let mut start = 0;
+            let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+            for (index, end) in ends.enumerate() {
+                let line = &body[start..end];
+                if !line.trim_ascii().is_empty() {
+                    lines.push((index, line));
+                }
+                start = end + 1;
+            }
+            Ok(lines)
+        }
     }
 }
 
