@@ -548,4 +548,29 @@ mod tests {
                 .starts_with("invalid JSON: ")
         );
     }
+
+    #[test]
+    fn operators_keyed_by_their_own_pointers_get_their_keys() {
+        let keyed = |p: &str| Inputs {
+            key: Some(Pointer::parse(p).unwrap()),
+            ..Inputs::default()
+        };
+        let ops = vec![
+            ("a".into(), keyed("/page")),
+            ("b".into(), keyed("/page")),
+            ("c".into(), keyed("/user")),
+        ];
+        let e = extractor(TimeFormat::EpochMs, ops);
+        let ev = e
+            .extract(br#"{"user": "u", "ts": 1, "page": "/p"}"#)
+            .unwrap();
+        let keys: Vec<String> = ev
+            .inputs
+            .iter()
+            .map(|i| i.as_ref().unwrap().key.to_string())
+            .collect();
+        assert_eq!(keys, ["/p", "/p", "u"]);
+        let missing = e.extract(br#"{"user": "u", "ts": 1}"#).unwrap_err();
+        assert_eq!(missing, "operator \"a\": \"/page\" is missing");
+    }
 }
