@@ -499,3 +499,41 @@ async fn a_wal_write_failure_stops_the_pipeline_accepting() {
         "nothing that was not durable is applied"
     );
 }
+
+#[tokio::test]
+async fn a_batch_no_shard_needs_is_acknowledged_only_once_durable() {
+    use eddy::engine::{EngineError, Submission};
+    use eddy::wal::{Wal, WalOptions};
+    let dir = tempfile::TempDir::new().unwrap();
+    let p = pipeline(
+        json!([{"name": "l", "kind": "latest", "value": "/t", "where": {"/type": "x"}}]),
+        json!({}),
+    );
+    let options = WalOptions {
+        fsync: true,
+        segment_bytes: 1,
+    };
+    let opened = Wal::open(dir.path(), options, 1).unwrap();
+    // The second segment is /dev/full: its first write fails with ENOSPC.
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.wal", 2))).unwrap();
+    p.attach_wal(opened.wal);
+    let submit = |kind: &str| {
+        let body = serde_json::to_vec(&json!({"k": "a", "t": 1, "type": kind})).unwrap();
+        let events = parse_batch(&body, BodyFormat::Json, p.extractor()).unwrap();
+        Submission {
+            events,
+            arrival: 0,
+            idempotency_key: None,
+            body: Some((body.into(), BodyFormat::Json)),
+        }
+    };
+    p.submit(submit("x"))
+        .await
+        .expect("the first segment takes it");
+    // Filtered out and the watermark unmoved: no shard gets this batch, and its record is the
+    // one that fails. It must not be acknowledged.
+    assert!(matches!(
+        p.submit(submit("y")).await,
+        Err(EngineError::Failed { .. })
+    ));
+}

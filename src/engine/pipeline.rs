@@ -495,12 +495,18 @@ impl Pipeline {
         }
         let batch = seq.next_batch;
         seq.next_batch += 1;
-        let done = self.output.register(batch, permits.len());
+        // A batch no shard needs (every event filtered out, the watermark unmoved) still
+        // waits for its record to be durable: the WAL's after-action completes it.
+        let unsent = permits.is_empty();
+        let done = self.output.register(batch, permits.len().max(1));
         let marks: Arc<[Mark]> = marks.into();
         let mut replies = checkpoint.map(Vec::into_iter);
         let (output, failure) = (self.output.clone(), self.failure.clone());
         let send = move |durable: Result<(), crate::wal::WalFailed>| match durable {
             Ok(()) => {
+                if unsent {
+                    output.complete(batch, Vec::new());
+                }
                 for (permit, items) in permits {
                     let checkpoint = replies.as_mut().and_then(Iterator::next);
                     permit.send(Command::Batch(ShardBatch {
