@@ -446,38 +446,41 @@ async fn listing_state_pages_in_byte_order_with_a_prefix() {
     assert!(!more);
 }
 
+/// Attaches to `p` a WAL in `dir` whose second record fails with ENOSPC: its second segment
+/// is /dev/full, a real I/O error. (Linked after opening: reading /dev/full never ends.)
+fn attach_wal_failing_at_the_second_record(p: &Pipeline, dir: &std::path::Path) {
+    use eddy::wal::{Wal, WalOptions};
+    let options = WalOptions {
+        fsync: true,
+        segment_bytes: 1,
+    };
+    let opened = Wal::open(dir, options, 1).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.join(format!("{:020}.wal", 2))).unwrap();
+    p.attach_wal(opened.wal);
+}
+
+/// A submission of one JSON event, logged as its body.
+fn submission(p: &Pipeline, event: Value) -> eddy::engine::Submission {
+    let body = serde_json::to_vec(&event).unwrap();
+    let events = parse_batch(&body, BodyFormat::Json, p.extractor()).unwrap();
+    eddy::engine::Submission {
+        events,
+        arrival: 0,
+        idempotency_key: None,
+        body: Some((body.into(), BodyFormat::Json)),
+    }
+}
+
 #[tokio::test]
 async fn a_wal_write_failure_stops_the_pipeline_accepting() {
-    use eddy::engine::{EngineError, Submission};
-    use eddy::wal::{Wal, WalOptions};
+    use eddy::engine::EngineError;
     let dir = tempfile::TempDir::new().unwrap();
     let p = pipeline(
         json!([{"name": "l", "kind": "latest", "value": "/t"}]),
         json!({}),
     );
-    let opened = Wal::open(
-        dir.path(),
-        WalOptions {
-            fsync: true,
-            segment_bytes: 1,
-        },
-        1,
-    )
-    .unwrap();
-    // The second segment is /dev/full: writes there fail with ENOSPC, a real I/O error. (Made
-    // after opening: reading /dev/full never ends.)
-    std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.wal", 2))).unwrap();
-    p.attach_wal(opened.wal);
-    let submit = |k: &str| {
-        let body = serde_json::to_vec(&json!({"k": k, "t": 1})).unwrap();
-        let events = parse_batch(&body, BodyFormat::Json, p.extractor()).unwrap();
-        Submission {
-            events,
-            arrival: 0,
-            idempotency_key: None,
-            body: Some((body.into(), BodyFormat::Json)),
-        }
-    };
+    attach_wal_failing_at_the_second_record(&p, dir.path());
+    let submit = |k: &str| submission(&p, json!({"k": k, "t": 1}));
     p.submit(submit("a"))
         .await
         .expect("the first segment takes it");
@@ -502,31 +505,14 @@ async fn a_wal_write_failure_stops_the_pipeline_accepting() {
 
 #[tokio::test]
 async fn a_batch_no_shard_needs_is_acknowledged_only_once_durable() {
-    use eddy::engine::{EngineError, Submission};
-    use eddy::wal::{Wal, WalOptions};
+    use eddy::engine::EngineError;
     let dir = tempfile::TempDir::new().unwrap();
     let p = pipeline(
         json!([{"name": "l", "kind": "latest", "value": "/t", "where": {"/type": "x"}}]),
         json!({}),
     );
-    let options = WalOptions {
-        fsync: true,
-        segment_bytes: 1,
-    };
-    let opened = Wal::open(dir.path(), options, 1).unwrap();
-    // The second segment is /dev/full: its first write fails with ENOSPC.
-    std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.wal", 2))).unwrap();
-    p.attach_wal(opened.wal);
-    let submit = |kind: &str| {
-        let body = serde_json::to_vec(&json!({"k": "a", "t": 1, "type": kind})).unwrap();
-        let events = parse_batch(&body, BodyFormat::Json, p.extractor()).unwrap();
-        Submission {
-            events,
-            arrival: 0,
-            idempotency_key: None,
-            body: Some((body.into(), BodyFormat::Json)),
-        }
-    };
+    attach_wal_failing_at_the_second_record(&p, dir.path());
+    let submit = |kind: &str| submission(&p, json!({"k": "a", "t": 1, "type": kind}));
     p.submit(submit("x"))
         .await
         .expect("the first segment takes it");
