@@ -7,6 +7,7 @@
 
 use crate::workload::{ClickStream, seed_spec};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -334,7 +335,7 @@ impl Template {
             body.extend_from_slice(&self.body[copied..digits.start]);
             let text = std::str::from_utf8(&self.body[digits.clone()]).expect("ASCII digits");
             let time: i64 = text.parse().expect("an epoch-ms time");
-            body.extend_from_slice((time + shift).to_string().as_bytes());
+            write!(body, "{}", time + shift).expect("writing to a Vec");
             copied = digits.end;
         }
         body.extend_from_slice(&self.body[copied..]);

@@ -41,18 +41,14 @@ pub struct Totals {
 impl Totals {
     fn add(&mut self, record: &OutputRecord) {
         /// The fields summed, read without building the record's document.
-        #[derive(serde::Deserialize)]
+        #[derive(serde::Deserialize, Default)]
         struct Counted {
             count: Option<i64>,
             events: Option<i64>,
             duration_ms: Option<i64>,
         }
         *self.records.entry(record.operator.to_string()).or_default() += 1;
-        let counted: Counted = serde_json::from_str(record.value.get()).unwrap_or(Counted {
-            count: None,
-            events: None,
-            duration_ms: None,
-        });
+        let counted: Counted = serde_json::from_str(record.value.get()).unwrap_or_default();
         self.count_sum += (counted.count.unwrap_or(0) + counted.events.unwrap_or(0)) as u64;
         self.duration_sum += counted.duration_ms.unwrap_or(0);
     }

@@ -90,8 +90,8 @@ pub struct Emission {
 
 impl PartialEq for Emission {
     fn eq(&self, other: &Emission) -> bool {
-        let tag = |e: &Emission| (e.step, e.phase, e.operator, e.key.clone(), e.kind);
-        tag(self) == tag(other) && self.value.get() == other.value.get()
+        let tag = |e: &Emission| (e.step, e.phase, e.operator, e.kind);
+        tag(self) == tag(other) && self.key == other.key && self.value.get() == other.value.get()
     }
 }
 

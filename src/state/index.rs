@@ -119,16 +119,11 @@ impl Index {
     /// The entry in the home slot of `hash`, if its hash matches: most likely the key's entry,
     /// worth a prefetch (unverified: the caller only prefetches it).
     pub fn likely_entry(&self, hash: u32) -> Option<u32> {
-        let slot = *self.slots.get(self.home_or_zero(hash))?;
-        (slot != 0 && hash_of(slot) == hash).then(|| entry_of(slot))
-    }
-
-    fn home_or_zero(&self, hash: u32) -> usize {
         if self.slots.is_empty() {
-            0
-        } else {
-            self.home(hash)
+            return None;
         }
+        let slot = self.slots[self.home(hash)];
+        (slot != 0 && hash_of(slot) == hash).then(|| entry_of(slot))
     }
 }
 
