@@ -56,59 +56,61 @@ async fn call(
     req.send().await.unwrap()
 }
 
+/// The status of a `call`.
+async fn status(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> reqwest::StatusCode {
+    call(s, method, path, token, body).await.status()
+}
+
+/// The status of creating the seed pipeline under `name` with `token`.
+async fn create(s: &TestServer, token: &str, name: &str) -> reqwest::StatusCode {
+    let mut spec = seed_spec();
+    spec["name"] = json!(name);
+    status(s, Method::POST, "/v1/pipelines", Some(token), Some(&spec)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_needs_a_token_with_its_scope_and_pipeline() {
     let (s, t, _dir) = server(false).await;
     let spec = seed_spec();
     assert_eq!(
-        call(
+        status(
             &s,
             Method::POST,
             "/v1/pipelines",
             Some(&t.admin),
             Some(&spec)
         )
-        .await
-        .status(),
+        .await,
         201
     );
-    let mut other = seed_spec();
-    other["name"] = json!("gone");
-    assert_eq!(
-        call(
-            &s,
-            Method::POST,
-            "/v1/pipelines",
-            Some(&t.admin),
-            Some(&other)
-        )
-        .await
-        .status(),
-        201
-    );
+    assert_eq!(create(&s, &t.admin, "gone").await, 201);
     let event = json!({"user_id": "u", "ts": 1, "page": "/p"});
     assert_eq!(
-        call(
+        status(
             &s,
             Method::POST,
             "/v1/pipelines/clicks/events",
             Some(&t.ingest),
             Some(&event)
         )
-        .await
-        .status(),
+        .await,
         200
     );
     assert_eq!(
-        call(
+        status(
             &s,
             Method::POST,
             "/v1/pipelines/clicks/checkpoints",
             Some(&t.admin),
             None
         )
-        .await
-        .status(),
+        .await,
         201
     );
 
@@ -275,15 +277,14 @@ async fn admin_may_do_everything_and_pipeline_lists_show_only_what_a_token_may_t
     assert_eq!(resp.status(), 201);
     let event = json!({"user_id": "u", "ts": 1, "page": "/p"});
     assert_eq!(
-        call(
+        status(
             &s,
             Method::POST,
             "/v1/pipelines/clicks/events",
             Some(&t.admin),
             Some(&event)
         )
-        .await
-        .status(),
+        .await,
         200
     );
     let all = body_json(
@@ -316,37 +317,15 @@ async fn admin_may_do_everything_and_pipeline_lists_show_only_what_a_token_may_t
     )
     .await;
     expect_problem(resp, StatusCode::FORBIDDEN, "forbidden").await;
-    let mut other = seed_spec();
-    other["name"] = json!("other");
-    assert_eq!(
-        call(
-            &s,
-            Method::POST,
-            "/v1/pipelines",
-            Some(&t.other_pipeline),
-            Some(&other)
-        )
-        .await
-        .status(),
-        201
-    );
+    assert_eq!(create(&s, &t.other_pipeline, "other").await, 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_open_and_metrics_follow_the_setting() {
     let (s, t, _dir) = server(false).await;
-    assert_eq!(
-        call(&s, Method::GET, "/healthz", None, None).await.status(),
-        200
-    );
-    assert_eq!(
-        call(&s, Method::GET, "/readyz", None, None).await.status(),
-        200
-    );
-    assert_eq!(
-        call(&s, Method::GET, "/metrics", None, None).await.status(),
-        200
-    );
+    assert_eq!(status(&s, Method::GET, "/healthz", None, None).await, 200);
+    assert_eq!(status(&s, Method::GET, "/readyz", None, None).await, 200);
+    assert_eq!(status(&s, Method::GET, "/metrics", None, None).await, 200);
     drop(s);
     let (s, t2, _dir2) = server(true).await;
     expect_problem(
@@ -356,15 +335,11 @@ async fn health_is_open_and_metrics_follow_the_setting() {
     )
     .await;
     assert_eq!(
-        call(&s, Method::GET, "/metrics", Some(&t2.read), None)
-            .await
-            .status(),
+        status(&s, Method::GET, "/metrics", Some(&t2.read), None).await,
         200
     );
     assert_eq!(
-        call(&s, Method::GET, "/metrics", Some(&t.read), None)
-            .await
-            .status(),
+        status(&s, Method::GET, "/metrics", Some(&t.read), None).await,
         401,
         "tokens of another file are unknown"
     );
@@ -375,32 +350,24 @@ async fn a_reloaded_tokens_file_takes_effect_and_a_bad_one_keeps_the_old() {
     let (s, t, dir) = server(false).await;
     let path = dir.path().join("tokens");
     assert_eq!(
-        call(&s, Method::GET, "/v1/pipelines", Some(&t.read), None)
-            .await
-            .status(),
+        status(&s, Method::GET, "/v1/pipelines", Some(&t.read), None).await,
         200
     );
     let (fresh, line) = new_token("fresh", "read", None).unwrap();
     std::fs::write(&path, &line).unwrap();
     assert_eq!(s.state.reload_tokens().unwrap(), 1);
     assert_eq!(
-        call(&s, Method::GET, "/v1/pipelines", Some(&t.read), None)
-            .await
-            .status(),
+        status(&s, Method::GET, "/v1/pipelines", Some(&t.read), None).await,
         401
     );
     assert_eq!(
-        call(&s, Method::GET, "/v1/pipelines", Some(&fresh), None)
-            .await
-            .status(),
+        status(&s, Method::GET, "/v1/pipelines", Some(&fresh), None).await,
         200
     );
     std::fs::write(&path, "broken line").unwrap();
     assert!(s.state.reload_tokens().is_err());
     assert_eq!(
-        call(&s, Method::GET, "/v1/pipelines", Some(&fresh), None)
-            .await
-            .status(),
+        status(&s, Method::GET, "/v1/pipelines", Some(&fresh), None).await,
         200
     );
 }

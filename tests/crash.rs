@@ -67,10 +67,12 @@ fn spawn(dir: &std::path::Path, url: &str, port: u16) -> Server {
     }
 }
 
-async fn wait_until(client: &reqwest::Client, url: &str, ok: reqwest::StatusCode) {
+/// Waits until `path` of `server` answers 200.
+async fn wait_until(client: &reqwest::Client, server: &Server, path: &str) {
+    let (url, ok) = (format!("{}{path}", server.base), reqwest::StatusCode::OK);
     let start = Instant::now();
     loop {
-        if let Ok(resp) = client.get(url).send().await
+        if let Ok(resp) = client.get(&url).send().await
             && resp.status() == ok
         {
             return;
@@ -90,6 +92,16 @@ struct Client {
 }
 
 /// Posts this client's unacknowledged batches until done or the server goes away.
+/// Every client posting its batches to `server`, each on a task of its own.
+fn start_clients(
+    http: &reqwest::Client,
+    server: &Server,
+    clients: &mut Vec<Client>,
+) -> Vec<tokio::task::JoinHandle<Client>> {
+    let start = |c| tokio::spawn(run_client(http.clone(), server.base.clone(), c));
+    clients.drain(..).map(start).collect()
+}
+
 async fn run_client(http: reqwest::Client, base: String, mut me: Client) -> Client {
     let url = format!("{base}/v1/pipelines/clicks/events");
     for i in 0..me.batches.len() {
@@ -167,12 +179,7 @@ async fn crash_and_recover(backend: Backend) {
     let mut rng = SmallRng::seed_from_u64(7);
 
     let mut server = spawn(dir.path(), &url, port);
-    wait_until(
-        &http,
-        &format!("{}/readyz", server.base),
-        reqwest::StatusCode::OK,
-    )
-    .await;
+    wait_until(&http, &server, "/readyz").await;
     let created = http
         .post(format!("{}/v1/pipelines", server.base))
         .json(&spec())
@@ -184,29 +191,16 @@ async fn crash_and_recover(backend: Backend) {
     for round in 0..KILLS {
         if round > 0 {
             server = spawn(dir.path(), &url, port);
-            wait_until(
-                &http,
-                &format!("{}/healthz", server.base),
-                reqwest::StatusCode::OK,
-            )
-            .await;
+            wait_until(&http, &server, "/healthz").await;
             if round % 4 == 3 {
                 // Kill during recovery, before (or just as) it is ready.
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
                 kill9(&mut server);
                 continue;
             }
-            wait_until(
-                &http,
-                &format!("{}/readyz", server.base),
-                reqwest::StatusCode::OK,
-            )
-            .await;
+            wait_until(&http, &server, "/readyz").await;
         }
-        let tasks: Vec<_> = clients
-            .drain(..)
-            .map(|c| tokio::spawn(run_client(http.clone(), server.base.clone(), c)))
-            .collect();
+        let tasks = start_clients(&http, &server, &mut clients);
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..1_400))).await;
         kill9(&mut server);
         for task in tasks {
@@ -216,16 +210,8 @@ async fn crash_and_recover(backend: Backend) {
 
     // A last, clean run: every batch gets acknowledged.
     server = spawn(dir.path(), &url, port);
-    wait_until(
-        &http,
-        &format!("{}/readyz", server.base),
-        reqwest::StatusCode::OK,
-    )
-    .await;
-    let tasks: Vec<_> = clients
-        .drain(..)
-        .map(|c| tokio::spawn(run_client(http.clone(), server.base.clone(), c)))
-        .collect();
+    wait_until(&http, &server, "/readyz").await;
+    let tasks = start_clients(&http, &server, &mut clients);
     for task in tasks {
         clients.push(task.await.unwrap());
     }

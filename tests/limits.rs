@@ -14,6 +14,18 @@ fn click(user: &str) -> Value {
     json!({"user_id": user, "ts": 1, "page": "/p"})
 }
 
+/// Posting `body` as events is refused, its event named as nested too deep.
+async fn expect_too_deep(s: &TestServer, body: String) {
+    let doc = expect_problem(
+        s.post_raw(EVENTS, Some("application/json"), body).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_events",
+    )
+    .await;
+    let detail = doc["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("recursion limit"), "{detail}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_events_in_a_batch_is_413_and_applies_nothing() {
     let s = TestServer::start_with(Backend::Sqlite, |c| c.max_batch_events = 3).await;
@@ -76,33 +88,9 @@ async fn deep_nesting_is_400_and_the_server_keeps_serving() {
     s.create_seed().await;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     // The outer array parses; its one element is too deep: a bad event, named.
-    let doc = expect_problem(
-        s.post_raw(EVENTS, Some("application/json"), deep.clone())
-            .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_events",
-    )
-    .await;
-    assert!(
-        doc["errors"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("recursion limit")
-    );
+    expect_too_deep(&s, deep.clone()).await;
     let deep_object = ["{\"a\":".repeat(100_000), "1".into(), "}".repeat(100_000)].concat();
-    let doc = expect_problem(
-        s.post_raw(EVENTS, Some("application/json"), deep_object)
-            .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_events",
-    )
-    .await;
-    assert!(
-        doc["errors"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("recursion limit")
-    );
+    expect_too_deep(&s, deep_object).await;
     let deep_spec = s
         .post_raw("/v1/pipelines", Some("application/json"), deep)
         .await;
