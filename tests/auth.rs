@@ -67,6 +67,13 @@ async fn status(
     call(s, method, path, token, body).await.status()
 }
 
+/// The status of posting one event to `clicks` with `token`.
+async fn post_event(s: &TestServer, token: &str) -> reqwest::StatusCode {
+    let event = json!({"user_id": "u", "ts": 1, "page": "/p"});
+    let path = "/v1/pipelines/clicks/events";
+    status(s, Method::POST, path, Some(token), Some(&event)).await
+}
+
 /// The status of creating the seed pipeline under `name` with `token`.
 async fn create(s: &TestServer, token: &str, name: &str) -> reqwest::StatusCode {
     let mut spec = seed_spec();
@@ -90,18 +97,8 @@ async fn every_endpoint_needs_a_token_with_its_scope_and_pipeline() {
         201
     );
     assert_eq!(create(&s, &t.admin, "gone").await, 201);
+    assert_eq!(post_event(&s, &t.ingest).await, 200);
     let event = json!({"user_id": "u", "ts": 1, "page": "/p"});
-    assert_eq!(
-        status(
-            &s,
-            Method::POST,
-            "/v1/pipelines/clicks/events",
-            Some(&t.ingest),
-            Some(&event)
-        )
-        .await,
-        200
-    );
     assert_eq!(
         status(
             &s,
@@ -275,18 +272,7 @@ async fn admin_may_do_everything_and_pipeline_lists_show_only_what_a_token_may_t
     )
     .await;
     assert_eq!(resp.status(), 201);
-    let event = json!({"user_id": "u", "ts": 1, "page": "/p"});
-    assert_eq!(
-        status(
-            &s,
-            Method::POST,
-            "/v1/pipelines/clicks/events",
-            Some(&t.admin),
-            Some(&event)
-        )
-        .await,
-        200
-    );
+    assert_eq!(post_event(&s, &t.admin).await, 200);
     let all = body_json(
         call(&s, Method::GET, "/v1/pipelines", Some(&t.read), None).await,
         StatusCode::OK,

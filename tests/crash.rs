@@ -92,6 +92,11 @@ struct Client {
 }
 
 /// Posts this client's unacknowledged batches until done or the server goes away.
+/// The JSON answer to a GET of `url`.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Every client posting its batches to `server`, each on a task of its own.
 fn start_clients(
     http: &reqwest::Client,
@@ -251,14 +256,7 @@ async fn crash_and_recover(backend: Backend) {
         reference.ingest(batch, 0).await.unwrap();
     }
 
-    let status: Value = http
-        .get(format!("{}/v1/pipelines/clicks", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(&http, format!("{}/v1/pipelines/clicks", server.base)).await;
     let expected = reference.status().await.unwrap();
     assert_eq!(status["status"]["events"], expected.events);
     assert_eq!(status["status"]["late_events"], expected.late_events);
@@ -316,16 +314,11 @@ async fn all_output(http: &reqwest::Client, base: &str) -> Vec<Value> {
     let mut records = Vec::new();
     let mut after = 0;
     loop {
-        let page: Value = http
-            .get(format!(
-                "{base}/v1/pipelines/clicks/output?after={after}&limit=1000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(
+            http,
+            format!("{base}/v1/pipelines/clicks/output?after={after}&limit=1000"),
+        )
+        .await;
         let batch = page["records"].as_array().unwrap();
         if batch.is_empty() {
             return records;
