@@ -102,12 +102,7 @@ async fn unknown_checkpoints_and_pipelines_are_404(backend: Backend) {
         "checkpoint_not_found",
     )
     .await;
-    let restore = s
-        .client
-        .post(s.url("/v1/pipelines/clicks/checkpoints/99/restore"))
-        .send()
-        .await
-        .unwrap();
+    let restore = s.post("/v1/pipelines/clicks/checkpoints/99/restore").await;
     expect_problem(restore, StatusCode::NOT_FOUND, "checkpoint_not_found").await;
     expect_problem(
         s.get("/v1/pipelines/nope/checkpoints").await,
@@ -115,12 +110,7 @@ async fn unknown_checkpoints_and_pipelines_are_404(backend: Backend) {
         "pipeline_not_found",
     )
     .await;
-    let trigger = s
-        .client
-        .post(s.url("/v1/pipelines/nope/checkpoints"))
-        .send()
-        .await
-        .unwrap();
+    let trigger = s.post("/v1/pipelines/nope/checkpoints").await;
     expect_problem(trigger, StatusCode::NOT_FOUND, "pipeline_not_found").await;
     expect_problem(
         s.get("/v1/pipelines/clicks/checkpoints/x").await,
@@ -134,12 +124,7 @@ async fn a_second_checkpoint_while_one_runs_is_409_naming_it(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
     let claim = s.state.checkpoints.claim("clicks").unwrap();
-    let resp = s
-        .client
-        .post(s.url("/v1/pipelines/clicks/checkpoints"))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.post("/v1/pipelines/clicks/checkpoints").await;
     let doc = expect_problem(resp, StatusCode::CONFLICT, "checkpoint_running").await;
     assert!(doc.get("checkpoint_id").is_some(), "{doc}");
     drop(claim);
@@ -181,14 +166,11 @@ async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Ba
     assert_eq!(s.status("clicks").await["late_events"], 1);
 
     let resp = s
-        .client
-        .post(s.url(&format!(
+        .post(&format!(
             "/v1/pipelines/clicks/checkpoints/{}/restore",
             cp["id"]
-        )))
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(
         body_json(resp, StatusCode::OK).await,
         json!({"restored": cp["id"], "discarded_events": 3})
@@ -273,11 +255,8 @@ async fn only_completed_checkpoints_can_be_restored(backend: Backend) {
         (json!("failed"), json!("injected"))
     );
     let resp = s
-        .client
-        .post(s.url(&format!("/v1/pipelines/clicks/checkpoints/{id}/restore")))
-        .send()
-        .await
-        .unwrap();
+        .post(&format!("/v1/pipelines/clicks/checkpoints/{id}/restore"))
+        .await;
     expect_problem(resp, StatusCode::CONFLICT, "conflict").await;
 }
 

@@ -242,12 +242,7 @@ async fn a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing
     let good = s.checkpoint("clicks").await;
     traffic(&s, 2).await;
     break_checkpoint_commits(&s, backend).await;
-    let resp = s
-        .client
-        .post(s.url("/v1/pipelines/clicks/checkpoints"))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.post("/v1/pipelines/clicks/checkpoints").await;
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     heal_checkpoint_commits(&s, backend).await;
     let list = body_json(

@@ -170,11 +170,8 @@ impl TestServer {
     /// Takes a checkpoint and answers it (expects 201).
     pub async fn checkpoint(&self, pipeline: &str) -> Value {
         let resp = self
-            .client
-            .post(self.url(&format!("/v1/pipelines/{pipeline}/checkpoints")))
-            .send()
-            .await
-            .unwrap();
+            .post(&format!("/v1/pipelines/{pipeline}/checkpoints"))
+            .await;
         body_json(resp, StatusCode::CREATED).await
     }
 
@@ -228,6 +225,11 @@ impl TestServer {
             .send()
             .await
             .expect("DELETE")
+    }
+
+    /// A POST without a body (checkpoint triggers, restores).
+    pub async fn post(&self, path: &str) -> Response {
+        self.client.post(self.url(path)).send().await.expect("POST")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
