@@ -6,7 +6,6 @@ use super::extract::Extractor;
 use super::shard::Item;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use smallvec::SmallVec;
 
 /// Most bad events one refusal names.
 pub const MAX_REPORTED_ERRORS: usize = 100;
@@ -83,13 +82,13 @@ impl ParsedBatch {
         }
     }
 
-    /// Extracts the event `text` into the batch; on an error, nothing of it stays.
+    /// Extracts the event `text` into the batch. On an error the batch is refused whole, so
+    /// whatever the event added before failing is dropped with it.
     fn extract(&mut self, extractor: &Extractor, text: &[u8]) -> Result<(), String> {
         let step = self.times.len() as u32;
         let shards = self.items.len();
-        let before: SmallVec<[usize; 8]> = self.items.iter().map(Vec::len).collect();
         let items = &mut self.items;
-        let extracted = extractor.extract_each(text, |operator, time, input| {
+        let time = extractor.extract_each(text, |operator, time, input| {
             let shard = super::shard_of(u32::from(input.key_group), shards);
             items[shard].push(Item {
                 step,
@@ -97,19 +96,9 @@ impl ParsedBatch {
                 time: time.unwrap_or(0),
                 input,
             });
-        });
-        match extracted {
-            Ok(time) => {
-                self.times.push(time);
-                Ok(())
-            }
-            Err(e) => {
-                for (items, len) in self.items.iter_mut().zip(before) {
-                    items.truncate(len);
-                }
-                Err(e)
-            }
-        }
+        })?;
+        self.times.push(time);
+        Ok(())
     }
 
     /// Number of events.
