@@ -148,4 +148,17 @@ fn a_bad_spec_or_event_fails_naming_it() {
         stderr.contains("line 1: time \"/ts\" is missing"),
         "{stderr}"
     );
+    let unwritable = dir.path().join("no-such-dir").join("out.ndjson");
+    let out = Command::new(EDDY)
+        .args(["replay", "--spec"])
+        .arg(&spec)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&unwritable)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
 }
