@@ -60,21 +60,27 @@ fn the_table_lists_every_operation_with_its_statuses_and_access() {
 }
 
 #[test]
-fn rendering_names_scopes_optional_tokens_and_escapes_cells() {
-    let doc = serde_json::json!({"paths": {
-        "/b": {"delete": {"summary": "Drop | all", "responses": {"204": {}, "404": {}},
-                           "security": [{"bearer": ["admin"]}]}},
-        "/a": {"post": {"responses": {"201": {}}, "security": [{}, {"bearer": []}]},
-               "get": {"summary": "Read", "responses": {"200": {}}}}
-    }});
+fn rendering_inherits_security_names_scopes_and_escapes_cells() {
+    let refusals = serde_json::json!({"200": {}, "401": {}, "403": {}});
+    let doc = serde_json::json!({
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/b": {"delete": {"summary": "Drop | all", "responses": {"204": {}, "401": {}},
+                              "security": [{"bearer": ["admin"]}]}},
+            "/a": {"post": {"responses": refusals},
+                   "get": {"summary": "Read", "responses": {"200": {}}}},
+            "/c": {"get": {"responses": refusals, "security": []}}
+        }
+    });
     let table = render(&doc);
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| `")).collect();
     assert_eq!(
         rows,
         [
             "| `GET` | `/a` | Read | 200 | open |",
-            "| `POST` | `/a` |  | 201 | bearer (optional) |",
-            "| `DELETE` | `/b` | Drop \\| all | 204, 404 | bearer: admin |",
+            "| `POST` | `/a` |  | 200, 401, 403 | bearer |",
+            "| `DELETE` | `/b` | Drop \\| all | 204, 401 | bearer: admin |",
+            "| `GET` | `/c` |  | 200, 401, 403 | open |",
         ]
     );
 }
@@ -181,24 +187,23 @@ fn render(doc: &Value) -> String {
                 "| `{}` | `{path}` | {summary} | {} | {} |",
                 method.to_ascii_uppercase(),
                 statuses.join(", "),
-                access(op)
+                access(doc, op)
             );
         }
     }
     out
 }
 
-/// What an operation's `security` says: `open` without one, else each scheme with the scopes
-/// it names, `(optional)` when an empty requirement stands beside it.
-fn access(op: &Value) -> String {
-    let Some(requirements) = op["security"].as_array().filter(|r| !r.is_empty()) else {
-        return "open".into();
-    };
-    let optional = requirements
-        .iter()
-        .any(|r| r.as_object().is_some_and(|o| o.is_empty()));
-    let mut schemes: Vec<String> = requirements
-        .iter()
+/// Whether an operation takes a token: `open` when it can never answer `401` or its security
+/// (its own, else the document's, as OpenAPI inherits it) requires no scheme; else each
+/// scheme with the scopes it names. An empty requirement beside a scheme (the token is
+/// optional: access is open without a tokens file) is said once, in the prose above the table.
+fn access(doc: &Value, op: &Value) -> String {
+    let security = op.get("security").unwrap_or(&doc["security"]);
+    let mut schemes: Vec<String> = security
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(Value::as_object)
         .flat_map(|r| r.iter())
         .map(|(scheme, scopes)| {
@@ -214,9 +219,9 @@ fn access(op: &Value) -> String {
         .collect();
     schemes.sort();
     schemes.dedup();
-    match (schemes.is_empty(), optional) {
-        (true, _) => "open".into(),
-        (false, true) => format!("{} (optional)", schemes.join(" or ")),
-        (false, false) => schemes.join(" or "),
+    let refuses = op["responses"].get("401").is_some();
+    match schemes.is_empty() || !refuses {
+        true => "open".into(),
+        false => schemes.join(" or "),
     }
 }
