@@ -1,0 +1,79 @@
+// The live output feed: closed sessions and windows as they are emitted (Server-Sent Events read
+// with fetch, so that the bearer token is sent). Pause stops the stream; resume continues after
+// the last offset shown (Last-Event-ID), so nothing is missed or shown twice.
+import { followOutput } from '../api.js';
+import { h, fill, problemBox } from '../dom.js';
+import { num, time, duration } from '../format.js';
+
+const KEEP = 500;
+
+function summary(r) {
+  const v = r.value ?? {};
+  if (r.type === 'window_closed') {
+    const fns = Object.entries(v).filter(([k]) => !['start', 'end', 'closed'].includes(k))
+      .map(([k, x]) => `${k} ${num(x)}`).join(', ');
+    return [time(v.start), ' – ', time(v.end), `: ${fns}`];
+  }
+  if (r.type === 'session_closed') {
+    return [time(v.start), ` for ${duration(v.duration_ms)}, ${num(v.events)} events`];
+  }
+  return JSON.stringify(v);
+}
+
+export function renderOutput(el, pipeline) {
+  const list = h('tbody', { id: 'output-rows' });
+  const slot = h('div', { 'aria-live': 'polite' });
+  const state = h('span.badge', { id: 'output-state', role: 'status' });
+  const toggle = h('button', { type: 'button', id: 'output-toggle' });
+  let last = null;
+  let controller = null;
+  let count = 0;
+
+  function add(r) {
+    last = r.offset;
+    count += 1;
+    list.prepend(h('tr', {},
+      h('td.n', {}, num(r.offset)), h('td', {}, r.operator), h('td', {}, r.key), h('td', {}, r.type), h('td', {}, summary(r))));
+    while (list.children.length > KEEP) list.lastChild.remove();
+    fill(counter, `${num(count)} records received`);
+  }
+
+  function setState(live) {
+    fill(state, live ? 'live' : 'paused');
+    state.className = `badge ${live ? 'good' : ''}`;
+    fill(toggle, live ? 'Pause' : 'Resume');
+  }
+
+  function resume() {
+    controller = new AbortController();
+    const mine = controller;
+    setState(true);
+    fill(slot);
+    followOutput(pipeline.name, last, add, mine.signal).then(() => {
+      if (controller === mine) {
+        controller = null;
+        setState(false);
+      }
+    }).catch((e) => {
+      if (e.name === 'AbortError') return;
+      if (controller === mine) controller = null;
+      setState(false);
+      fill(slot, problemBox(e));
+    });
+  }
+
+  function pause() {
+    controller?.abort();
+    controller = null;
+    setState(false);
+  }
+
+  toggle.addEventListener('click', () => (controller ? pause() : resume()));
+  const counter = h('span.muted');
+  fill(el, h('div.row', {}, state, toggle, counter), slot,
+    h('div.scroll', {}, h('table.data', {},
+      h('thead', {}, h('tr', {}, ['Offset', 'Operator', 'Key', 'Type', 'Value'].map((c) => h('th', { scope: 'col' }, c)))),
+      list)));
+  resume();
+  return pause;
+}
