@@ -82,12 +82,14 @@ function route() {
 }
 
 async function start() {
+  const presented = token.get();
   try {
     access = await get('/v1/token');
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) {
-      askForToken(token.get() ? e : null);
-      if (token.get()) token.clear();
+      // No token yet is no error; an unknown one is shown as the 401 it is.
+      token.clear();
+      askForToken(presented ? e : null);
       return;
     }
     fill(main, problemBox(e));
@@ -97,7 +99,9 @@ async function start() {
   route();
 }
 
+// A 401 after sign-in (the token was removed from the file): ask again, saying why.
 setUnauthorizedHandler((err) => {
+  if (!access) return;
   token.clear();
   askForToken(err);
 });

@@ -3,6 +3,11 @@
 import uPlot from './vendor/uPlot.esm.js';
 import { num } from './format.js';
 
+const tick = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+const tickValues = (_, ticks) => ticks.map((t) => tick.format(t));
+/** Whole-number steps for counts (no 0.5 events). */
+const COUNT_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
 const COLORS = ['#1f6feb', '#d1242f', '#1a7f37', '#9a6700'];
 
 function widthOf(el) {
@@ -36,16 +41,23 @@ export function timeChart(el, title, series, height = 180) {
         value: (_, v) => (v === null || v === undefined ? '–' : `${num(v)} ${s.unit}`),
       })),
     ],
-    axes: [{}, { values: (_, ticks) => ticks.map((t) => num(t)), size: 60 }],
-    scales: { y: { range: (_, min, max) => [0, Math.max(1, max * 1.1)] } },
+    axes: [{}, { values: tickValues, size: 60 }],
+    scales: {
+      // At least the last minute, so that the axis reads in seconds from the first samples on.
+      x: { range: (_, min, max) => [Math.min(min ?? max, (max ?? 0) - 60), max] },
+      y: { range: (_, min, max) => [0, Math.max(1, max * 1.1)] },
+    },
   };
   const plot = new uPlot(opts, [[], ...series.map(() => [])], el);
   const destroy = follow(el, plot);
   return { update: (xs, ...ys) => plot.setData([xs, ...ys]), destroy };
 }
 
-/** Bars at window starts: {update(startsSeconds, values), destroy()}. */
-export function barChart(el, title, label, unit, height = 220) {
+/**
+ * Bars, one per window, drawn at its middle: {update(startsSeconds, values), destroy()};
+ * `widthS` is the window size in seconds (the x range is padded by half of it on both sides).
+ */
+export function barChart(el, title, label, unit, widthS, height = 220) {
   const opts = {
     title,
     width: widthOf(el),
@@ -61,10 +73,13 @@ export function barChart(el, title, label, unit, height = 220) {
         value: (_, v) => (v === null || v === undefined ? '–' : `${num(v)} ${unit}`),
       },
     ],
-    axes: [{}, { values: (_, ticks) => ticks.map((t) => num(t)), size: 60 }],
-    scales: { y: { range: (_, min, max) => [0, Math.max(1, max * 1.1)] } },
+    axes: [{}, { values: tickValues, size: 60, incrs: unit === 'events' ? COUNT_STEPS : undefined }],
+    scales: {
+      x: { time: true, range: (_, min, max) => [(min ?? 0) - widthS / 2, (max ?? 0) + widthS / 2] },
+      y: { range: (_, min, max) => [0, Math.max(1, max * 1.1)] },
+    },
   };
   const plot = new uPlot(opts, [[], []], el);
   const destroy = follow(el, plot);
-  return { update: (xs, ys) => plot.setData([xs, ys]), destroy };
+  return { update: (xs, ys) => plot.setData([xs.map((x) => x + widthS / 2), ys]), destroy };
 }

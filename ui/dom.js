@@ -74,3 +74,26 @@ export async function busy(button, action) {
 export function jsonBlock(value) {
   return h('pre.json', { tabindex: '0' }, JSON.stringify(value, null, 2));
 }
+
+/**
+ * A data table whose header cells label each row's cells (data-label), so that on a narrow
+ * window every row reads as a small card instead of scrolling sideways. Columns named in
+ * `numeric` are right-aligned. Returns {table, body, fill(rows)}.
+ */
+export function dataTable(columns, numeric = []) {
+  const body = h('tbody');
+  const table = h('table.data.stack', {},
+    h('thead', {}, h('tr', {}, columns.map((c) => h(numeric.includes(c) ? 'th.n' : 'th', { scope: 'col' }, c)))), body);
+  return {
+    table,
+    body,
+    fill(rows) {
+      fill(body, rows);
+      for (const tr of body.rows) {
+        [...tr.cells].forEach((cell, i) => {
+          if (columns[i] && cell.colSpan === 1) cell.dataset.label = columns[i];
+        });
+      }
+    },
+  };
+}

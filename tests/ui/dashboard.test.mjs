@@ -48,12 +48,15 @@ test('a 422 is shown at the fields it names, then the pipeline is created', asyn
   await browser.shoot('create-422');
 
   await page.getByLabel('Name', { exact: true }).fill('clicks');
+  // No periodic checkpoint may race the manual one below (that would be a 409).
+  await page.getByLabel('Checkpoint interval').fill('1h');
   await page.locator('#op-2').fill('{"name": "sessions", "kind": "session", "gap": "30m"}');
   await page.getByRole('button', { name: 'Create pipeline' }).click();
   await page.waitForURL(/#\/p\/clicks$/);
   await page.getByRole('heading', { name: 'Operators' }).waitFor();
   const spec = await server.api('GET', '/v1/pipelines/clicks');
   assert.deepEqual(spec.operators.map((o) => o.name), ['page_views', 'last_pages', 'sessions']);
+  assert.equal(spec.checkpoint_interval, '1h');
   assertClean(browser, assert);
 });
 
@@ -173,6 +176,8 @@ test('the pipelines view lists the pipeline; delete asks first', async () => {
   await go('#/');
   await page.getByRole('link', { name: 'clicks' }).waitFor();
   await page.locator('tbody tr', { hasText: 'running' }).waitFor();
+  // A rate needs two polls.
+  await page.locator('tbody tr td', { hasText: 'events/s' }).waitFor();
   await browser.shoot('pipelines');
   await page.getByRole('link', { name: 'clicks' }).click();
   await page.getByRole('button', { name: 'Delete pipeline' }).click();

@@ -1,13 +1,15 @@
 // The checkpoint table, with a trigger button and restore (after confirmation); both admin.
 import { get, post, pipelinePath } from '../api.js';
-import { h, fill, problemBox, busy, confirmAction } from '../dom.js';
+import { h, fill, problemBox, busy, confirmAction, dataTable } from '../dom.js';
 import { num, time, duration, bytes } from '../format.js';
 
 const POLL_MS = 5000;
 
 export function renderCheckpoints(el, pipeline, ctx) {
   const name = pipeline.name;
-  const rows = h('tbody', { id: 'checkpoint-rows' });
+  const rows = dataTable(['ID', 'Trigger', 'Status', 'Started', 'Duration', 'Keys written', 'Bytes', 'Error', ''],
+    ['ID', 'Duration', 'Keys written', 'Bytes']);
+  rows.body.id = 'checkpoint-rows';
   const slot = h('div', { 'aria-live': 'polite', id: 'checkpoint-answer' });
   const trigger = h('button', { type: 'button', id: 'checkpoint-trigger', 'data-needs': 'admin' }, 'Take checkpoint');
   let timer = null;
@@ -43,7 +45,7 @@ export function renderCheckpoints(el, pipeline, ctx) {
     try {
       const { items } = await get(pipelinePath(name, '/checkpoints'));
       if (stopped) return;
-      fill(rows, items.length ? items.map(row) : h('tr', {}, h('td', { colspan: 9 }, 'No checkpoint yet.')));
+      rows.fill(items.length ? items.map(row) : h('tr', {}, h('td', { colspan: 9 }, 'No checkpoint yet.')));
     } catch (e) {
       if (!stopped) fill(slot, problemBox(e));
     }
@@ -62,10 +64,7 @@ export function renderCheckpoints(el, pipeline, ctx) {
   }));
 
   fill(el, h('div.row', {}, trigger), slot,
-    h('div.scroll', {}, h('table.data', {},
-      h('thead', {}, h('tr', {}, ['ID', 'Trigger', 'Status', 'Started', 'Duration', 'Keys written', 'Bytes', 'Error', '']
-        .map((c) => h('th', { scope: 'col' }, c)))),
-      rows)));
+    h('div.scroll', {}, rows.table));
   ctx.applyScopes(el);
   load();
   return () => {

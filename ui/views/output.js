@@ -2,7 +2,7 @@
 // with fetch, so that the bearer token is sent). Pause stops the stream; resume continues after
 // the last offset shown (Last-Event-ID), so nothing is missed or shown twice.
 import { followOutput } from '../api.js';
-import { h, fill, problemBox } from '../dom.js';
+import { h, fill, problemBox, dataTable } from '../dom.js';
 import { num, time, duration } from '../format.js';
 
 const KEEP = 500;
@@ -21,7 +21,10 @@ function summary(r) {
 }
 
 export function renderOutput(el, pipeline) {
-  const list = h('tbody', { id: 'output-rows' });
+  const COLUMNS = ['Offset', 'Operator', 'Key', 'Type', 'Value'];
+  const table = dataTable(COLUMNS, ['Offset']);
+  const list = table.body;
+  list.id = 'output-rows';
   const slot = h('div', { 'aria-live': 'polite' });
   const state = h('span.badge', { id: 'output-state', role: 'status' });
   const toggle = h('button', { type: 'button', id: 'output-toggle' });
@@ -32,8 +35,9 @@ export function renderOutput(el, pipeline) {
   function add(r) {
     last = r.offset;
     count += 1;
-    list.prepend(h('tr', {},
-      h('td.n', {}, num(r.offset)), h('td', {}, r.operator), h('td', {}, r.key), h('td', {}, r.type), h('td', {}, summary(r))));
+    const cells = [h('td.n', {}, num(r.offset)), h('td', {}, r.operator), h('td', {}, r.key), h('td', {}, r.type), h('td', {}, summary(r))];
+    cells.forEach((c, i) => { c.dataset.label = COLUMNS[i]; });
+    list.prepend(h('tr', {}, cells));
     while (list.children.length > KEEP) list.lastChild.remove();
     fill(counter, `${num(count)} records received`);
   }
@@ -71,9 +75,7 @@ export function renderOutput(el, pipeline) {
   toggle.addEventListener('click', () => (controller ? pause() : resume()));
   const counter = h('span.muted');
   fill(el, h('div.row', {}, state, toggle, counter), slot,
-    h('div.scroll', {}, h('table.data', {},
-      h('thead', {}, h('tr', {}, ['Offset', 'Operator', 'Key', 'Type', 'Value'].map((c) => h('th', { scope: 'col' }, c)))),
-      list)));
+    h('div.scroll', {}, table.table));
   resume();
   return pause;
 }

@@ -2,7 +2,7 @@
 // overview: counters, events/s and late events over the last minutes (polled status), the spec
 // with operators and key counts, and a box to post test events.
 import { get, del, post, pipelinePath } from '../api.js';
-import { h, fill, problemBox, busy, confirmAction, jsonBlock } from '../dom.js';
+import { h, fill, problemBox, busy, confirmAction, jsonBlock, dataTable } from '../dom.js';
 import { num, rate, time, lag, duration } from '../format.js';
 import { timeChart } from '../charts.js';
 import { stateBadge } from './pipelines.js';
@@ -92,13 +92,13 @@ function renderOverview(el, pipeline, ctx) {
   const slot = h('div');
   const evChart = h('div.chart', { id: 'chart-events' });
   const lateChart = h('div.chart', { id: 'chart-late' });
-  const keys = h('tbody');
+  const keys = dataTable(['Operator', 'Kind', 'Keys'], ['Keys']);
   const { status: _s, ...spec } = pipeline;
   fill(el, slot, stats,
     h('div.charts', {}, evChart, lateChart),
     h('div.cols', {},
       h('section.card', {}, h('h2', {}, 'Operators'),
-        h('div.scroll', {}, h('table.data', {}, h('thead', {}, h('tr', {}, ['Operator', 'Kind', 'Keys'].map((c) => h('th', { scope: 'col' }, c)))), keys))),
+        h('div.scroll', {}, keys.table)),
       h('section.card', {}, h('h2', {}, 'Spec'), jsonBlock(spec))),
     postEvents(name));
   const charts = [
@@ -124,7 +124,7 @@ function renderOverview(el, pipeline, ctx) {
     if (status.error) fill(slot, problemBox({ title: 'Pipeline failed', detail: status.error }));
     charts[0].update(xs, ev);
     charts[1].update(xs, late);
-    fill(keys, pipeline.operators.map((op) => h('tr', {},
+    keys.fill(pipeline.operators.map((op) => h('tr', {},
       h('th', { scope: 'row' }, op.name), h('td', {}, op.kind), h('td.n', {}, num(status.keys?.[op.name] ?? 0)))));
     ctx.setBadge(status);
   }

@@ -1,7 +1,7 @@
 // The pipelines view: every pipeline with its live counters, polled every 2 s; events/s is the
 // difference of `events` between two polls.
 import { get } from '../api.js';
-import { h, fill, problemBox } from '../dom.js';
+import { h, fill, problemBox, dataTable } from '../dom.js';
 import { num, rate, time, lag } from '../format.js';
 
 const POLL_MS = 2000;
@@ -21,16 +21,14 @@ function sumKeys(keys) {
 }
 
 export function renderPipelines(main, ctx) {
-  const table = h('tbody');
+  const table = dataTable(['Name', 'State', 'Events', 'Events/s', 'Late', 'Watermark', 'Lag', 'Keys', 'Last checkpoint'],
+    ['Events', 'Events/s', 'Late', 'Lag', 'Keys']);
   const slot = h('div', { 'aria-live': 'polite' });
   fill(main,
     h('div.head', {}, h('h1', {}, 'Pipelines'),
       h('a.button', { href: '#/new', 'data-needs': 'admin' }, 'New pipeline')),
     slot,
-    h('div.scroll', {}, h('table.data', {},
-      h('thead', {}, h('tr', {}, ['Name', 'State', 'Events', 'Events/s', 'Late', 'Watermark', 'Lag', 'Keys', 'Last checkpoint']
-        .map((c) => h('th', { scope: 'col' }, c)))),
-      table)));
+    h('div.scroll', {}, table.table));
   ctx.applyScopes(main);
   const previous = new Map();
   let timer = null;
@@ -57,7 +55,7 @@ export function renderPipelines(main, ctx) {
           h('td.n', {}, num(sumKeys(s.keys))),
           h('td', {}, cp ? [`#${cp.id} ${cp.status} `, time(cp.completed_at ?? cp.started_at)] : '–'));
       });
-      fill(table, rows.length ? rows : h('tr', {}, h('td', { colspan: 9 }, 'No pipeline yet.')));
+      table.fill(rows.length ? rows : h('tr', {}, h('td', { colspan: 9 }, 'No pipeline yet.')));
       fill(slot);
     } catch (e) {
       fill(slot, problemBox(e));

@@ -2,7 +2,7 @@
 // window and the `retain` newest closed ones) as bars, polled every 2 s so the chart follows
 // windows as they close.
 import { get, pipelinePath } from '../api.js';
-import { h, fill, problemBox } from '../dom.js';
+import { h, fill, problemBox, dataTable } from '../dom.js';
 import { num, time } from '../format.js';
 import { barChart } from '../charts.js';
 
@@ -19,7 +19,7 @@ export function renderWindows(el, pipeline) {
   const key = h('input', { id: 'win-key', placeholder: '/home', autocomplete: 'off' });
   const slot = h('div', { 'aria-live': 'polite' });
   const chartEl = h('div.chart', { id: 'chart-windows' });
-  const table = h('tbody');
+  const table = dataTable(['Start', 'End', 'State', 'Value'], ['Value']);
   let chart = null;
   let timer = null;
   let stopped = false;
@@ -32,12 +32,19 @@ export function renderWindows(el, pipeline) {
     fill(fnSelect, functions().map((f) => h('option', { value: f }, f)));
   }
 
+  let drawn = '';
   function draw(windows) {
     const fn = fnSelect.value || 'count';
-    chart?.destroy();
-    chart = barChart(chartEl, `${fn} per window, key ${key.value}`, fn, fn === 'count' ? 'events' : '');
+    const size = windows.length ? (windows[0].end - windows[0].start) / 1000 : 60;
+    // A new chart only when what it shows changes; otherwise its data is replaced.
+    const what = JSON.stringify([op.value, fn, key.value, size]);
+    if (what !== drawn) {
+      chart?.destroy();
+      chart = barChart(chartEl, `${fn} per window, key ${key.value}`, fn, fn === 'count' ? 'events' : '', size);
+      drawn = what;
+    }
     chart.update(windows.map((w) => w.start / 1000), windows.map((w) => w[fn] ?? null));
-    fill(table, windows.slice().reverse().map((w) => h('tr', {},
+    table.fill(windows.slice().reverse().map((w) => h('tr', {},
       h('td', {}, time(w.start)), h('td', {}, time(w.end)), h('td', {}, w.closed ? 'closed' : 'open'),
       h('td.n', {}, num(w[fn])))));
   }
@@ -72,8 +79,7 @@ export function renderWindows(el, pipeline) {
         h('div.field', {}, h('label', { for: 'win-key' }, 'Key'), key)),
       h('button', { type: 'submit' }, 'Show')),
     slot, chartEl,
-    h('div.scroll', {}, h('table.data', {},
-      h('thead', {}, h('tr', {}, ['Start', 'End', 'State', 'Value'].map((c) => h('th', { scope: 'col' }, c)))), table)));
+    h('div.scroll', {}, table.table));
   return () => {
     stopped = true;
     clearTimeout(timer);
