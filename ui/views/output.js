@@ -35,7 +35,7 @@ export function renderOutput(el, pipeline) {
   function add(r) {
     last = r.offset;
     count += 1;
-    const cells = [h('td.n', {}, num(r.offset)), h('td', {}, r.operator), h('td', {}, r.key), h('td', {}, r.type), h('td', {}, summary(r))];
+    const cells = [h('td.n', {}, num(r.offset)), h('td', {}, r.operator), h('td', {}, r.key), h('td', {}, r.type), h('td', {}, h('span', {}, summary(r)))];
     cells.forEach((c, i) => { c.dataset.label = COLUMNS[i]; });
     list.prepend(h('tr', {}, cells));
     while (list.children.length > KEEP) list.lastChild.remove();

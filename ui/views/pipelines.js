@@ -53,7 +53,8 @@ export function renderPipelines(main, ctx) {
           h('td', {}, time(s.watermark)),
           h('td.n', {}, lag(s.watermark, now)),
           h('td.n', {}, num(sumKeys(s.keys))),
-          h('td', {}, cp ? [`#${cp.id} ${cp.status} `, time(cp.completed_at ?? cp.started_at)] : '–'));
+          // One span: on a narrow window the cell is a flex row of label and value.
+          h('td', {}, h('span', {}, cp ? [`#${cp.id} ${cp.status} `, time(cp.completed_at ?? cp.started_at)] : '–')));
       });
       table.fill(rows.length ? rows : h('tr', {}, h('td', { colspan: 9 }, 'No pipeline yet.')));
       fill(slot);
