@@ -96,26 +96,35 @@ fn serve(file: &str, headers: &HeaderMap) -> Response {
         (header::ETAG, etag.clone()),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
     ];
-    if headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| etag_matches(v, etag.to_str().unwrap_or(""))))
-    {
+    if headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| etag_matches(v, etag.to_str().unwrap_or("")))
+    }) {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
     let security = [
-        (header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type)),
-        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
-        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        ),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
     ];
     (common, security, asset.body).into_response()
 }
 
 /// Whether an `If-None-Match` value names `etag` (RFC 9110: weak comparison, `*` matches).
 fn etag_matches(if_none_match: &str, etag: &str) -> bool {
-    if_none_match.split(',').map(str::trim).any(|tag| {
-        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
-    })
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 #[cfg(test)]

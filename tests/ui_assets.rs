@@ -27,7 +27,10 @@ async fn the_page_and_its_modules_are_served_with_types_and_etags() {
     assert!(page.text().await.unwrap().contains("app.js"));
 
     let script = s.get("/ui/app.js").await;
-    assert_eq!(script.headers()[CONTENT_TYPE], "text/javascript; charset=utf-8");
+    assert_eq!(
+        script.headers()[CONTENT_TYPE],
+        "text/javascript; charset=utf-8"
+    );
     let etag = script.headers()[ETAG].clone();
     let body = script.bytes().await.unwrap();
     assert_eq!(&body[..], include_bytes!("../ui/app.js"));
@@ -54,8 +57,18 @@ async fn the_page_and_its_modules_are_served_with_types_and_etags() {
 
     let css = s.get("/ui/vendor/uPlot.min.css").await;
     assert_eq!(css.headers()[CONTENT_TYPE], "text/css; charset=utf-8");
-    expect_problem(s.get("/ui/missing.js").await, StatusCode::NOT_FOUND, "route_not_found").await;
-    expect_problem(s.get("/ui/../Cargo.toml").await, StatusCode::NOT_FOUND, "route_not_found").await;
+    expect_problem(
+        s.get("/ui/missing.js").await,
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+    )
+    .await;
+    expect_problem(
+        s.get("/ui/../Cargo.toml").await,
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +76,10 @@ async fn the_token_endpoint_says_what_a_token_may_do() {
     let open = TestServer::start(Backend::Sqlite).await;
     let info = body_json(open.get("/v1/token").await, StatusCode::OK).await;
     assert_eq!(info["access"], "open");
-    assert_eq!(info["scopes"], serde_json::json!(["ingest", "read", "admin"]));
+    assert_eq!(
+        info["scopes"],
+        serde_json::json!(["ingest", "read", "admin"])
+    );
 
     let dir = tempfile::TempDir::new().unwrap();
     let (reader, reader_line) = new_token("reader", "read", None).unwrap();
@@ -74,17 +90,29 @@ async fn the_token_endpoint_says_what_a_token_may_do() {
 
     // The page itself is open: it asks for the token and sends it with every API call.
     assert_eq!(s.get("/ui/").await.status(), StatusCode::OK);
-    assert_eq!(s.get("/ui/views/pipeline.js").await.status(), StatusCode::OK);
+    assert_eq!(
+        s.get("/ui/views/pipeline.js").await.status(),
+        StatusCode::OK
+    );
 
     let none = s.get("/v1/token").await;
     assert!(none.headers().contains_key("www-authenticate"));
     expect_problem(none, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let unknown = s.client.get(s.url("/v1/token")).bearer_auth("nope").send().await.unwrap();
+    let unknown = s
+        .client
+        .get(s.url("/v1/token"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     expect_problem(unknown, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
     let ask = |t: String| s.client.get(s.url("/v1/token")).bearer_auth(t).send();
     let info = body_json(ask(reader).await.unwrap(), StatusCode::OK).await;
-    assert_eq!(info, serde_json::json!({"access": "token", "name": "reader", "scopes": ["read"]}));
+    assert_eq!(
+        info,
+        serde_json::json!({"access": "token", "name": "reader", "scopes": ["read"]})
+    );
     // No scope is needed to ask: an ingest-only token learns that it cannot read.
     let info = body_json(ask(feeder).await.unwrap(), StatusCode::OK).await;
     assert_eq!(info["scopes"], serde_json::json!(["ingest"]));
