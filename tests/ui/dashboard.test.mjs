@@ -153,7 +153,16 @@ test('the window chart draws counts per window for a key', async () => {
 
 test('a checkpoint is triggered, listed and restored', async () => {
   await page.getByRole('link', { name: 'Checkpoints' }).click();
-  await page.getByRole('button', { name: 'Take checkpoint' }).click();
+  // By keyboard alone: Tab reaches the button, Enter takes the checkpoint.
+  await page.getByRole('button', { name: 'Take checkpoint' }).waitFor();
+  await page.locator('body').focus();
+  let focused = '';
+  for (let i = 0; i < 40 && focused !== 'Take checkpoint'; i++) {
+    await page.keyboard.press('Tab');
+    focused = await page.evaluate(() => document.activeElement?.textContent ?? '');
+  }
+  assert.equal(focused, 'Take checkpoint');
+  await page.keyboard.press('Enter');
   await page.locator('#checkpoint-answer', { hasText: 'completed' }).waitFor();
   const row = page.locator('#checkpoint-rows tr', { hasText: 'manual' }).first();
   await row.waitFor();
@@ -163,7 +172,9 @@ test('a checkpoint is triggered, listed and restored', async () => {
   await browser.shoot('checkpoints');
   await row.getByRole('button', { name: `Restore checkpoint ${id}` }).click();
   await page.getByRole('dialog').getByText(`Restore checkpoint #${id}?`).waitFor();
-  await page.getByRole('button', { name: 'Cancel' }).click();
+  // Escape cancels, as the dialog's Cancel does.
+  await page.keyboard.press('Escape');
+  await page.getByRole('dialog').waitFor({ state: 'hidden' });
   assert.equal((await server.api('GET', '/v1/pipelines/clicks')).status.events, 6);
   await row.getByRole('button', { name: `Restore checkpoint ${id}` }).click();
   await page.getByRole('dialog').getByRole('button', { name: 'Restore' }).click();
