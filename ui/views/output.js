@@ -32,14 +32,30 @@ export function renderOutput(el, pipeline) {
   let controller = null;
   let count = 0;
 
+  // Records are drawn once per frame, at most KEEP of them: a feed that starts with a long
+  // backlog (the oldest kept record on) does not stall the page.
+  let pending = [];
   function add(r) {
     last = r.offset;
     count += 1;
+    if (pending.length === 0) requestAnimationFrame(flush);
+    pending.push(r);
+    // A hidden tab draws no frames: keep only what would be shown.
+    if (pending.length > 2 * KEEP) pending = pending.slice(-KEEP);
+  }
+
+  function flush() {
+    const batch = pending.slice(-KEEP);
+    pending = [];
+    for (const r of batch) draw(r);
+    while (list.children.length > KEEP) list.lastChild.remove();
+    fill(counter, `${num(count)} records received`);
+  }
+
+  function draw(r) {
     const cells = [h('td.n', {}, num(r.offset)), h('td', {}, r.operator), h('td', {}, r.key), h('td', {}, r.type), h('td', {}, h('span', {}, summary(r)))];
     cells.forEach((c, i) => { c.dataset.label = COLUMNS[i]; });
     list.prepend(h('tr', {}, cells));
-    while (list.children.length > KEEP) list.lastChild.remove();
-    fill(counter, `${num(count)} records received`);
   }
 
   function setState(live) {
