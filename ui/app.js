@@ -93,6 +93,8 @@ async function start() {
       return;
     }
     fill(main, problemBox(e));
+    // Starting (recovery not done) or briefly unreachable: try again, the page stays usable.
+    if (e instanceof ApiError && (e.status === 503 || e.status === 0)) setTimeout(start, 2000);
     return;
   }
   showWho();
