@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
+# The dashboard, embedded into the binary at build time.
+COPY ui ui
 COPY benches benches
 COPY examples examples
 RUN cargo build --release --locked --bin eddy

@@ -73,6 +73,9 @@ fi
 say "schemathesis (the real server against openapi/openapi.json)"
 scripts/schemathesis.sh
 
+say "browser tests (the dashboard in Debian's chromium)"
+scripts/ui-test.sh
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo test --locked --doc

@@ -9,12 +9,14 @@ mod output;
 mod pipelines;
 pub mod problem;
 mod queries;
+mod token;
 
 pub use checkpoints::{CheckpointDto, CheckpointList, Restored};
 pub use events::{EventsAccepted, WatermarkRequest, WatermarkResponse};
 pub use output::OutputPage;
 pub use pipelines::{PipelineList, PipelineSpecDoc, PipelineStatus};
 pub use queries::{StateItem, StatePage};
+pub use token::TokenInfo;
 
 use crate::app::AppState;
 use utoipa::OpenApi;
@@ -47,6 +49,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(output::routes())
         .merge(checkpoints::routes())
         .merge(health::routes())
+        .merge(token::routes())
 }
 
 /// The OpenAPI document of the API, as generated from the code.

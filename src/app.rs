@@ -260,6 +260,7 @@ pub fn router(state: AppState) -> Router {
     api_router
         .layer(shed)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .merge(crate::ui::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::api::access::require_access,

@@ -16,5 +16,6 @@ pub mod spec; // pipeline specs and their validation
 pub mod state; // keyed state primitives, keyed backend, timers
 pub mod store; // every SQL statement: PostgreSQL and SQLite backends
 pub mod telemetry; // tracing set-up
+pub mod ui; // the dashboard at /ui: embedded static files
 pub mod wal; // the write-ahead log: records, segments, group commit
 pub mod workload; // seeded click streams for benchmarks, examples and load

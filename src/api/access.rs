@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 #[derive(Debug, PartialEq, Eq)]
 enum Need {
     Open,
+    /// Any known token, whatever its scopes (`/v1/token` tells a token what it may do).
+    Token,
     Scope(Scope),
 }
 
@@ -27,6 +29,9 @@ fn need(method: &Method, route: &str, metrics_auth: bool) -> Need {
     match route {
         "/healthz" | "/readyz" | "/openapi.json" => Need::Open,
         r if r.starts_with("/docs") => Need::Open,
+        // The dashboard's static files: the page itself asks for a token and sends it.
+        "/ui" | "/ui/" | "/ui/{*file}" => Need::Open,
+        "/v1/token" => Need::Token,
         "/metrics" if !metrics_auth => Need::Open,
         "/metrics" => Need::Scope(Scope::Read),
         "/v1/pipelines/{name}/events" | "/v1/pipelines/{name}/watermark" => {
@@ -59,12 +64,14 @@ pub async fn require_access(State(app): State<AppState>, mut req: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let Need::Scope(scope) = need(
+    let scope = match need(
         req.method(),
         route.as_deref().unwrap_or(""),
         app.config.metrics_auth,
-    ) else {
-        return next.run(req).await;
+    ) {
+        Need::Open => return next.run(req).await,
+        Need::Token => None,
+        Need::Scope(scope) => Some(scope),
     };
     let presented = req
         .headers()
@@ -85,7 +92,9 @@ pub async fn require_access(State(app): State<AppState>, mut req: Request, next:
         }
         .into_response();
     };
-    if !principal.has(scope) {
+    if let Some(scope) = scope
+        && !principal.has(scope)
+    {
         let detail = format!(
             "token {:?} lacks the {} scope",
             principal.name,
@@ -121,6 +130,9 @@ mod tests {
         let post = Method::POST;
         let del = Method::DELETE;
         assert_eq!(need(&get, "/healthz", true), Need::Open);
+        assert_eq!(need(&get, "/ui", true), Need::Open);
+        assert_eq!(need(&get, "/ui/{*file}", true), Need::Open);
+        assert_eq!(need(&get, "/v1/token", false), Need::Token);
         assert_eq!(need(&get, "/metrics", false), Need::Open);
         assert_eq!(need(&get, "/metrics", true), Need::Scope(Scope::Read));
         assert_eq!(
