@@ -165,10 +165,12 @@ pub struct Settings {
     /// Output records kept per pipeline [default: 100000].
     #[arg(long, env = "EDDY_OUTPUT_RETAIN", global = true)]
     pub output_retain: Option<usize>,
-    /// Most events in one batch [default: 100000]; more is 413.
+    /// Most events in one batch [default: no limit: every valid body under the body limit is
+    /// accepted, however many events it holds]; more is 413.
     #[arg(long, env = "EDDY_MAX_BATCH_EVENTS", global = true)]
     pub max_batch_events: Option<usize>,
-    /// Most bytes of one event [default: 1048576]; a larger event is invalid (400).
+    /// Most bytes of one event [default: no limit beyond the body limit]; a larger event is
+    /// invalid (400).
     #[arg(long, env = "EDDY_MAX_EVENT_BYTES", global = true)]
     pub max_event_bytes: Option<usize>,
     /// Requests served at once [default: 1024]; more are shed with 503.
@@ -320,8 +322,10 @@ impl Config {
             wal_fsync: s.wal_fsync.unwrap_or(true),
             tokens_file: s.tokens_file,
             metrics_auth: s.metrics_auth.unwrap_or(false),
-            max_batch_events: positive("EDDY_MAX_BATCH_EVENTS", s.max_batch_events, 100_000)?,
-            max_event_bytes: positive("EDDY_MAX_EVENT_BYTES", s.max_event_bytes, 1024 * 1024)?,
+            // The body limit is the promise (any valid body under it is accepted): these two
+            // only bound what an operator chooses to bound lower.
+            max_batch_events: positive("EDDY_MAX_BATCH_EVENTS", s.max_batch_events, usize::MAX)?,
+            max_event_bytes: positive("EDDY_MAX_EVENT_BYTES", s.max_event_bytes, usize::MAX)?,
             max_concurrent_requests: positive(
                 "EDDY_MAX_CONCURRENT_REQUESTS",
                 s.max_concurrent_requests,
@@ -354,6 +358,11 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url, "sqlite://./data/eddy.db");
         assert_eq!(c.max_body_bytes, 16 * 1024 * 1024);
+        // No other limit refuses a valid body the body limit admits.
+        assert_eq!(
+            (c.max_batch_events, c.max_event_bytes),
+            (usize::MAX, usize::MAX)
+        );
     }
 
     #[test]
