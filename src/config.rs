@@ -252,6 +252,23 @@ pub enum ConfigError {
     Invalid { name: &'static str, detail: String },
 }
 
+/// Largest `EDDY_MAX_BODY_BYTES`: a body is logged whole in one WAL record, and a record
+/// larger than the WAL reads back would be acknowledged yet unrecoverable.
+pub const MAX_BODY_LIMIT: usize = crate::wal::MAX_PAYLOAD - 64 * 1024;
+
+/// `EDDY_MAX_BODY_BYTES`, 1 to [`MAX_BODY_LIMIT`] (default 16 MiB).
+fn body_limit(value: Option<usize>) -> Result<usize, ConfigError> {
+    match value.unwrap_or(16 * 1024 * 1024) {
+        n @ 1..=MAX_BODY_LIMIT => Ok(n),
+        n => Err(ConfigError::Invalid {
+            name: "EDDY_MAX_BODY_BYTES",
+            detail: format!(
+                "must be 1 to {MAX_BODY_LIMIT} bytes (a body must fit one WAL record), not {n}"
+            ),
+        }),
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -317,7 +334,7 @@ impl Config {
                     defaults.max_map_entries,
                 )?,
             },
-            max_body_bytes: positive("EDDY_MAX_BODY_BYTES", s.max_body_bytes, 16 * 1024 * 1024)?,
+            max_body_bytes: body_limit(s.max_body_bytes)?,
             request_timeout: Duration::from_millis(timeout.millis() as u64),
             wal_fsync: s.wal_fsync.unwrap_or(true),
             tokens_file: s.tokens_file,
@@ -399,5 +416,20 @@ mod tests {
                 .starts_with("EDDY_SHARDS")
         );
         assert!(toml::from_str::<Settings>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn a_body_limit_beyond_what_one_wal_record_holds_is_refused() {
+        let with = |n| {
+            Config::resolve(Settings {
+                max_body_bytes: Some(n),
+                ..Settings::default()
+            })
+        };
+        assert_eq!(with(MAX_BODY_LIMIT).unwrap().max_body_bytes, MAX_BODY_LIMIT);
+        for bad in [0, MAX_BODY_LIMIT + 1] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.starts_with("EDDY_MAX_BODY_BYTES: must be 1 to"), "{e}");
+        }
     }
 }
