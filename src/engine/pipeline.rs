@@ -5,7 +5,8 @@
 //! order of the WAL; the lock is never held across an `.await`. A batch either reserves a
 //! mailbox slot on every shard it needs, or nothing of it is applied. With a WAL attached,
 //! shards receive a batch only once its record is durable (the WAL's after-action sends it),
-//! so nothing is applied, visible or answered before it would survive a crash.
+//! so nothing is applied, visible or answered before it would survive a crash. The arrival
+//! clock (processing time) is read under the same lock, so arrival times follow that order.
 
 use super::batch::{BodyFormat, ParsedBatch, parse_batch};
 use super::definition::OperatorDef;
