@@ -63,7 +63,7 @@ async fn ingest(pipeline: &Pipeline, bodies: Vec<Vec<u8>>) {
             let body = Some((bytes::Bytes::from(body), BodyFormat::NdJson));
             pipeline.submit(Submission {
                 events,
-                arrival: 0,
+                arrival: eddy::engine::Arrival::At(0),
                 idempotency_key: None,
                 body,
             })

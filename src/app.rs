@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -218,12 +218,8 @@ impl AppState {
     }
 }
 
-/// Epoch milliseconds now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Epoch milliseconds now (the engine's clock, which the sequencer reads).
+pub use crate::engine::now_ms;
 
 /// Ticks every pipeline once a second (processing-time watermark and timers) until shutdown.
 pub fn spawn_ticker(state: &AppState) -> tokio::task::JoinHandle<()> {
@@ -238,7 +234,8 @@ pub fn spawn_ticker(state: &AppState) -> tokio::task::JoinHandle<()> {
             }
             for pipeline in engine.list() {
                 // A full queue skips this tick; the next one catches up (the clock only grows).
-                if let Err(e) = pipeline.tick(now_ms()).await {
+                // The clock is read as the tick is sequenced, in order with the batches.
+                if let Err(e) = pipeline.tick_now().await {
                     tracing::debug!(pipeline = pipeline.name(), error = %e, "tick skipped");
                 }
             }

@@ -165,10 +165,12 @@ pub struct Settings {
     /// Output records kept per pipeline [default: 100000].
     #[arg(long, env = "EDDY_OUTPUT_RETAIN", global = true)]
     pub output_retain: Option<usize>,
-    /// Most events in one batch [default: 100000]; more is 413.
+    /// Most events in one batch [default: no limit: every valid body under the body limit is
+    /// accepted, however many events it holds]; more is 413.
     #[arg(long, env = "EDDY_MAX_BATCH_EVENTS", global = true)]
     pub max_batch_events: Option<usize>,
-    /// Most bytes of one event [default: 1048576]; a larger event is invalid (400).
+    /// Most bytes of one event [default: no limit beyond the body limit]; a larger event is
+    /// invalid (400).
     #[arg(long, env = "EDDY_MAX_EVENT_BYTES", global = true)]
     pub max_event_bytes: Option<usize>,
     /// Requests served at once [default: 1024]; more are shed with 503.
@@ -250,6 +252,23 @@ pub enum ConfigError {
     Invalid { name: &'static str, detail: String },
 }
 
+/// Largest `EDDY_MAX_BODY_BYTES`: a body is logged whole in one WAL record, and a record
+/// larger than the WAL reads back would be acknowledged yet unrecoverable.
+pub const MAX_BODY_LIMIT: usize = crate::wal::MAX_PAYLOAD - 64 * 1024;
+
+/// `EDDY_MAX_BODY_BYTES`, 1 to [`MAX_BODY_LIMIT`] (default 16 MiB).
+fn body_limit(value: Option<usize>) -> Result<usize, ConfigError> {
+    match value.unwrap_or(16 * 1024 * 1024) {
+        n @ 1..=MAX_BODY_LIMIT => Ok(n),
+        n => Err(ConfigError::Invalid {
+            name: "EDDY_MAX_BODY_BYTES",
+            detail: format!(
+                "must be 1 to {MAX_BODY_LIMIT} bytes (a body must fit one WAL record), not {n}"
+            ),
+        }),
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -315,13 +334,15 @@ impl Config {
                     defaults.max_map_entries,
                 )?,
             },
-            max_body_bytes: positive("EDDY_MAX_BODY_BYTES", s.max_body_bytes, 16 * 1024 * 1024)?,
+            max_body_bytes: body_limit(s.max_body_bytes)?,
             request_timeout: Duration::from_millis(timeout.millis() as u64),
             wal_fsync: s.wal_fsync.unwrap_or(true),
             tokens_file: s.tokens_file,
             metrics_auth: s.metrics_auth.unwrap_or(false),
-            max_batch_events: positive("EDDY_MAX_BATCH_EVENTS", s.max_batch_events, 100_000)?,
-            max_event_bytes: positive("EDDY_MAX_EVENT_BYTES", s.max_event_bytes, 1024 * 1024)?,
+            // The body limit is the promise (any valid body under it is accepted): these two
+            // only bound what an operator chooses to bound lower.
+            max_batch_events: positive("EDDY_MAX_BATCH_EVENTS", s.max_batch_events, usize::MAX)?,
+            max_event_bytes: positive("EDDY_MAX_EVENT_BYTES", s.max_event_bytes, usize::MAX)?,
             max_concurrent_requests: positive(
                 "EDDY_MAX_CONCURRENT_REQUESTS",
                 s.max_concurrent_requests,
@@ -354,6 +375,11 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url, "sqlite://./data/eddy.db");
         assert_eq!(c.max_body_bytes, 16 * 1024 * 1024);
+        // No other limit refuses a valid body the body limit admits.
+        assert_eq!(
+            (c.max_batch_events, c.max_event_bytes),
+            (usize::MAX, usize::MAX)
+        );
     }
 
     #[test]
@@ -390,5 +416,20 @@ mod tests {
                 .starts_with("EDDY_SHARDS")
         );
         assert!(toml::from_str::<Settings>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn a_body_limit_beyond_what_one_wal_record_holds_is_refused() {
+        let with = |n| {
+            Config::resolve(Settings {
+                max_body_bytes: Some(n),
+                ..Settings::default()
+            })
+        };
+        assert_eq!(with(MAX_BODY_LIMIT).unwrap().max_body_bytes, MAX_BODY_LIMIT);
+        for bad in [0, MAX_BODY_LIMIT + 1] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.starts_with("EDDY_MAX_BODY_BYTES: must be 1 to"), "{e}");
+        }
     }
 }

@@ -25,7 +25,9 @@ pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
 pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
 pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
 pub use output::{Output, OutputRecord};
-pub use pipeline::{Ack, Barrier, Counters, Ingested, Pipeline, Snapshot, Status, Submission};
+pub use pipeline::{
+    Ack, Arrival, Barrier, Counters, Ingested, Pipeline, Snapshot, Status, Submission, now_ms,
+};
 pub use runner::StateRow;
 pub use shard::is_late;
 

@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{Backend, TestServer, body_json, expect_problem};
-use futures::StreamExt;
+use common::{Backend, FeedReader, SseEvents, TestServer, body_json, expect_problem};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -147,30 +146,12 @@ async fn bad_output_parameters_are_400_and_an_unknown_pipeline_404(backend: Back
 
 /// Reads `n` events (id, data) from an SSE response.
 async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(u64, Value)> {
-    let mut stream = resp.bytes_stream();
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    while events.len() < n {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("an event in time");
-        buffer.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (mut id, mut data) = (None, None);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = Some(v.trim().parse().unwrap());
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = Some(serde_json::from_str(v.trim()).unwrap());
-                }
-            }
-            if let (Some(id), Some(data)) = (id, data) {
-                events.push((id, data));
-            }
-        }
+    let mut events = SseEvents::new(resp);
+    let mut read = Vec::new();
+    while read.len() < n {
+        read.push(events.next().await);
     }
-    events
+    read
 }
 
 async fn server_sent_events_stream_records_and_resume_after_last_event_id(backend: Backend) {
@@ -210,7 +191,84 @@ async fn server_sent_events_stream_records_and_resume_after_last_event_id(backen
     expect_problem(bad, StatusCode::BAD_REQUEST, "bad_request").await;
 }
 
+/// One tumbling count window of 1 s per key, in event time.
+fn window_spec() -> Value {
+    json!({"name": "w", "key": "/k", "time": {"field": "/ts"},
+           "operators": [{"name": "counts", "kind": "window", "size": "1s", "functions": ["count"]}]})
+}
+
+/// The record of key `k`'s window `[start, start + 1s)` closed with one event, at `offset`.
+fn closed_window(offset: u64, start: i64) -> Value {
+    json!({"offset": offset, "operator": "counts", "key": "k", "type": "window_closed",
+           "value": {"start": start, "end": start + 1_000, "closed": true, "count": 1}})
+}
+
+/// Posts one event of key `k` per time, in order: each closes the window before it.
+async fn post_times(s: &TestServer, times: &[i64]) {
+    let events: Vec<Value> = times.iter().map(|t| json!({"k": "k", "ts": t})).collect();
+    s.post_events("w", &Value::Array(events)).await;
+}
+
+/// Offsets of a read of `w`'s feed with `query`.
+async fn read_offsets(s: &TestServer, query: &str) -> Vec<u64> {
+    let page = body_json(
+        s.get(&format!("/v1/pipelines/w/output?{query}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    offsets(&page)
+}
+
+async fn pages_long_polls_and_streams_cross_the_offset_gap_a_restore_leaves(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let created = s.post_json("/v1/pipelines", &window_spec()).await;
+    body_json(created, StatusCode::CREATED).await;
+    let mut reader = FeedReader::new("w");
+    post_times(&s, &[0, 1_000]).await;
+    let cp = s.checkpoint("w").await;
+    post_times(&s, &[2_000, 3_000]).await;
+    reader.catch_up(&s.client, &s.base).await;
+    let mut expected = vec![
+        closed_window(1, 0),
+        closed_window(2, 1_000),
+        closed_window(3, 2_000),
+    ];
+    reader.assert_saw(&expected);
+
+    // Offsets 2 and 3 are dropped and never reused: the kept records are 1, 4, 5, 6.
+    let restore = format!("/v1/pipelines/w/checkpoints/{}/restore", cp["id"]);
+    body_json(s.post(&restore).await, StatusCode::OK).await;
+    post_times(&s, &[2_000, 3_000, 4_000]).await;
+    expected.extend([
+        closed_window(4, 1_000),
+        closed_window(5, 2_000),
+        closed_window(6, 3_000),
+    ]);
+    // A long poll past the gap answers at once with what follows it.
+    assert_eq!(read_offsets(&s, "after=4&limit=3&wait=20s").await, [5, 6]);
+    assert_eq!(read_offsets(&s, "after=2&limit=1").await, [4]);
+    reader.catch_up(&s.client, &s.base).await;
+    reader.assert_saw(&expected);
+
+    // The same after a restart, the records before the gap loaded from the checkpoint.
+    let s = s.restart().await;
+    assert_eq!(read_offsets(&s, "after=4&limit=3").await, [5, 6]);
+    assert_eq!(read_offsets(&s, "limit=2").await, [1, 4]);
+    post_times(&s, &[5_000]).await;
+    expected.push(closed_window(7, 4_000));
+    reader.catch_up(&s.client, &s.base).await;
+    reader.assert_saw(&expected);
+    let mut fresh = FeedReader::new("w");
+    fresh.catch_up(&s.client, &s.base).await;
+    let kept: Vec<Value> = expected
+        .into_iter()
+        .filter(|r| ![2, 3].contains(&r["offset"].as_u64().unwrap()))
+        .collect();
+    fresh.assert_saw(&kept);
+}
+
 backend_tests!(
+    pages_long_polls_and_streams_cross_the_offset_gap_a_restore_leaves,
     records_page_by_offset_to_the_end,
     a_long_poll_returns_as_soon_as_a_record_arrives,
     a_long_poll_with_nothing_new_answers_empty_after_its_wait,

@@ -2,12 +2,24 @@
 
 mod common;
 
-use common::{Backend, TestServer, body_json, expect_problem};
+use common::{Backend, FeedReader, TestServer, body_json, expect_problem};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn click(user: &str, ts: i64) -> Value {
     json!({"user_id": user, "ts": ts, "page": "/home"})
+}
+
+/// The output record of `user`'s one-event session at `ts`, at `offset`.
+fn closed_session(offset: u64, user: &str, ts: i64) -> Value {
+    json!({"offset": offset, "operator": "sessions", "key": user, "type": "session_closed",
+           "value": {"start": ts, "end": ts, "duration_ms": 0, "events": 1}})
+}
+
+/// The output record of `/home`'s page-view minute from `start` with `count` views.
+fn closed_minute(offset: u64, start: i64, count: u64) -> Value {
+    json!({"offset": offset, "operator": "page_views", "key": "/home", "type": "window_closed",
+           "value": {"start": start, "end": start + 60_000, "closed": true, "count": count}})
 }
 
 async fn a_checkpoint_answers_201_with_every_field(backend: Backend) {
@@ -164,6 +176,17 @@ async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Ba
     let later = s.checkpoint("clicks").await;
     assert!(!s.output("clicks").await.is_empty());
     assert_eq!(s.status("clicks").await["late_events"], 1);
+    // a@2,000,000 moves the watermark to 1,995,000: a's and b's sessions and /home's first
+    // minute close; c@3,000,000 closes the minute a@2,000,000 opened.
+    let mut expected = vec![
+        closed_session(1, "a", 1_000),
+        closed_session(2, "b", 1_500),
+        closed_minute(3, 0, 2),
+        closed_minute(4, 1_980_000, 1),
+    ];
+    let mut reader = FeedReader::new("clicks");
+    reader.catch_up(&s.client, &s.base).await;
+    reader.assert_saw(&expected);
 
     let resp = s
         .post(&format!(
@@ -186,6 +209,8 @@ async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Ba
         at_cp.2,
         "output after the checkpoint is dropped"
     );
+    reader.catch_up(&s.client, &s.base).await;
+    reader.assert_saw(&expected);
     let listed = body_json(
         s.get("/v1/pipelines/clicks/checkpoints").await,
         StatusCode::OK,
@@ -228,6 +253,26 @@ async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Ba
     assert_eq!(s.status("clicks").await["events"], 3);
     let ack = s.post_events("clicks", &click("e", 5_000)).await;
     assert_eq!(ack["first_offset"], 7);
+    reader.catch_up(&s.client, &s.base).await;
+    reader.assert_saw(&expected);
+
+    // New output continues above the dropped offsets 1..4: the sessions of a, b, d, e and
+    // /home's first minute (a, b, d and e: the late b@10 went with the restore).
+    s.post_events("clicks", &click("f", 10_000_000)).await;
+    let after_restore = [
+        closed_session(5, "a", 1_000),
+        closed_session(6, "b", 1_500),
+        closed_session(7, "d", 4_000),
+        closed_session(8, "e", 5_000),
+        closed_minute(9, 0, 4),
+    ];
+    expected.extend(after_restore.iter().cloned());
+    reader.catch_up(&s.client, &s.base).await;
+    reader.assert_saw(&expected);
+    let s = s.restart().await;
+    let mut fresh = FeedReader::new("clicks");
+    fresh.catch_up(&s.client, &s.base).await;
+    fresh.assert_saw(&after_restore);
 }
 
 async fn only_completed_checkpoints_can_be_restored(backend: Backend) {

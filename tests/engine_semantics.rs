@@ -465,7 +465,7 @@ fn submission(p: &Pipeline, event: Value) -> eddy::engine::Submission {
     let events = parse_batch(&body, BodyFormat::Json, p.extractor()).unwrap();
     eddy::engine::Submission {
         events,
-        arrival: 0,
+        arrival: eddy::engine::Arrival::At(0),
         idempotency_key: None,
         body: Some((body.into(), BodyFormat::Json)),
     }

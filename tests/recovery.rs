@@ -4,10 +4,47 @@
 
 mod common;
 
-use common::{Backend, TestServer, body_json};
+use common::{Backend, FeedReader, TestServer, body_json};
+use eddy::engine::{BodyFormat, EngineConfig, Pipeline, parse_batch};
+use eddy::spec::PipelineSpec;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::io::Write;
+
+/// The seed pipeline run in-process on the same events the test posts: the output feed the
+/// server must show, worked out without asking the server.
+struct Reference(Pipeline);
+
+impl Reference {
+    fn new() -> Reference {
+        let spec = PipelineSpec::from_json(&common::seed_spec()).unwrap();
+        let config = EngineConfig {
+            shards: 1,
+            ..EngineConfig::default()
+        };
+        Reference(Pipeline::from_spec(spec, &config))
+    }
+
+    async fn post(&self, events: &Value) {
+        let body = serde_json::to_vec(events).unwrap();
+        let batch = parse_batch(&body, BodyFormat::Json, self.0.extractor()).unwrap();
+        self.0.ingest(batch, 0).await.unwrap();
+    }
+
+    fn records(&self) -> Vec<Value> {
+        let (records, _) = self.0.output().read(None, usize::MAX);
+        records
+            .iter()
+            .map(|r| serde_json::to_value(&**r).unwrap())
+            .collect()
+    }
+}
+
+/// `reader` catches up with `s` and has seen exactly the reference's records.
+async fn check_feed(s: &TestServer, reader: &mut FeedReader, reference: &Reference) {
+    reader.catch_up(&s.client, &s.base).await;
+    reader.assert_saw(&reference.records());
+}
 
 fn click(user: &str, ts: i64, page: &str) -> Value {
     json!({"user_id": user, "ts": ts, "page": page, "type": "purchase", "amount": 2})
@@ -30,29 +67,31 @@ async fn observe(s: &TestServer) -> Value {
            "pages": s.state_of("clicks", "page_views", "/p1").await})
 }
 
-/// Posts rounds of events that also close sessions and windows.
-async fn traffic(s: &TestServer, round: i64) {
+/// Posts rounds of events that also close sessions and windows, to the server and the
+/// reference.
+async fn traffic(s: &TestServer, reference: &Reference, round: i64) {
     let base = round * 10_000_000;
     let batch: Vec<Value> = (0..10)
         .map(|u| click(&format!("u{u}"), base + u * 1_000, &format!("/p{}", u % 3)))
         .collect();
-    s.post_events("clicks", &Value::Array(batch)).await;
-    s.post_events(
-        "clicks",
-        &json!([
-            click("u1", base + 5_000_000, "/p1"),
-            click("u2", base - 10_000_000, "/p2")
-        ]),
-    )
-    .await;
+    let second = json!([
+        click("u1", base + 5_000_000, "/p1"),
+        click("u2", base - 10_000_000, "/p2")
+    ]);
+    for events in [Value::Array(batch), second] {
+        s.post_events("clicks", &events).await;
+        reference.post(&events).await;
+    }
 }
 
 async fn a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
+    let (reference, mut reader) = (Reference::new(), FeedReader::new("clicks"));
     for round in 1..4 {
-        traffic(&s, round).await;
+        traffic(&s, &reference, round).await;
     }
+    check_feed(&s, &mut reader, &reference).await;
     let before = observe(&s).await;
     assert!(!before["output"].as_array().unwrap().is_empty());
     assert!(before["status"]["late_events"].as_u64().unwrap() > 0);
@@ -62,7 +101,9 @@ async fn a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state(backen
         before,
         "state, status and output offsets as before"
     );
-    traffic(&s, 4).await;
+    check_feed(&s, &mut reader, &reference).await;
+    traffic(&s, &reference, 4).await;
+    check_feed(&s, &mut reader, &reference).await;
     let out = s.output("clicks").await;
     let offsets: Vec<u64> = out.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
     assert_eq!(
@@ -75,26 +116,34 @@ async fn a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state(backen
 async fn a_checkpoint_plus_the_wal_after_it_restores_everything(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    traffic(&s, 1).await;
+    let (reference, mut reader) = (Reference::new(), FeedReader::new("clicks"));
+    traffic(&s, &reference, 1).await;
     s.checkpoint("clicks").await;
-    traffic(&s, 2).await;
+    traffic(&s, &reference, 2).await;
+    check_feed(&s, &mut reader, &reference).await;
     s.checkpoint("clicks").await;
-    traffic(&s, 3).await;
+    traffic(&s, &reference, 3).await;
     let before = observe(&s).await;
     let s = s.restart().await;
     assert_eq!(observe(&s).await, before);
+    check_feed(&s, &mut reader, &reference).await;
     let s = s.restart().await;
     assert_eq!(
         observe(&s).await,
         before,
         "a second recovery from the same place"
     );
+    check_feed(&s, &mut reader, &reference).await;
+    let mut fresh = FeedReader::new("clicks");
+    check_feed(&s, &mut fresh, &reference).await;
 }
 
 async fn a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    traffic(&s, 1).await;
+    let (reference, mut reader) = (Reference::new(), FeedReader::new("clicks"));
+    traffic(&s, &reference, 1).await;
+    check_feed(&s, &mut reader, &reference).await;
     let before = observe(&s).await;
     let wal_dir = s.config.data_dir.join("wal").join("clicks");
     let (config, dir) = s.stop().await;
@@ -112,7 +161,8 @@ async fn a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives(backend:
     drop(file);
     let s = TestServer::start_config(config, dir).await;
     assert_eq!(observe(&s).await, before);
-    traffic(&s, 2).await;
+    check_feed(&s, &mut reader, &reference).await;
+    traffic(&s, &reference, 2).await;
     let after = observe(&s).await;
     let s = s.restart().await;
     assert_eq!(
@@ -120,6 +170,7 @@ async fn a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives(backend:
         after,
         "new records after the cut are readable"
     );
+    check_feed(&s, &mut reader, &reference).await;
 }
 
 async fn idempotency_keys_survive_restarts_from_the_wal_and_from_a_checkpoint(backend: Backend) {
@@ -238,9 +289,10 @@ async fn heal_checkpoint_commits(s: &TestServer, backend: Backend) {
 async fn a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    traffic(&s, 1).await;
+    let (reference, mut reader) = (Reference::new(), FeedReader::new("clicks"));
+    traffic(&s, &reference, 1).await;
     let good = s.checkpoint("clicks").await;
-    traffic(&s, 2).await;
+    traffic(&s, &reference, 2).await;
     break_checkpoint_commits(&s, backend).await;
     let resp = s.post("/v1/pipelines/clicks/checkpoints").await;
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -259,10 +311,12 @@ async fn a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing
     // The next checkpoint still writes the keys the failed one drained.
     let next = s.checkpoint("clicks").await;
     assert!(next["keys_written"].as_i64().unwrap() >= 20, "{next}");
-    traffic(&s, 3).await;
+    traffic(&s, &reference, 3).await;
+    check_feed(&s, &mut reader, &reference).await;
     let before = observe(&s).await;
     let s = s.restart().await;
     assert_eq!(observe(&s).await, before);
+    check_feed(&s, &mut reader, &reference).await;
     let list = body_json(
         s.get("/v1/pipelines/clicks/checkpoints").await,
         StatusCode::OK,
@@ -280,7 +334,7 @@ async fn a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing
 async fn deleting_a_pipeline_removes_its_wal(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
-    traffic(&s, 1).await;
+    traffic(&s, &Reference::new(), 1).await;
     let wal_dir = s.config.data_dir.join("wal").join("clicks");
     assert!(wal_dir.exists());
     assert_eq!(

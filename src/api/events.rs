@@ -3,9 +3,9 @@
 //! batch is applied (and, with the WAL, durable).
 
 use super::problem::{ApiError, Problem};
-use crate::app::{AppState, now_ms};
+use crate::app::AppState;
 use crate::engine::{
-    BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
+    Arrival, BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
 };
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -182,7 +182,9 @@ async fn post_events(
         })?;
     let submission = Submission {
         events,
-        arrival: now_ms(),
+        // Read by the sequencer when it orders the batch, not here: a time read before its
+        // lock could land below the watermark of a batch that won the race for it.
+        arrival: Arrival::Now,
         idempotency_key,
         body: Some((bytes, format)),
     };

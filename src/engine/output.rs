@@ -210,9 +210,10 @@ impl Output {
     /// Records with `from <= offset <= to` still in memory.
     pub fn range(&self, from: u64, to: u64) -> Vec<Arc<OutputRecord>> {
         let log = self.log.lock().expect("output lock");
+        let start = log.records.partition_point(|r| r.offset < from);
         log.records
-            .iter()
-            .filter(|r| r.offset >= from && r.offset <= to)
+            .range(start..)
+            .take_while(|r| r.offset <= to)
             .cloned()
             .collect()
     }
@@ -250,12 +251,15 @@ impl Output {
 
     /// Up to `limit` records with offset > `after` (default: from the oldest kept), and the
     /// offset to read after next time.
+    ///
+    /// Offsets increase but may have gaps (a restore drops records and never reuses their
+    /// offsets), so the first record is found by its offset, not by counting from the oldest.
     pub fn read(&self, after: Option<u64>, limit: usize) -> (Vec<Arc<OutputRecord>>, u64) {
         let log = self.log.lock().expect("output lock");
         let oldest = log.records.front().map_or(log.next_offset, |r| r.offset);
         let after = after.unwrap_or(oldest.saturating_sub(1));
-        let skip = (after + 1).saturating_sub(oldest) as usize;
-        let records: Vec<_> = log.records.iter().skip(skip).take(limit).cloned().collect();
+        let start = log.records.partition_point(|r| r.offset <= after);
+        let records: Vec<_> = log.records.range(start..).take(limit).cloned().collect();
         let next = records.last().map_or(after, |r| r.offset);
         (records, next)
     }
@@ -328,6 +332,30 @@ mod tests {
         assert!(records.is_empty());
         assert_eq!(next, 9);
         assert_eq!(out.last_offset(), 5);
+    }
+
+    #[test]
+    fn reads_find_records_by_offset_across_a_gap() {
+        let out = output(10);
+        out.register(0, 1);
+        out.complete(0, vec![emission(0, 0, "k"), emission(1, 0, "k")]);
+        // A restore kept offset 1 and dropped 2: the next records start above the gap.
+        let kept = out.range(1, 1).iter().map(|r| (**r).clone()).collect();
+        out.restore(kept, 2);
+        out.raise_next_offset(5);
+        out.register(1, 1);
+        out.complete(1, (0..3).map(|i| emission(i, 0, "k")).collect());
+        let read = |after, limit| {
+            let (records, next) = out.read(after, limit);
+            (records.iter().map(|r| r.offset).collect::<Vec<_>>(), next)
+        };
+        assert_eq!(read(None, 10), (vec![1, 5, 6, 7], 7));
+        assert_eq!(read(Some(5), 3), (vec![6, 7], 7));
+        assert_eq!(read(Some(2), 1), (vec![5], 5));
+        assert_eq!(read(Some(1), 2), (vec![5, 6], 6));
+        assert_eq!(read(Some(7), 3), (vec![], 7));
+        let range: Vec<_> = out.range(2, 6).iter().map(|r| r.offset).collect();
+        assert_eq!(range, [5, 6]);
     }
 
     #[test]

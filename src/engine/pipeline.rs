@@ -5,7 +5,8 @@
 //! order of the WAL; the lock is never held across an `.await`. A batch either reserves a
 //! mailbox slot on every shard it needs, or nothing of it is applied. With a WAL attached,
 //! shards receive a batch only once its record is durable (the WAL's after-action sends it),
-//! so nothing is applied, visible or answered before it would survive a crash.
+//! so nothing is applied, visible or answered before it would survive a crash. The arrival
+//! clock (processing time) is read under the same lock, so arrival times follow that order.
 
 use super::batch::{BodyFormat, ParsedBatch, parse_batch};
 use super::definition::OperatorDef;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -44,13 +46,46 @@ struct Sequencer {
     counters: Counters,
     next_batch: u64,
     idempotency: Idempotency,
+    /// The latest arrival time it handed out (the clock read under its lock never goes back).
+    last_arrival: i64,
+}
+
+impl Sequencer {
+    /// The time of a batch or tick that arrives `at`. The clock is read here, under the lock
+    /// where the order is decided: a time read before the lock could lose the race for it to
+    /// a later one and land below the watermark that one left, late by accident. It never
+    /// goes below a time handed out before, so a clock stepped back makes nothing late either.
+    fn arrival(&mut self, at: Arrival) -> i64 {
+        let time = match at {
+            Arrival::Now => now_ms().max(self.last_arrival),
+            Arrival::At(time) => time,
+        };
+        self.last_arrival = self.last_arrival.max(time);
+        time
+    }
+}
+
+/// Epoch milliseconds now: the service's one wall clock (a vDSO read, cheap under a lock).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// When a batch or tick happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Now: the sequencer reads the clock when it orders the batch.
+    Now,
+    /// At this time, epoch ms (a logged record replayed, tools and tests that give the time).
+    At(i64),
 }
 
 /// A batch of extracted events with what the WAL records of it.
 pub struct Submission {
     pub events: ParsedBatch,
-    /// Arrival time, epoch ms (event time in processing time).
-    pub arrival: i64,
+    /// Arrival time (event time in processing time).
+    pub arrival: Arrival,
     pub idempotency_key: Option<String>,
     /// The request body, logged as received (required once a WAL is attached).
     pub body: Option<(Bytes, BodyFormat)>,
@@ -269,7 +304,7 @@ impl Pipeline {
     pub async fn ingest(&self, events: ParsedBatch, arrival: i64) -> Result<Ack, EngineError> {
         let submission = Submission {
             events,
-            arrival,
+            arrival: Arrival::At(arrival),
             idempotency_key: None,
             body: None,
         };
@@ -314,9 +349,10 @@ impl Pipeline {
 
     /// Advances the watermark to `time` (ignored when lower); answers the watermark after it.
     pub async fn advance_watermark(&self, time: i64) -> Result<Option<i64>, EngineError> {
-        let record = Record::Watermark { time };
-        let next = |wm: Option<i64>| wm.is_none_or(|w| time > w).then_some(time);
-        let (watermark, done) = self.sequence_marks(next, None, Some(record))?;
+        let (watermark, done) = self.sequence_marks(|seq| {
+            let moved = seq.counters.watermark.is_none_or(|w| time > w);
+            (moved.then_some(time), None, Record::Watermark { time })
+        })?;
         done.await.map_err(|_| self.failed_or_stopped())?;
         Ok(watermark)
     }
@@ -324,9 +360,21 @@ impl Pipeline {
     /// A processing-time tick at `now`: fires processing-time timers and, in processing time,
     /// moves the watermark to the clock.
     pub async fn tick(&self, now: i64) -> Result<(), EngineError> {
+        self.tick_at(Arrival::At(now)).await
+    }
+
+    /// A tick at the clock, read when the tick is ordered with the batches around it.
+    pub async fn tick_now(&self) -> Result<(), EngineError> {
+        self.tick_at(Arrival::Now).await
+    }
+
+    async fn tick_at(&self, at: Arrival) -> Result<(), EngineError> {
         let processing = self.processing_time;
-        let next = |wm: Option<i64>| (processing && wm.is_none_or(|w| now > w)).then_some(now);
-        let (_, done) = self.sequence_marks(next, Some(now), Some(Record::Tick { now }))?;
+        let (_, done) = self.sequence_marks(|seq| {
+            let now = seq.arrival(at);
+            let moved = processing && seq.counters.watermark.is_none_or(|w| now > w);
+            (moved.then_some(now), Some(now), Record::Tick { now })
+        })?;
         done.await.map_err(|_| self.failed_or_stopped()).map(|_| ())
     }
 
@@ -353,7 +401,7 @@ impl Pipeline {
                 })?;
                 let submission = Submission {
                     events,
-                    arrival,
+                    arrival: Arrival::At(arrival),
                     idempotency_key,
                     body: None,
                 };
@@ -377,6 +425,7 @@ impl Pipeline {
         {
             return Ok(Sequenced::Replayed(key.clone()));
         }
+        let arrival = seq.arrival(arrival);
         let keys: usize = self.keys.iter().map(|k| k.load(Ordering::Relaxed)).sum();
         if keys >= self.max_keys {
             return Err(EngineError::KeyLimit {
@@ -438,20 +487,20 @@ impl Pipeline {
         Ok(Sequenced::New(ack, done))
     }
 
+    /// Sequences a watermark advance or tick: `decide` answers, under the lock, the watermark
+    /// it moves to (if it moves), the clock it carries and its record.
     fn sequence_marks(
         &self,
-        next: impl FnOnce(Option<i64>) -> Option<i64>,
-        clock: Option<i64>,
-        record: Option<Record>,
+        decide: impl FnOnce(&mut Sequencer) -> (Option<i64>, Option<i64>, Record),
     ) -> Result<(Option<i64>, oneshot::Receiver<u64>), EngineError> {
         let mut seq = self.sequencer.lock().expect("sequencer lock");
-        let moved = next(seq.counters.watermark);
+        let (moved, clock, record) = decide(&mut seq);
         let marks: Vec<Mark> = moved
             .map(|watermark| Mark { step: 0, watermark })
             .into_iter()
             .collect();
         let items = self.shards.iter().map(|_| Vec::new()).collect();
-        let (_, done) = self.dispatch(&mut seq, items, marks, clock, None, record)?;
+        let (_, done) = self.dispatch(&mut seq, items, marks, clock, None, Some(record))?;
         if moved.is_some() {
             seq.counters.watermark = moved;
         }
@@ -772,4 +821,26 @@ enum Sequenced {
     New(Ack, oneshot::Receiver<u64>),
     /// The idempotency key was sequenced before.
     Replayed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_read_under_the_lock_never_goes_below_a_time_handed_out() {
+        let mut seq = Sequencer::default();
+        let now = seq.arrival(Arrival::Now);
+        assert!(now > 0 && seq.arrival(Arrival::Now) >= now);
+        // A replayed record from a clock that was ahead (or a clock stepped back since).
+        let ahead = now + 3_600_000;
+        assert_eq!(seq.arrival(Arrival::At(ahead)), ahead);
+        assert_eq!(seq.arrival(Arrival::Now), ahead);
+        assert_eq!(
+            seq.arrival(Arrival::At(5)),
+            5,
+            "a logged time is kept as logged"
+        );
+        assert_eq!(seq.arrival(Arrival::Now), ahead);
+    }
 }

@@ -335,3 +335,141 @@ pub fn expect_problem(
         doc
     }
 }
+
+/// A client of a pipeline's output feed that keeps its place across restores and restarts, as
+/// a real consumer does: a pager reading pages of 3 after its `next`, and a Server-Sent Events
+/// reader resuming with `Last-Event-ID`. Each keeps every record it was handed, so a test can
+/// check that both saw every record exactly once, whatever happened to the server in between.
+pub struct FeedReader {
+    pipeline: String,
+    /// The pager's `after`: the `next` of its last page.
+    after: u64,
+    /// Offset of the last event the stream delivered (`None` before any).
+    last_event_id: Option<u64>,
+    /// Every record the pager was handed, in the order it was handed them.
+    pub paged: Vec<Value>,
+    /// Every record the stream delivered, in order.
+    pub streamed: Vec<Value>,
+}
+
+/// Records per page: small, so that paging crosses every gap and boundary.
+const PAGE: usize = 3;
+
+impl FeedReader {
+    /// A reader of `pipeline`'s feed from its start.
+    pub fn new(pipeline: &str) -> FeedReader {
+        FeedReader {
+            pipeline: pipeline.to_owned(),
+            after: 0,
+            last_event_id: None,
+            paged: Vec::new(),
+            streamed: Vec::new(),
+        }
+    }
+
+    /// Reads everything new at the server at `base`: pages of 3 following `next` until a page
+    /// is empty, then the stream, reconnected with `Last-Event-ID`, up to the pager's place.
+    pub async fn catch_up(&mut self, client: &Client, base: &str) {
+        let output = format!("{base}/v1/pipelines/{}/output", self.pipeline);
+        loop {
+            let url = format!("{output}?after={}&limit={PAGE}", self.after);
+            let page = body_json(client.get(url).send().await.expect("GET"), StatusCode::OK).await;
+            let records = page["records"].as_array().expect("records").clone();
+            assert!(records.len() <= PAGE, "a page holds at most its limit");
+            let next = page["next"].as_u64().expect("next");
+            match records.last() {
+                None => {
+                    assert_eq!(next, self.after, "an empty page keeps the position");
+                    break;
+                }
+                Some(last) => assert_eq!(Some(next), last["offset"].as_u64(), "{page}"),
+            }
+            self.after = next;
+            self.paged.extend(records);
+        }
+        if self.last_event_id.unwrap_or(0) < self.after {
+            self.stream_to(client, &output, self.after).await;
+        }
+    }
+
+    /// Reads the stream from `Last-Event-ID` until it delivers offset `to` (or beyond).
+    async fn stream_to(&mut self, client: &Client, output: &str, to: u64) {
+        let mut request = client.get(format!("{output}/stream"));
+        if let Some(id) = self.last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let resp = request.send().await.expect("GET stream");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut events = SseEvents::new(resp);
+        while self.last_event_id.is_none_or(|id| id < to) {
+            let (id, record) = events.next().await;
+            assert_eq!(record["offset"], id, "an event's id is its record's offset");
+            self.last_event_id = Some(id);
+            self.streamed.push(record);
+        }
+    }
+
+    /// Both readers were handed exactly `expected`, in order: every record once, none lost.
+    #[track_caller]
+    pub fn assert_saw(&self, expected: &[Value]) {
+        for (reader, got) in [("pager", &self.paged), ("stream", &self.streamed)] {
+            let offsets = |records: &[Value]| -> Vec<u64> {
+                records
+                    .iter()
+                    .map(|r| r["offset"].as_u64().unwrap())
+                    .collect()
+            };
+            assert_eq!(
+                offsets(got),
+                offsets(expected),
+                "{reader}: offsets of the records it was handed"
+            );
+            if let Some((g, e)) = got.iter().zip(expected).find(|(g, e)| g != e) {
+                panic!("{reader}: a record differs\n got      {g}\n expected {e}");
+            }
+        }
+    }
+}
+
+/// The events of a Server-Sent Events response, as (id, JSON data).
+pub struct SseEvents {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: Vec<u8>,
+}
+
+impl SseEvents {
+    pub fn new(resp: Response) -> SseEvents {
+        SseEvents {
+            body: Box::pin(resp.bytes_stream()),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next event with an id and data (keep-alive comments are skipped); fails when none
+    /// comes within 10 seconds.
+    pub async fn next(&mut self) -> (u64, Value) {
+        use futures::StreamExt;
+        loop {
+            while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut data) = (None, None);
+                for line in std::str::from_utf8(&block).expect("UTF-8 events").lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse().expect("a numeric id"));
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = Some(serde_json::from_str(v.trim()).expect("JSON data"));
+                    }
+                }
+                if let (Some(id), Some(data)) = (id, data) {
+                    return (id, data);
+                }
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), self.body.next())
+                .await
+                .expect("an event in time")
+                .expect("the stream stays open")
+                .expect("a readable stream");
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+}
