@@ -63,6 +63,29 @@ fn corrupt(segments: &[(u64, PathBuf, Vec<u8>)], damage: Damage) -> WalError {
     }
 }
 
+/// Deletes the log in `dir` (its pipeline is deleted). Copies a repair set aside
+/// (`repaired-*`) are kept, and with them the directory: eddy never deletes them.
+pub fn remove_log(dir: &Path) -> Result<(), WalError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for (_, path) in segments_of(dir)? {
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    // Fails (and so keeps it) only when a repaired copy is inside.
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// Judges the log in `dir` without changing it (`covered`: the LSN the last completed
+/// checkpoint covers); a missing directory is an empty, whole log.
+pub fn inspect(dir: &Path, covered: u64) -> Result<Scan, WalError> {
+    if !dir.exists() {
+        return Ok(scan::scan(&[], covered));
+    }
+    Ok(read(dir, covered)?.1)
+}
+
 /// Reads every segment of `dir` and judges the log (`covered`: the LSN the last completed
 /// checkpoint covers). Changes nothing on disk.
 fn read(dir: &Path, covered: u64) -> Result<(Vec<(u64, PathBuf, Vec<u8>)>, Scan), WalError> {
