@@ -63,7 +63,7 @@ impl AppState {
         }
         self.engine
             .failed(name)
-            .map(Served::Failed)
+            .map(|f| Served::Failed(Box::new(f)))
             .ok_or_else(|| ApiError::PipelineNotFound {
                 name: name.to_owned(),
             })
@@ -119,7 +119,7 @@ impl AppState {
 /// A known pipeline: serving, or failed at start.
 pub enum Served {
     Running(Arc<Pipeline>),
-    Failed(FailedPipeline),
+    Failed(Box<FailedPipeline>),
 }
 
 /// Failures of start-up.

@@ -54,8 +54,11 @@ pub enum WalError {
     },
 }
 
+/// Segments read whole: (first LSN, path, contents), by first LSN.
+type Segments = Vec<(u64, PathBuf, Vec<u8>)>;
+
 /// The typed error of a scan's damage.
-fn corrupt(segments: &[(u64, PathBuf, Vec<u8>)], damage: Damage) -> WalError {
+fn corrupt(segments: &Segments, damage: Damage) -> WalError {
     WalError::Corrupt {
         path: segments[damage.segment].1.clone(),
         position: damage.position as u64,
@@ -88,7 +91,7 @@ pub fn inspect(dir: &Path, covered: u64) -> Result<Scan, WalError> {
 
 /// Reads every segment of `dir` and judges the log (`covered`: the LSN the last completed
 /// checkpoint covers). Changes nothing on disk.
-fn read(dir: &Path, covered: u64) -> Result<(Vec<(u64, PathBuf, Vec<u8>)>, Scan), WalError> {
+fn read(dir: &Path, covered: u64) -> Result<(Segments, Scan), WalError> {
     let mut segments = Vec::new();
     for (first, path) in segments_of(dir)? {
         let data = std::fs::read(&path).map_err(io(&path))?;

@@ -199,15 +199,20 @@ async fn assert_failed_while_b_serves(s: &TestServer) -> String {
     reason
 }
 
-/// Runs the real `eddy wal repair` on a stopped server's data; answers its stdout.
-fn repair(config: &Config, pipeline: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+/// Runs the real `eddy wal repair` on a stopped server's data.
+fn run_repair(config: &Config, pipeline: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
         .args(["wal", "repair", pipeline])
         .env("EDDY_DATA_DIR", &config.data_dir)
         .env("DATABASE_URL", &config.database_url)
         .env("EDDY_LOG", "warn")
         .output()
-        .expect("run eddy");
+        .expect("run eddy")
+}
+
+/// Runs the real `eddy wal repair` and expects success; answers its stdout.
+fn repair(config: &Config, pipeline: &str) -> String {
+    let out = run_repair(config, pipeline);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -276,6 +281,12 @@ async fn a_torn_tail_is_cut_and_the_pipeline_serves(backend: Backend) {
     let torn: Vec<u8> = data[last..last + 30].to_vec();
     data.extend_from_slice(&torn);
     std::fs::write(&segment, &data).unwrap();
+    assert!(repair(&config, "a").contains("torn tail (30 bytes"));
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        data,
+        "the repair left it to the server"
+    );
     let s = restart(config, dir).await;
     assert_eq!(s.status("a").await["state"], "running");
     assert_eq!(s.status("a").await["events"], 6);
@@ -443,7 +454,47 @@ async fn a_cut_off_start_of_the_segment_after_the_checkpoint_fails_the_pipeline(
     assert!(ack["first_offset"].as_u64().unwrap() > 10, "{ack}");
 }
 
+async fn a_failed_pipeline_can_be_deleted_and_refuses_what_cannot_be_restored(backend: Backend) {
+    let s = server(backend, eddy::wal::SEGMENT_BYTES).await;
+    batches(&s, 1, 4).await;
+    let (config, dir) = s.stop().await;
+    let wal = wal_dir(&config, "a");
+    flip_body_byte(&wal, "k2");
+    let s = restart(config, dir).await;
+    assert_eq!(s.status("a").await["state"], "failed");
+    let resp = s.post("/v1/pipelines/a/checkpoints/99/restore").await;
+    expect_problem(resp, StatusCode::NOT_FOUND, "checkpoint_not_found").await;
+    let resp = s.get("/v1/pipelines/a/checkpoints/99").await;
+    expect_problem(resp, StatusCode::NOT_FOUND, "checkpoint_not_found").await;
+    assert_eq!(
+        s.status("a").await["state"],
+        "failed",
+        "a refused restore changes nothing"
+    );
+    let (config, dir) = s.stop().await;
+    let out = run_repair(&config, "nope");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pipeline \"nope\""));
+    let s = restart(config, dir).await;
+    assert_eq!(
+        s.delete("/v1/pipelines/a").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    expect_problem(
+        s.get("/v1/pipelines/a").await,
+        StatusCode::NOT_FOUND,
+        "pipeline_not_found",
+    )
+    .await;
+    body_json(s.get("/readyz").await, StatusCode::OK).await;
+    assert!(!wal.exists(), "its WAL went with it");
+    let resp = s.post_json("/v1/pipelines", &spec("a")).await;
+    body_json(resp, StatusCode::CREATED).await;
+    batches(&s, 1, 1).await;
+}
+
 backend_tests!(
+    a_failed_pipeline_can_be_deleted_and_refuses_what_cannot_be_restored,
     a_torn_tail_is_cut_and_the_pipeline_serves,
     a_bad_record_followed_by_good_ones_fails_the_pipeline_until_repaired,
     a_bad_record_in_an_older_segment_fails_the_pipeline_until_restored,

@@ -186,7 +186,11 @@ async fn restore_checkpoint(
     // A failed pipeline is restored too: that is the operator's way out of the failed state.
     let (pipeline, discarded_events) = match app.served(&name)? {
         Served::Running(old) => app.checkpoints.restore(&old, id).await?,
-        Served::Failed(failed) => app.checkpoints.restore_failed(failed.spec, id).await?,
+        Served::Failed(failed) => {
+            app.checkpoints
+                .restore_failed(failed.spec.clone(), id)
+                .await?
+        }
     };
     app.launch(pipeline);
     tracing::info!(pipeline = %name, checkpoint = id, discarded_events, "checkpoint restored");

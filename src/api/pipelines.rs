@@ -255,7 +255,7 @@ async fn list_pipelines(
         .map(|p| (p.name().to_owned(), Served::Running(p)))
         .collect();
     for failed in app.engine.failed_list() {
-        served.insert(failed.spec.name.clone(), Served::Failed(failed));
+        served.insert(failed.spec.name.clone(), Served::Failed(Box::new(failed)));
     }
     let mut items = Vec::new();
     for (name, pipeline) in &served {
