@@ -1,6 +1,7 @@
 //! Checkpoints: taking them (a barrier in the event order, then ONE store transaction), the
-//! periodic and shutdown triggers, restoring one, and recovering a pipeline at start (latest
-//! completed checkpoint, then the WAL after it).
+//! periodic and shutdown triggers, restoring one (also of a pipeline that failed to start),
+//! recovering a pipeline at start (latest completed checkpoint, then the WAL after it), and
+//! `eddy wal repair` (the WAL cut at its damage, the offset floor raised above the cut).
 //!
 //! Invariant: at most one checkpoint or restore runs per pipeline at a time; a failed
 //! checkpoint hands its changes back to the shards, so the next one still writes them.
