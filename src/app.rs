@@ -6,7 +6,7 @@ use crate::api::problem::{ApiError, PROBLEM_JSON, problem_response};
 use crate::auth::{Tokens, TokensError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::config::Config;
-use crate::engine::{Engine, Pipeline};
+use crate::engine::{Engine, EngineError, FailedPipeline, Pipeline};
 use crate::spec::PipelineSpec;
 use crate::store::Trigger;
 use crate::store::{self, Store, StoreError};
@@ -45,10 +45,25 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The running pipeline `name`.
+    /// The running pipeline `name` (a failed one answers `pipeline_failed`).
     pub fn pipeline(&self, name: &str) -> Result<Arc<Pipeline>, ApiError> {
+        match self.served(name)? {
+            Served::Running(pipeline) => Ok(pipeline),
+            Served::Failed(failed) => Err(ApiError::PipelineFailed {
+                name: name.to_owned(),
+                reason: failed.reason,
+            }),
+        }
+    }
+
+    /// The pipeline `name`, running or failed.
+    pub fn served(&self, name: &str) -> Result<Served, ApiError> {
+        if let Some(pipeline) = self.engine.get(name) {
+            return Ok(Served::Running(pipeline));
+        }
         self.engine
-            .get(name)
+            .failed(name)
+            .map(|f| Served::Failed(Box::new(f)))
             .ok_or_else(|| ApiError::PipelineNotFound {
                 name: name.to_owned(),
             })
@@ -99,6 +114,12 @@ impl AppState {
             }
         }
     }
+}
+
+/// A known pipeline: serving, or failed at start.
+pub enum Served {
+    Running(Arc<Pipeline>),
+    Failed(Box<FailedPipeline>),
 }
 
 /// Failures of start-up.
@@ -181,7 +202,8 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<AppStat
 }
 
 /// Recovers every stored pipeline (latest checkpoint, then its WAL), then marks the state
-/// ready: until then `/readyz` and the API answer 503.
+/// ready: until then `/readyz` and the API answer 503. A pipeline whose WAL fails its check
+/// stays failed (listed, its requests 503 `pipeline_failed`) while the others serve.
 pub async fn recover(state: &AppState) -> Result<(), StartError> {
     for stored in state.store.pipelines().await? {
         let spec = PipelineSpec::from_json(&stored.spec).map_err(|errors| {
@@ -190,19 +212,34 @@ pub async fn recover(state: &AppState) -> Result<(), StartError> {
                 detail: format!("{errors:?}"),
             }
         })?;
-        let pipeline =
-            state
-                .checkpoints
-                .recover(spec)
-                .await
-                .map_err(|source| StartError::Recovery {
+        match state.checkpoints.recover(spec.clone()).await {
+            Ok(pipeline) => {
+                state.launch(pipeline);
+            }
+            Err(e) if fails_only_the_pipeline(&e) => {
+                let name = &stored.name;
+                tracing::error!(pipeline = %name, reason = %e, next = "pipeline stays failed until restored or repaired (eddy wal repair)", "pipeline failed to start");
+                state.engine.fail(spec, e.to_string());
+            }
+            Err(source) => {
+                return Err(StartError::Recovery {
                     name: stored.name.clone(),
                     source,
-                })?;
-        state.launch(pipeline);
+                });
+            }
+        }
     }
     state.ready.store(true, Ordering::Release);
     Ok(())
+}
+
+/// Whether a recovery failure is the pipeline's own (its WAL or what is logged in it), so
+/// that the others can still serve; a store failure stops start-up instead.
+fn fails_only_the_pipeline(e: &CheckpointError) -> bool {
+    matches!(
+        e,
+        CheckpointError::Wal(_) | CheckpointError::Engine(EngineError::Replay { .. })
+    )
 }
 
 impl AppState {

@@ -1,6 +1,7 @@
 //! Checkpoints: taking them (a barrier in the event order, then ONE store transaction), the
-//! periodic and shutdown triggers, restoring one, and recovering a pipeline at start (latest
-//! completed checkpoint, then the WAL after it).
+//! periodic and shutdown triggers, restoring one (also of a pipeline that failed to start),
+//! recovering a pipeline at start (latest completed checkpoint, then the WAL after it), and
+//! `eddy wal repair` (the WAL cut at its damage, the offset floor raised above the cut).
 //!
 //! Invariant: at most one checkpoint or restore runs per pipeline at a time; a failed
 //! checkpoint hands its changes back to the shards, so the next one still writes them.
@@ -12,7 +13,7 @@ use crate::spec::PipelineSpec;
 use crate::store::{
     CheckpointMeta, CheckpointStatus, CheckpointWrite, Floors, Store, StoreError, Trigger,
 };
-use crate::wal::{Wal, WalError, WalOptions};
+use crate::wal::{self, Beyond, Repaired, Wal, WalError, WalOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -203,9 +204,10 @@ impl Checkpointer {
     }
 
     /// Starts `spec`'s pipeline from its latest completed checkpoint and the WAL after it.
+    /// A WAL that fails its check fails the recovery ([`WalError::Corrupt`]) before anything
+    /// is loaded; only a torn tail is cut.
     pub async fn recover(&self, spec: PipelineSpec) -> Result<Pipeline, CheckpointError> {
         let name = spec.name.clone();
-        let pipeline = Pipeline::from_spec(spec, &self.config.engine);
         self.store.fail_interrupted(&name, now_ms()).await?;
         let floors = self.store.floors(&name).await?;
         let dir = self.wal_dir(&name);
@@ -213,12 +215,18 @@ impl Checkpointer {
             Wal::truncate_after(&dir, lsn as u64)?;
             self.store.clear_discard(&name).await?;
         }
-        let latest = self
-            .store
-            .checkpoints(&name)
-            .await?
-            .into_iter()
-            .find(|c| c.status == CheckpointStatus::Completed);
+        let latest = self.latest(&name).await?;
+        let from = latest.as_ref().map_or(0, |c| c.wal_lsn as u64);
+        let opened = Wal::open(&dir, self.wal_options(), from + 1)?;
+        if let Some((segment, at)) = &opened.cut_at {
+            let reason = format!(
+                "torn tail of {} bytes at byte {at} of {}",
+                opened.cut_bytes,
+                segment.display()
+            );
+            tracing::warn!(pipeline = %name, reason = %reason, next = "the pipeline starts without it: an interrupted write was never acknowledged", "WAL torn tail cut");
+        }
+        let pipeline = Pipeline::from_spec(spec, &self.config.engine);
         let snapshot = match &latest {
             Some(cp) => self.snapshot(&pipeline, cp).await?,
             None => Snapshot {
@@ -231,17 +239,7 @@ impl Checkpointer {
             },
         };
         pipeline.restore(snapshot).await?;
-        pipeline.raise_next_offset(floors.offset as u64);
         pipeline.output().raise_next_offset(floors.output as u64);
-        let from = latest.as_ref().map_or(0, |c| c.wal_lsn as u64);
-        let options = WalOptions {
-            fsync: self.config.wal_fsync,
-            ..WalOptions::default()
-        };
-        let opened = Wal::open(&dir, options, from + 1)?;
-        if opened.cut_bytes > 0 {
-            tracing::warn!(pipeline = %name, bytes = opened.cut_bytes, "a torn or corrupt WAL tail was cut");
-        }
         let mut replayed = 0;
         for (lsn, record) in opened.records {
             if lsn > from {
@@ -249,9 +247,28 @@ impl Checkpointer {
                 replayed += 1;
             }
         }
+        // After the replay: a repair's floor lies above records that are replayed at the
+        // offsets they took (each record raises the offset to its own first one).
+        pipeline.raise_next_offset(floors.offset as u64);
         pipeline.attach_wal(opened.wal);
         tracing::info!(pipeline = %name, checkpoint = latest.map(|c| c.id), replayed, "pipeline recovered");
         Ok(pipeline)
+    }
+
+    fn wal_options(&self) -> WalOptions {
+        WalOptions {
+            fsync: self.config.wal_fsync,
+            segment_bytes: self.config.wal_segment_bytes,
+        }
+    }
+
+    async fn latest(&self, name: &str) -> Result<Option<CheckpointMeta>, CheckpointError> {
+        Ok(self
+            .store
+            .checkpoints(name)
+            .await?
+            .into_iter()
+            .find(|c| c.status == CheckpointStatus::Completed))
     }
 
     async fn snapshot(
@@ -328,4 +345,117 @@ impl Checkpointer {
         let pipeline = self.recover(spec).await?;
         Ok((pipeline, now.events.saturating_sub(cp.events as u64)))
     }
+
+    /// Restores checkpoint `id` of a pipeline that failed to start: the damaged part of its
+    /// WAL is set aside first (as `eddy wal repair` would: a copy of every cut byte), then the
+    /// WAL after the checkpoint is discarded as any restore does, with the offset floor above
+    /// every offset a record of the WAL took. Answers the running pipeline and the events
+    /// discarded (those that could be counted).
+    pub async fn restore_failed(
+        &self,
+        spec: PipelineSpec,
+        id: i64,
+    ) -> Result<(Pipeline, u64), CheckpointError> {
+        let name = spec.name.clone();
+        let _claim = self.claim(&name)?;
+        let cp = self
+            .store
+            .checkpoint(&name, id)
+            .await?
+            .ok_or(CheckpointError::NotFound { id })?;
+        if cp.status != CheckpointStatus::Completed {
+            return Err(CheckpointError::NotRestorable {
+                id,
+                status: cp.status.as_str(),
+            });
+        }
+        let checkpoints = self.store.checkpoints(&name).await?;
+        let newest_id = checkpoints.first().map_or(id, |c| c.id);
+        let latest = self.latest(&name).await?;
+        let covered = latest.as_ref().map_or(0, |c| c.wal_lsn as u64);
+        let floors = self.store.floors(&name).await?;
+        let dir = self.wal_dir(&name);
+        let cut = match wal::repair(&dir, covered, &stamp())? {
+            Repaired::Cut(cut) => {
+                tracing::warn!(pipeline = %name, reason = %cut.reason, next = "the checkpoint is restored; the cut bytes are kept", copy = %cut.copy.display(), "damaged WAL set aside for a restore");
+                cut.beyond
+            }
+            _ => Vec::new(),
+        };
+        let left = wal::inspect(&dir, covered)?;
+        let lsn = cp.wal_lsn as u64;
+        let (before, after): (Vec<_>, Vec<_>) =
+            left.records.into_iter().partition(|(l, _)| *l <= lsn);
+        let beyond: Vec<Beyond> = after
+            .into_iter()
+            .map(|(l, r)| Beyond::Record(l, r))
+            .chain(cut)
+            .collect();
+        let loss = wal::loss(&before, &beyond, lsn, cp.next_offset as u64);
+        let output = latest.map_or(1, |c| c.output_offset + 1);
+        let floors = Floors {
+            offset: floors.offset.max(loss.next_offset as i64),
+            output: floors.output.max(output),
+            checkpoint: newest_id,
+            discard_after_lsn: Some(cp.wal_lsn),
+        };
+        self.store.restore_checkpoint(&name, id, floors).await?;
+        Wal::truncate_after(&dir, lsn)?;
+        self.store.clear_discard(&name).await?;
+        let pipeline = self.recover(spec).await?;
+        Ok((pipeline, loss.events))
+    }
+
+    /// `eddy wal repair`: cuts the pipeline's WAL at its first damage that recovery needs,
+    /// keeping every cut byte, and raises the offset floor above every offset a cut record
+    /// took. The server must not be running on the data dir.
+    pub async fn repair(&self, name: &str) -> Result<RepairReport, CheckpointError> {
+        let floors = self.store.floors(name).await?;
+        let dir = self.wal_dir(name);
+        if let Some(lsn) = floors.discard_after_lsn {
+            // A restore was interrupted: finish its cut first, as recovery would.
+            Wal::truncate_after(&dir, lsn as u64)?;
+            self.store.clear_discard(name).await?;
+        }
+        let latest = self.latest(name).await?;
+        let covered = latest.as_ref().map_or(0, |c| c.wal_lsn as u64);
+        let start = latest.as_ref().map_or(1, |c| c.next_offset as u64);
+        let cut = match wal::repair(&dir, covered, &stamp())? {
+            Repaired::Whole => return Ok(RepairReport::Whole),
+            Repaired::Torn { path, bytes } => return Ok(RepairReport::Torn { path, bytes }),
+            Repaired::Cut(cut) => cut,
+        };
+        let loss = wal::loss(&cut.kept, &cut.beyond, covered, start);
+        let floor = loss.next_offset.max(floors.offset as u64);
+        self.store.raise_offset_floor(name, floor as i64).await?;
+        Ok(RepairReport::Cut {
+            cut,
+            loss,
+            next_offset: floor,
+        })
+    }
+}
+
+/// What `eddy wal repair` did.
+#[derive(Debug)]
+pub enum RepairReport {
+    /// The WAL is whole: nothing to repair.
+    Whole,
+    /// Only a torn tail, which the server cuts at start by itself.
+    Torn { path: PathBuf, bytes: u64 },
+    /// The WAL was cut.
+    Cut {
+        cut: wal::Cut,
+        loss: wal::Loss,
+        /// The next event offset is at least this.
+        next_offset: u64,
+    },
+}
+
+/// A UTC timestamp for a copy directory's name, e.g. `20261201T231500Z`.
+fn stamp() -> String {
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_else(|_| now_ms().to_string())
 }

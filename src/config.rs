@@ -54,6 +54,9 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
     },
+    /// Inspect and repair a pipeline's write-ahead log (the server must be stopped).
+    #[command(subcommand)]
+    Wal(WalCommand),
     /// Load a running server: post a generated click stream from many connections and report
     /// events/s, latency percentiles and the server's RSS.
     Load(LoadOptions),
@@ -116,6 +119,18 @@ impl LoadOptions {
             server_pid: self.server_pid,
         })
     }
+}
+
+/// WAL commands.
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Cut a corrupt WAL at its first damaged record: every cut byte is moved to
+    /// `EDDY_DATA_DIR/wal/PIPELINE/repaired-<time>/`, the events lost are reported, and offsets
+    /// stay above every offset ever handed out. Says so when there is nothing to repair.
+    Repair {
+        /// The pipeline whose WAL to repair.
+        pipeline: String,
+    },
 }
 
 /// Token commands.
@@ -196,6 +211,9 @@ pub struct Settings {
     /// fdatasync the WAL before acknowledging [default: true]; false only for benchmarks.
     #[arg(long, env = "EDDY_WAL_FSYNC", global = true)]
     pub wal_fsync: Option<bool>,
+    /// WAL segment size in bytes at which a new segment starts [default: 67108864].
+    #[arg(long, env = "EDDY_WAL_SEGMENT_BYTES", global = true)]
+    pub wal_segment_bytes: Option<u64>,
 }
 
 impl Settings {
@@ -212,6 +230,7 @@ impl Settings {
             request_timeout: self.request_timeout.or(file.request_timeout),
             output_retain: self.output_retain.or(file.output_retain),
             wal_fsync: self.wal_fsync.or(file.wal_fsync),
+            wal_segment_bytes: self.wal_segment_bytes.or(file.wal_segment_bytes),
             tokens_file: self.tokens_file.or(file.tokens_file),
             max_batch_events: self.max_batch_events.or(file.max_batch_events),
             max_event_bytes: self.max_event_bytes.or(file.max_event_bytes),
@@ -281,6 +300,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Whether WAL appends are fdatasync'ed before they are acknowledged.
     pub wal_fsync: bool,
+    /// Size at which the WAL starts a new segment.
+    pub wal_segment_bytes: u64,
     pub tokens_file: Option<PathBuf>,
     /// Whether /metrics needs a read token.
     pub metrics_auth: bool,
@@ -337,6 +358,16 @@ impl Config {
             max_body_bytes: body_limit(s.max_body_bytes)?,
             request_timeout: Duration::from_millis(timeout.millis() as u64),
             wal_fsync: s.wal_fsync.unwrap_or(true),
+            wal_segment_bytes: match s.wal_segment_bytes {
+                Some(0) => {
+                    return Err(invalid(
+                        "EDDY_WAL_SEGMENT_BYTES",
+                        "must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => crate::wal::SEGMENT_BYTES,
+            },
             tokens_file: s.tokens_file,
             metrics_auth: s.metrics_auth.unwrap_or(false),
             // The body limit is the promise (any valid body under it is accepted): these two

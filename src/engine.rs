@@ -96,11 +96,21 @@ pub enum EngineError {
     Replay { pipeline: String, detail: String },
 }
 
-/// The running pipelines by name.
+/// A stored pipeline that did not start (its WAL failed its check): listed, not served.
+#[derive(Clone, Debug)]
+pub struct FailedPipeline {
+    pub spec: crate::spec::PipelineSpec,
+    /// Why it did not start.
+    pub reason: String,
+}
+
+/// The running pipelines by name, and the failed ones.
 #[derive(Default)]
 pub struct Engine {
     // std RwLock: held only to look up or swap an Arc, never across an await.
     pipelines: RwLock<BTreeMap<String, Arc<Pipeline>>>,
+    // Invariant: a name is in at most one of the two maps.
+    failed: RwLock<BTreeMap<String, FailedPipeline>>,
 }
 
 impl Engine {
@@ -113,9 +123,10 @@ impl Engine {
             .cloned()
     }
 
-    /// Adds a running pipeline (replacing one of the same name).
+    /// Adds a running pipeline (replacing one of the same name, running or failed).
     pub fn insert(&self, pipeline: Arc<Pipeline>) {
         let name = pipeline.name().to_owned();
+        self.failed.write().expect("engine lock").remove(&name);
         self.pipelines
             .write()
             .expect("engine lock")
@@ -127,7 +138,38 @@ impl Engine {
         self.pipelines.write().expect("engine lock").remove(name)
     }
 
-    /// Every pipeline, by name.
+    /// Records that `spec`'s pipeline did not start, and why.
+    pub fn fail(&self, spec: crate::spec::PipelineSpec, reason: String) {
+        let name = spec.name.clone();
+        self.pipelines.write().expect("engine lock").remove(&name);
+        let failed = FailedPipeline { spec, reason };
+        self.failed
+            .write()
+            .expect("engine lock")
+            .insert(name, failed);
+    }
+
+    /// The failed pipeline called `name`.
+    pub fn failed(&self, name: &str) -> Option<FailedPipeline> {
+        self.failed.read().expect("engine lock").get(name).cloned()
+    }
+
+    /// Forgets a failed pipeline (deleted).
+    pub fn remove_failed(&self, name: &str) -> Option<FailedPipeline> {
+        self.failed.write().expect("engine lock").remove(name)
+    }
+
+    /// Every failed pipeline, by name.
+    pub fn failed_list(&self) -> Vec<FailedPipeline> {
+        self.failed
+            .read()
+            .expect("engine lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Every running pipeline, by name.
     pub fn list(&self) -> Vec<Arc<Pipeline>> {
         self.pipelines
             .read()

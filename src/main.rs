@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use eddy::app;
-use eddy::config::{Cli, Command, Config, Settings, TokenCommand};
+use eddy::checkpoint::{Checkpointer, RepairReport};
+use eddy::config::{Cli, Command, Config, Settings, TokenCommand, WalCommand};
 use eddy::store;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Migrate => run(Box::pin(migrate(config.clone()))),
+        Command::Wal(WalCommand::Repair { pipeline }) => {
+            run(Box::pin(repair(config.clone(), pipeline)))
+        }
         Command::Serve { insecure } => run(Box::pin(serve(config.clone(), insecure))),
     }
 }
@@ -107,6 +111,70 @@ async fn migrate(config: Config) -> Result<(), BoxError> {
     let store = store::connect(&config.database_url).await?;
     store.migrate().await?;
     tracing::info!(database = %store::redact(&config.database_url), "migrations applied");
+    Ok(())
+}
+
+/// `eddy wal repair PIPELINE`: prints what it cut and lost, or that there is nothing to do.
+async fn repair(config: Config, pipeline: String) -> Result<(), BoxError> {
+    let store = store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    if !store.pipelines().await?.iter().any(|p| p.name == pipeline) {
+        let url = store::redact(&config.database_url);
+        return Err(format!("no pipeline {pipeline:?} is stored in {url}").into());
+    }
+    let checkpoints = Checkpointer::new(store, std::sync::Arc::new(config));
+    match checkpoints.repair(&pipeline).await? {
+        RepairReport::Whole => {
+            println!("pipeline {pipeline:?}: the WAL is whole; nothing to repair")
+        }
+        RepairReport::Torn { path, bytes } => println!(
+            "pipeline {pipeline:?}: the WAL ends in a torn tail ({bytes} bytes of {}), which \
+             eddy serve cuts at start (it was never acknowledged); nothing to repair",
+            path.display()
+        ),
+        RepairReport::Cut {
+            cut,
+            loss,
+            next_offset,
+        } => {
+            println!(
+                "pipeline {pipeline:?}: WAL damaged at byte {} of {}: {}",
+                cut.position,
+                cut.path.display(),
+                cut.reason
+            );
+            println!(
+                "cut {} bytes (from that byte on, and every later segment); kept in {}",
+                cut.bytes,
+                cut.copy.display()
+            );
+            let mut lost = format!("acknowledged events lost: {}", loss.events);
+            if let Some((first, last)) = loss.offsets {
+                lost += &format!(" (offsets {first} to {last})");
+            }
+            if loss.uncounted_at_most > 0 {
+                lost += &format!(
+                    "; up to {} more in records that could not be read",
+                    loss.uncounted_at_most
+                );
+            }
+            println!("{lost}");
+            if !loss.keys.is_empty() {
+                println!(
+                    "idempotency keys of lost batches (a retry with one is applied again, once): {}",
+                    loss.keys.join(", ")
+                );
+            }
+            println!("next event offset: at least {next_offset} (offsets are never reused)");
+            println!(
+                "summary: lost_events={} uncounted_at_most={} cut_bytes={} next_offset={next_offset} copy={}",
+                loss.events,
+                loss.uncounted_at_most,
+                cut.bytes,
+                cut.copy.display()
+            );
+        }
+    }
     Ok(())
 }
 

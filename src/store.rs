@@ -114,6 +114,9 @@ pub trait Store: Send + Sync + 'static {
         id: i64,
         floors: Floors,
     ) -> Result<(), StoreError>;
+    /// Raises the event-offset floor to at least `offset` (a WAL repair cut records that took
+    /// offsets below it): the floor a restore sets, never lowered.
+    async fn raise_offset_floor(&self, pipeline: &str, offset: i64) -> Result<(), StoreError>;
     /// The WAL was cut after a restore: forget the pending discard.
     async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError>;
     /// Keeps `retain` completed checkpoints, collects state rows no retained checkpoint reads,

@@ -8,12 +8,17 @@
 //! batches to its shards in those actions, so nothing is applied, answered or visible before
 //! it is durable.
 //!
-//! Invariant: LSNs are dense and increasing across segments; a torn or corrupt tail is cut at
-//! the last good record when the log is opened, never replayed.
+//! Invariant: LSNs are dense and increasing across segments. At open only a torn tail (an
+//! interrupted write at the end of the newest segment: never acknowledged) is cut; any other
+//! damage fails the open with [`WalError::Corrupt`] and changes nothing (see `scan`).
 
 mod record;
+mod repair;
+mod scan;
 
 pub use record::{DecodeError, MAX_PAYLOAD, Record};
+pub use repair::{Cut, Loss, Repaired, loss, repair};
+pub use scan::{Beyond, Damage, Scan, Verdict};
 
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
@@ -40,6 +45,65 @@ pub enum WalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Acknowledged records are damaged or missing: nothing was changed on disk.
+    #[error("WAL segment {path} is damaged at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+}
+
+/// Segments read whole: (first LSN, path, contents), by first LSN.
+type Segments = Vec<(u64, PathBuf, Vec<u8>)>;
+
+/// The typed error of a scan's damage.
+fn corrupt(segments: &Segments, damage: Damage) -> WalError {
+    WalError::Corrupt {
+        path: segments[damage.segment].1.clone(),
+        position: damage.position as u64,
+        reason: damage.reason,
+    }
+}
+
+/// Deletes the log in `dir` (its pipeline is deleted). Copies a repair set aside
+/// (`repaired-*`) are kept, and with them the directory: eddy never deletes them.
+pub fn remove_log(dir: &Path) -> Result<(), WalError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for (_, path) in segments_of(dir)? {
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    // Fails (and so keeps it) only when a repaired copy is inside.
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// Judges the log in `dir` without changing it (`covered`: the LSN the last completed
+/// checkpoint covers); a missing directory is an empty, whole log.
+pub fn inspect(dir: &Path, covered: u64) -> Result<Scan, WalError> {
+    if !dir.exists() {
+        return Ok(scan::scan(&[], covered));
+    }
+    Ok(read(dir, covered)?.1)
+}
+
+/// Reads every segment of `dir` and judges the log (`covered`: the LSN the last completed
+/// checkpoint covers). Changes nothing on disk.
+fn read(dir: &Path, covered: u64) -> Result<(Segments, Scan), WalError> {
+    let mut segments = Vec::new();
+    for (first, path) in segments_of(dir)? {
+        let data = std::fs::read(&path).map_err(io(&path))?;
+        segments.push((first, path, data));
+    }
+    let views: Vec<(u64, &[u8])> = segments.iter().map(|(f, _, d)| (*f, &d[..])).collect();
+    let scan = scan::scan(&views, covered);
+    for damage in &scan.passed_over {
+        let path = segments[damage.segment].1.display();
+        tracing::warn!(segment = %path, at = damage.position, reason = %damage.reason, "WAL damage passed over: it hides only records the last checkpoint covers");
+    }
+    Ok((segments, scan))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
@@ -95,8 +159,10 @@ pub struct Opened {
     pub wal: Wal,
     /// Every good record, in LSN order.
     pub records: Vec<(u64, Record)>,
-    /// Bytes cut from a torn or corrupt tail.
+    /// Bytes cut from a torn tail.
     pub cut_bytes: u64,
+    /// Where the torn tail was cut (segment, byte), when one was.
+    pub cut_at: Option<(PathBuf, u64)>,
 }
 
 impl Wal {
@@ -105,48 +171,25 @@ impl Wal {
     /// been emptied past a checkpoint at `next_lsn - 1`).
     pub fn open(dir: &Path, options: WalOptions, next_lsn: u64) -> Result<Opened, WalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut segments = segments(dir)?;
-        let mut records = Vec::new();
-        let mut cut_bytes = 0;
-        let mut broken_at = None;
-        for (i, (first, path)) in segments.iter().enumerate() {
-            let data = std::fs::read(path).map_err(io(path))?;
-            let mut pos = 0;
-            while pos < data.len() {
-                match Record::decode(&data[pos..]) {
-                    // Dense within a segment; a segment starts at the LSN its name says (a gap
-                    // before it is possible after a restore cut the log).
-                    Ok((lsn, record, used)) if in_sequence(pos, lsn, *first, records.last()) => {
-                        records.push((lsn, record));
-                        pos += used;
-                    }
-                    outcome => {
-                        let why = outcome
-                            .err()
-                            .map_or("LSN out of sequence".to_owned(), |e| e.to_string());
-                        tracing::warn!(segment = %path.display(), at = pos, reason = %why, "WAL tail cut at the last good record");
-                        break;
-                    }
-                }
-            }
-            if pos < data.len() {
-                cut_bytes += (data.len() - pos) as u64;
+        let (mut segments, scan) = read(dir, next_lsn.saturating_sub(1))?;
+        let (mut cut_bytes, mut cut_at) = (0, None);
+        match scan.verdict {
+            Verdict::Whole => {}
+            Verdict::Torn { segment, position } => {
+                let (_, path, data) = &segments[segment];
+                cut_bytes = (data.len() - position) as u64;
                 let file = OpenOptions::new()
                     .write(true)
                     .open(path)
                     .map_err(io(path))?;
-                file.set_len(pos as u64).map_err(io(path))?;
+                file.set_len(position as u64).map_err(io(path))?;
                 file.sync_all().map_err(io(path))?;
-                broken_at = Some(i);
-                break;
+                cut_at = Some((path.clone(), position as u64));
             }
+            Verdict::Corrupt(damage) => return Err(corrupt(&segments, damage)),
         }
-        if let Some(i) = broken_at {
-            for (_, later) in segments.drain(i + 1..) {
-                cut_bytes += std::fs::metadata(&later).map_or(0, |m| m.len());
-                std::fs::remove_file(&later).map_err(io(&later))?;
-            }
-        }
+        let records = scan.records;
+        let segments: Vec<(u64, PathBuf)> = segments.drain(..).map(|(f, p, _)| (f, p)).collect();
         let found = records
             .last()
             .map_or_else(|| segments.last().map_or(1, |(f, _)| *f), |(l, _)| l + 1);
@@ -192,6 +235,7 @@ impl Wal {
             wal,
             records,
             cut_bytes,
+            cut_at,
         })
     }
 
@@ -237,7 +281,7 @@ impl Wal {
 
     /// Deletes segments whose records all have LSN <= `lsn` (covered by a checkpoint).
     pub fn remove_through(&self, lsn: u64) -> Result<usize, WalError> {
-        let segments = segments(&self.dir)?;
+        let segments = segments_of(&self.dir)?;
         let mut removed = 0;
         for pair in segments.windows(2) {
             let (next_first, _) = &pair[1];
@@ -255,7 +299,7 @@ impl Wal {
         if !dir.exists() {
             return Ok(());
         }
-        for (first, path) in segments(dir)? {
+        for (first, path) in segments_of(dir)? {
             if first > lsn {
                 std::fs::remove_file(&path).map_err(io(&path))?;
                 continue;
@@ -296,15 +340,8 @@ impl Drop for Wal {
     }
 }
 
-fn in_sequence(pos: usize, lsn: u64, first: u64, last: Option<&(u64, Record)>) -> bool {
-    match pos {
-        0 => lsn == first && last.is_none_or(|(l, _)| lsn > *l),
-        _ => last.is_some_and(|(l, _)| lsn == l + 1),
-    }
-}
-
 /// Segment files of `dir`, by first LSN.
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+fn segments_of(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
@@ -400,6 +437,7 @@ impl Writer {
         if self.size >= self.options.segment_bytes {
             let (file, path, size) = new_segment(&self.dir, next_lsn).map_err(|e| match e {
                 WalError::Io { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
             })?;
             (self.file, self.path, self.size) = (file, path, size);
         }
@@ -502,7 +540,7 @@ mod tests {
     fn a_torn_tail_is_cut_at_the_last_good_record() {
         let dir = tempfile::tempdir().unwrap();
         append(&open(dir.path(), SEGMENT_BYTES, 1).wal, 3);
-        let segment = segments(dir.path()).unwrap().pop().unwrap().1;
+        let segment = segments_of(dir.path()).unwrap().pop().unwrap().1;
         let good = std::fs::metadata(&segment).unwrap().len();
         let mut torn = events(9).encode(4);
         torn.truncate(torn.len() / 2);
@@ -524,20 +562,87 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_record_ends_the_log_there() {
+    fn a_corrupt_record_with_good_ones_after_it_fails_the_open_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         append(&open(dir.path(), SEGMENT_BYTES, 1).wal, 4);
-        let segment = segments(dir.path()).unwrap().pop().unwrap().1;
+        let segment = segments_of(dir.path()).unwrap().pop().unwrap().1;
         let mut data = std::fs::read(&segment).unwrap();
         let second = events(0).encode(1).len();
         data[second + 20] ^= 0xff;
         std::fs::write(&segment, &data).unwrap();
-        let again = open(dir.path(), SEGMENT_BYTES, 1);
-        assert_eq!(
-            again.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
-            [1],
-            "never replayed as garbage"
-        );
+        let err = Wal::open(dir.path(), WalOptions::default(), 1)
+            .err()
+            .expect("corruption fails the open");
+        match &err {
+            WalError::Corrupt { path, position, .. } => {
+                assert_eq!((path, *position), (&segment, second as u64), "{err}");
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(std::fs::read(&segment).unwrap(), data, "nothing changed");
+        assert_eq!(segments_of(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_bad_record_in_an_older_segment_fails_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open(dir.path(), 300, 1);
+        for _ in 0..8 {
+            append(&opened.wal, 1);
+        }
+        drop(opened);
+        let first = segments_of(dir.path()).unwrap()[0].1.clone();
+        let mut data = std::fs::read(&first).unwrap();
+        let last = data.len() - 3;
+        data[last] ^= 0x10;
+        std::fs::write(&first, &data).unwrap();
+        let err = Wal::open(dir.path(), WalOptions::default(), 1)
+            .err()
+            .unwrap();
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        assert_eq!(std::fs::read(&first).unwrap(), data);
+    }
+
+    #[test]
+    fn a_repair_cuts_at_the_damage_keeps_every_cut_byte_and_the_log_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open(dir.path(), 300, 1);
+        for _ in 0..8 {
+            append(&opened.wal, 1);
+        }
+        drop(opened);
+        let before: Vec<(PathBuf, Vec<u8>)> = segments_of(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| {
+                let data = std::fs::read(&p).unwrap();
+                (p, data)
+            })
+            .collect();
+        assert!(before.len() >= 3, "{}", before.len());
+        let mut damaged = before[1].1.clone();
+        damaged[30] ^= 0x01;
+        std::fs::write(&before[1].0, &damaged).unwrap();
+        let Repaired::Cut(cut) = repair(dir.path(), 0, "t").unwrap() else {
+            panic!("a cut")
+        };
+        assert_eq!((&cut.path, cut.position), (&before[1].0, 0));
+        let kept_bytes = before[0].1.len() as u64;
+        let total: u64 = before.iter().map(|(_, d)| d.len() as u64).sum();
+        assert_eq!(cut.bytes, total - kept_bytes);
+        for (path, data) in &before[1..] {
+            let copy = cut.copy.join(path.file_name().unwrap());
+            let expected = if path == &before[1].0 { &damaged } else { data };
+            assert_eq!(&std::fs::read(copy).unwrap(), expected);
+        }
+        let again = open(dir.path(), 300, 1);
+        let lsns: Vec<u64> = again.records.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lsns, cut.kept.iter().map(|(l, _)| *l).collect::<Vec<_>>());
+        drop(again);
+        assert!(matches!(
+            repair(dir.path(), 0, "u").unwrap(),
+            Repaired::Whole
+        ));
     }
 
     #[test]
@@ -548,17 +653,17 @@ mod tests {
         for _ in 0..10 {
             append(&opened.wal, 1);
         }
-        let before = segments(dir.path()).unwrap();
+        let before = segments_of(dir.path()).unwrap();
         assert!(before.len() >= 3, "{before:?}");
         let removed = opened.wal.remove_through(6).unwrap();
-        let after = segments(dir.path()).unwrap();
+        let after = segments_of(dir.path()).unwrap();
         assert_eq!(before.len() - removed, after.len());
         assert!(
             after[0].0 <= 7,
             "the segment holding LSN 7 stays: {after:?}"
         );
         drop(opened);
-        let again = open(dir.path(), 300, 1);
+        let again = open(dir.path(), 300, 7);
         assert_eq!(again.records.last().unwrap().0, 10);
         assert!(again.records.iter().all(|(l, _)| *l >= after[0].0));
     }
@@ -583,7 +688,7 @@ mod tests {
             "a checkpoint at 41 covered what went"
         );
         drop(empty);
-        let last = open(dir.path(), 300, 1);
+        let last = open(dir.path(), 300, 42);
         assert_eq!(
             last.records.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
             [42, 43]

@@ -19,7 +19,7 @@ async fn create_answers_201_with_the_spec_its_defaults_and_a_zero_status(backend
     assert_eq!(
         body["status"],
         json!({"events": 0, "late_events": 0, "watermark": null, "wal_offset": null,
-               "keys": {"l": 0}, "last_checkpoint": null})
+               "keys": {"l": 0}, "last_checkpoint": null, "state": "running", "error": null})
     );
 }
 

@@ -1,7 +1,7 @@
 //! `/v1/pipelines/{name}/checkpoints`: trigger (waits), list (newest first), get, restore.
 
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
+use crate::app::{AppState, Served};
 use crate::checkpoint::CheckpointError;
 use crate::store::{CheckpointMeta, CheckpointStatus, Trigger};
 use axum::Json;
@@ -134,7 +134,7 @@ async fn list_checkpoints(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<CheckpointList>, ApiError> {
-    app.pipeline(&name)?;
+    app.served(&name)?;
     let items = app
         .store
         .checkpoints(&name)
@@ -159,7 +159,7 @@ async fn get_checkpoint(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<Json<CheckpointDto>, ApiError> {
-    app.pipeline(&name)?;
+    app.served(&name)?;
     let meta = app
         .store
         .checkpoint(&name, id)
@@ -173,7 +173,7 @@ async fn get_checkpoint(
     post, path = "/v1/pipelines/{name}/checkpoints/{id}/restore", tag = "checkpoints",
     params(("name" = String, Path, description = "Pipeline name"), ("id" = i64, Path, description = "Checkpoint id")),
     responses(
-        (status = 200, description = "The state is the checkpoint's", body = Restored),
+        (status = 200, description = "The state is the checkpoint's (a failed pipeline runs again)", body = Restored),
         (status = 400, description = "The id is not an integer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline or checkpoint", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A checkpoint is running, or this one is not completed", body = Problem, content_type = "application/problem+json"),
@@ -183,8 +183,15 @@ async fn restore_checkpoint(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<Json<Restored>, ApiError> {
-    let old = app.pipeline(&name)?;
-    let (pipeline, discarded_events) = app.checkpoints.restore(&old, id).await?;
+    // A failed pipeline is restored too: that is the operator's way out of the failed state.
+    let (pipeline, discarded_events) = match app.served(&name)? {
+        Served::Running(old) => app.checkpoints.restore(&old, id).await?,
+        Served::Failed(failed) => {
+            app.checkpoints
+                .restore_failed(failed.spec.clone(), id)
+                .await?
+        }
+    };
     app.launch(pipeline);
     tracing::info!(pipeline = %name, checkpoint = id, discarded_events, "checkpoint restored");
     Ok(Json(Restored {

@@ -38,12 +38,24 @@ async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Store reachable and recovery done", body = Health),
-        (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not ready: recovery is not finished, the store does not answer, or a pipeline failed to start (`pipeline_failed`, naming it)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     if !app.ready.load(Ordering::Acquire) {
         return Err(ApiError::Unavailable {
             detail: "recovery is not finished".into(),
+        });
+    }
+    let failed = app.engine.failed_list();
+    if let Some(first) = failed.first() {
+        let mut reason = first.reason.clone();
+        if failed.len() > 1 {
+            let others: Vec<&str> = failed[1..].iter().map(|f| f.spec.name.as_str()).collect();
+            reason += &format!(" (failed too: {})", others.join(", "));
+        }
+        return Err(ApiError::PipelineFailed {
+            name: first.spec.name.clone(),
+            reason,
         });
     }
     app.store.ping().await.map_err(|e| {

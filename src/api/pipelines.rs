@@ -2,10 +2,11 @@
 
 use super::access::may_touch;
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
+use crate::app::{AppState, Served};
 use crate::auth::Principal;
-use crate::engine::Pipeline;
+use crate::engine::{FailedPipeline, Pipeline};
 use crate::spec::PipelineSpec;
+use crate::store::CheckpointStatus;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
@@ -101,6 +102,12 @@ pub struct PipelineStatus {
     /// The newest checkpoint, or null.
     #[schema(value_type = Option<Object>)]
     pub last_checkpoint: Option<Value>,
+    /// `running`, or `failed` (it did not start: its WAL failed its check; or its WAL failed
+    /// a write). A failed pipeline's counters are those of its latest completed checkpoint.
+    #[schema(example = "running")]
+    pub state: &'static str,
+    /// Why it failed; null while running.
+    pub error: Option<String>,
 }
 
 /// A pipeline: its spec (with defaults) plus `status`.
@@ -126,15 +133,11 @@ pub struct PipelineList {
 
 async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> {
     let status = pipeline.status().await?;
-    let last = app
-        .store
-        .checkpoints(pipeline.name())
-        .await?
-        .into_iter()
-        .next();
-    let last_checkpoint = last.map(|c| {
+    let checkpoints = app.store.checkpoints(pipeline.name()).await?;
+    let last_checkpoint = checkpoints.into_iter().next().map(|c| {
         serde_json::to_value(super::checkpoints::CheckpointDto::from(c)).expect("serialises")
     });
+    let error = pipeline.failure();
     let status = PipelineStatus {
         events: status.events,
         late_events: status.late_events,
@@ -142,10 +145,48 @@ async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> 
         wal_offset: status.wal_offset,
         keys: status.keys.into_iter().collect(),
         last_checkpoint,
+        state: if error.is_some() { "failed" } else { "running" },
+        error,
     };
     let mut doc = pipeline.spec().map_or(Value::Null, |s| s.document.clone());
     doc["status"] = serde_json::to_value(status).expect("status serialises");
     Ok(doc)
+}
+
+/// The answer for a pipeline that failed to start: its spec, the counters of its latest
+/// completed checkpoint (nothing after it could be read back), no keys counted.
+async fn failed_answer(app: &AppState, failed: &FailedPipeline) -> Result<Value, ApiError> {
+    let checkpoints = app.store.checkpoints(&failed.spec.name).await?;
+    let latest = checkpoints
+        .iter()
+        .find(|c| c.status == CheckpointStatus::Completed);
+    let status = PipelineStatus {
+        events: latest.map_or(0, |c| c.events as u64),
+        late_events: latest.map_or(0, |c| c.late_events as u64),
+        watermark: latest.and_then(|c| c.watermark),
+        wal_offset: latest.and_then(|c| c.input_offset.map(|o| o as u64)),
+        keys: failed
+            .spec
+            .operators
+            .iter()
+            .map(|op| (op.name.clone(), 0))
+            .collect(),
+        last_checkpoint: checkpoints.into_iter().next().map(|c| {
+            serde_json::to_value(super::checkpoints::CheckpointDto::from(c)).expect("serialises")
+        }),
+        state: "failed",
+        error: Some(failed.reason.clone()),
+    };
+    let mut doc = failed.spec.document.clone();
+    doc["status"] = serde_json::to_value(status).expect("status serialises");
+    Ok(doc)
+}
+
+async fn served_answer(app: &AppState, served: &Served) -> Result<Value, ApiError> {
+    match served {
+        Served::Running(pipeline) => answer(app, pipeline).await,
+        Served::Failed(failed) => failed_answer(app, failed).await,
+    }
 }
 
 /// Create a pipeline
@@ -169,7 +210,7 @@ async fn create_pipeline(
         detail: e.to_string(),
     })?;
     let spec = PipelineSpec::from_json(&doc).map_err(|errors| ApiError::InvalidSpec { errors })?;
-    if app.engine.list().len() >= app.config.max_pipelines {
+    if app.engine.list().len() + app.engine.failed_list().len() >= app.config.max_pipelines {
         let detail = format!("at most {} pipelines may exist", app.config.max_pipelines);
         return Err(ApiError::LimitReached { detail });
     }
@@ -207,14 +248,20 @@ async fn list_pipelines(
     State(app): State<AppState>,
     principal: Option<Extension<Principal>>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut items = Vec::new();
-    let visible = app
+    let mut served: BTreeMap<String, Served> = app
         .engine
         .list()
         .into_iter()
-        .filter(|p| may_touch(principal.as_deref(), p.name()));
-    for pipeline in visible {
-        items.push(answer(&app, &pipeline).await?);
+        .map(|p| (p.name().to_owned(), Served::Running(p)))
+        .collect();
+    for failed in app.engine.failed_list() {
+        served.insert(failed.spec.name.clone(), Served::Failed(Box::new(failed)));
+    }
+    let mut items = Vec::new();
+    for (name, pipeline) in &served {
+        if may_touch(principal.as_deref(), name) {
+            items.push(served_answer(&app, pipeline).await?);
+        }
     }
     Ok(Json(serde_json::json!({ "items": items })))
 }
@@ -224,7 +271,7 @@ async fn list_pipelines(
     get, path = "/v1/pipelines/{name}", tag = "pipelines",
     params(("name" = String, Path, description = "Pipeline name")),
     responses(
-        (status = 200, description = "The pipeline", body = PipelineDoc),
+        (status = 200, description = "The pipeline (also when failed: `status.state`)", body = PipelineDoc),
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -232,8 +279,8 @@ async fn get_pipeline(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let pipeline = app.pipeline(&name)?;
-    Ok(Json(answer(&app, &pipeline).await?))
+    let served = app.served(&name)?;
+    Ok(Json(served_answer(&app, &served).await?))
 }
 
 /// Delete a pipeline with its state
@@ -249,17 +296,16 @@ async fn delete_pipeline(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.pipeline(&name)?;
+    app.served(&name)?;
     if !app.store.delete_pipeline(&name).await? {
         return Err(ApiError::PipelineNotFound { name });
     }
     if let Some(pipeline) = app.engine.remove(&name) {
         pipeline.quiesce().await;
     }
+    app.engine.remove_failed(&name);
     let wal = app.checkpoints.wal_dir(&name);
-    if let Err(e) = std::fs::remove_dir_all(&wal)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
+    if let Err(e) = crate::wal::remove_log(&wal) {
         tracing::warn!(pipeline = %name, error = %e, "cannot delete the WAL directory");
     }
     tracing::info!(pipeline = %name, "pipeline deleted");

@@ -96,6 +96,10 @@ pub enum ApiError {
     /// 503 with `Retry-After`: more requests at once than the server takes.
     #[error("the server is at its limit of concurrent requests; retry shortly")]
     Busy,
+    /// 503: the pipeline did not start: its WAL failed its check (restore a checkpoint, or
+    /// `eddy wal repair`).
+    #[error("pipeline {name:?} failed: {reason}")]
+    PipelineFailed { name: String, reason: String },
     /// 503: recovery is not finished or the store does not answer.
     #[error("{detail}")]
     Unavailable { detail: String },
@@ -127,7 +131,9 @@ impl ApiError {
             PayloadTooLarge { .. } | TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             LimitReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
             UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Overloaded { .. } | Unavailable { .. } | Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded { .. } | Unavailable { .. } | Busy | PipelineFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -158,6 +164,7 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             Busy => "busy",
             Unavailable { .. } => "unavailable",
+            PipelineFailed { .. } => "pipeline_failed",
             Internal { .. } => "internal",
         }
     }

@@ -249,6 +249,11 @@ impl Pipeline {
         let _ = self.wal.set(wal);
     }
 
+    /// Why the pipeline stopped accepting (its WAL failed a write), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
+    }
+
     /// The attached WAL.
     pub fn wal(&self) -> Option<&Wal> {
         self.wal.get()
@@ -385,9 +390,11 @@ impl Pipeline {
                 arrival,
                 format,
                 idempotency_key,
+                first_offset,
                 body,
-                ..
             } => {
+                // Offsets skipped before the record (a restore's or repair's floor) stay skipped.
+                self.raise_next_offset(first_offset);
                 let format = if format == 1 {
                     BodyFormat::NdJson
                 } else {

@@ -363,6 +363,13 @@ macro_rules! store_impl {
                 Ok(())
             }
 
+            async fn raise_offset_floor(&self, pipeline: &str, offset: i64) -> Result<(), StoreError> {
+                sqlx::query("update pipelines set offset_floor = case when offset_floor < $2 then $2 else offset_floor end \
+                             where name = $1")
+                    .bind(pipeline).bind(offset).execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError> {
                 sqlx::query("update pipelines set discard_after_lsn = null where name = $1").bind(pipeline).execute(&self.pool).await?;
                 Ok(())
