@@ -14,7 +14,10 @@ use std::time::Duration;
 /// A pool of connections to one SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Readers.
     pool: SqlitePool,
+    /// The one connection that writes; waiting for it is queueing, not an outage.
+    writer: SqlitePool,
 }
 
 const DIALECT: Dialect = Dialect {
@@ -28,20 +31,38 @@ const DIALECT: Dialect = Dialect {
 };
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database file of `url`.
-    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+    /// Opens (creating if missing) the database file of `url`. Readers wait at most
+    /// `acquire_timeout` for a connection; a write waits for the writer as long as the writes
+    /// queued before it take (up to [`WRITER_WAIT`]).
+    pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(db)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Only another process (an operator's sqlite3 shell) can hold the file now.
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
-            .await?;
-        Ok(SqliteStore { pool })
+            .await
+            .map_err(db)?;
+        Ok(SqliteStore {
+            writer: pool.clone(),
+            pool,
+        })
     }
+}
+
+/// How long a write waits for the writer connection: long enough for the largest checkpoint
+/// queued before it, so that a checkpoint never fails for waiting its turn.
+pub const WRITER_WAIT: Duration = Duration::from_secs(600);
+
+/// A sqlx error of this backend, classified.
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(DIALECT.backend, e)
 }
 
 store_impl!(SqliteStore, sqlx::Sqlite, SQLITE_MIGRATOR, DIALECT);
