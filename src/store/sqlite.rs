@@ -1,4 +1,13 @@
 //! The embedded SQLite backend: one file under the data dir, WAL journal, full sync.
+//!
+//! Invariant: every write goes through ONE connection (`writer`), so writers never contend.
+//! SQLite allows one writer at a time, and a deferred transaction that read before it writes
+//! (taking the next checkpoint id does) fails at once with `SQLITE_BUSY` ("database is
+//! locked") when another connection holds the write lock, or `SQLITE_BUSY_SNAPSHOT` when one
+//! committed since its read: the busy timeout is not consulted for that upgrade, as waiting
+//! could deadlock. With several writing connections, the periodic checkpoints of pipelines
+//! falling on the same tick failed that way. Readers have their own connections;
+//! in WAL mode they neither block the writer nor are blocked by it.
 
 use super::checkpoints::{
     CHECKPOINT_COLUMNS, CHUNK, CheckpointMeta, CheckpointRow, CheckpointWrite, Dialect, Floors,
@@ -43,16 +52,20 @@ impl SqliteStore {
             // Only another process (an operator's sqlite3 shell) can hold the file now.
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        // The writer first: it creates the file and switches it to WAL before readers open it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(WRITER_WAIT)
+            .connect_with(options.clone())
+            .await
+            .map_err(db)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
             .map_err(db)?;
-        Ok(SqliteStore {
-            writer: pool.clone(),
-            pool,
-        })
+        Ok(SqliteStore { pool, writer })
     }
 }
 
