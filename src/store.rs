@@ -66,7 +66,7 @@ impl StoreError {
     /// `e` of the `store` backend, classified: [`StoreError::Unavailable`] when the store could
     /// not be reached (worth retrying later), else [`StoreError::Database`].
     pub fn from_sqlx(store: &'static str, e: sqlx::Error) -> StoreError {
-        if is_unreachable(&e) {
+        if is_unreachable(store, &e) {
             StoreError::Unavailable { store, source: e }
         } else {
             StoreError::Database(e)
@@ -80,12 +80,12 @@ impl StoreError {
 }
 
 /// Whether `e` means the database could not be reached rather than that it refused a statement.
-fn is_unreachable(e: &sqlx::Error) -> bool {
+fn is_unreachable(store: &str, e: &sqlx::Error) -> bool {
     use sqlx::Error;
     match e {
         Error::Io(_) | Error::Tls(_) | Error::PoolTimedOut | Error::PoolClosed => true,
         Error::WorkerCrashed => true,
-        Error::Database(db) => db.code().is_some_and(|code| unreachable_code(&code)),
+        Error::Database(db) => db.code().is_some_and(|code| unreachable_code(store, &code)),
         _ => false,
     }
 }
@@ -94,10 +94,12 @@ fn is_unreachable(e: &sqlx::Error) -> bool {
 /// class 08 (connection exception), 57P01-57P03 (shutting down, cannot connect now) or 53300
 /// (too many connections); an SQLite (extended) result code whose primary code is BUSY,
 /// LOCKED, IOERR or CANTOPEN.
-fn unreachable_code(code: &str) -> bool {
-    match code.parse::<i32>() {
-        Ok(sqlite) => matches!(sqlite & 0xff, 5 | 6 | 10 | 14),
-        Err(_) => code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300"),
+fn unreachable_code(store: &str, code: &str) -> bool {
+    if store == "sqlite" {
+        code.parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 14))
+    } else {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
     }
 }
 
@@ -262,19 +264,19 @@ mod tests {
     fn error_codes_of_an_unreachable_server_are_told_apart_from_refusals() {
         // PostgreSQL: connection failure, admin shutdown, cannot connect now.
         for code in ["08006", "08001", "57P01", "57P03", "53300"] {
-            assert!(unreachable_code(code), "{code}");
+            assert!(unreachable_code("postgres", code), "{code}");
         }
         // Unique violation, undefined table, lock not available, serialization failure.
         for code in ["23505", "42P01", "55P03", "40001"] {
-            assert!(!unreachable_code(code), "{code}");
+            assert!(!unreachable_code("postgres", code), "{code}");
         }
         // SQLite: BUSY, BUSY_SNAPSHOT (517), LOCKED, IOERR_WRITE (778), CANTOPEN.
         for code in ["5", "517", "6", "778", "14"] {
-            assert!(unreachable_code(code), "{code}");
+            assert!(unreachable_code("sqlite", code), "{code}");
         }
         // CONSTRAINT_PRIMARYKEY (1555), generic ERROR, READONLY.
         for code in ["1555", "1", "8"] {
-            assert!(!unreachable_code(code), "{code}");
+            assert!(!unreachable_code("sqlite", code), "{code}");
         }
     }
 }
