@@ -272,6 +272,8 @@ impl Checkpointer {
             completed_at: now_ms(),
             error: reason(&error),
         };
+        // Tried even when the store just failed to answer: a lost connection (a server that
+        // killed it) is not an outage, and another connection lists the failure at once.
         let listed = match self.record(name, &failure).await {
             Ok(()) => true,
             Err(e) if e.is_unavailable() => {
