@@ -384,6 +384,20 @@ mod tests {
     }
 
     #[test]
+    fn the_store_acquire_timeout_defaults_to_two_seconds_and_is_never_zero() {
+        let c = Config::resolve(Settings::default()).unwrap();
+        assert_eq!(c.store_acquire_timeout, Duration::from_secs(2));
+        for bad in ["0s", "2 s"] {
+            let settings = Settings {
+                store_acquire_timeout: Some(bad.into()),
+                ..Settings::default()
+            };
+            let e = Config::resolve(settings).unwrap_err().to_string();
+            assert!(e.starts_with("EDDY_STORE_ACQUIRE_TIMEOUT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let bad = Settings {
             request_timeout: Some("5 s".into()),
