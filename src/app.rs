@@ -79,20 +79,28 @@ impl AppState {
         let (state, weak) = (self.clone(), Arc::downgrade(&pipeline));
         let (closed, shutdown) = (pipeline.closed(), self.shutdown.clone());
         tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + interval;
-            let mut every = tokio::time::interval_at(start, interval);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Failed in a row: the next attempt waits longer, so that while the store is down
+            // the slot is mostly free for a manual trigger (which then says why it fails).
+            let mut failures = 0;
             loop {
+                let pause = crate::checkpoint::periodic_delay(interval, failures);
                 tokio::select! {
                     _ = closed.cancelled() => return,
                     _ = shutdown.cancelled() => return,
-                    _ = every.tick() => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
                 let Some(pipeline) = weak.upgrade() else {
                     return;
                 };
-                if let Err(e) = state.checkpoints.take(&pipeline, Trigger::Periodic).await {
-                    tracing::warn!(pipeline = pipeline.name(), error = %e, "periodic checkpoint not taken");
+                match state.checkpoints.take(&pipeline, Trigger::Periodic).await {
+                    Ok(_) => failures = 0,
+                    Err(
+                        e @ (CheckpointError::Running { .. } | CheckpointError::Restoring { .. }),
+                    ) => {
+                        tracing::debug!(pipeline = pipeline.name(), error = %e, "periodic checkpoint skipped");
+                    }
+                    // Counted, logged and listed where it failed.
+                    Err(_) => failures = failures.saturating_add(1),
                 }
             }
         });
@@ -179,7 +187,7 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<AppStat
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect_with(&config.database_url, config.store_acquire_timeout).await?;
     store.migrate().await?;
     let tokens = config
         .tokens_file

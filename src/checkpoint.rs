@@ -5,6 +5,9 @@
 //!
 //! Invariant: at most one checkpoint or restore runs per pipeline at a time; a failed
 //! checkpoint hands its changes back to the shards, so the next one still writes them.
+//! Every checkpoint that fails, whatever failed and whatever triggered it, is recorded in ONE
+//! place ([`Checkpointer::failed`]): counted, logged once, and listed as `failed` — at once,
+//! or, when the store cannot take even that, as soon as it answers again.
 
 use crate::app::now_ms;
 use crate::config::Config;
@@ -14,17 +17,21 @@ use crate::store::{
     CheckpointMeta, CheckpointStatus, CheckpointWrite, Floors, Store, StoreError, Trigger,
 };
 use crate::wal::{self, Beyond, Repaired, Wal, WalError, WalOptions};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Why a checkpoint, restore or recovery did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// Another checkpoint (or restore) of the pipeline is running.
+    /// Another checkpoint of the pipeline is running (recorded `in_progress` as `id`).
     #[error("checkpoint {id} is running")]
     Running { id: i64 },
+    /// A restore of checkpoint `id` is running.
+    #[error("checkpoint {id} is being restored")]
+    Restoring { id: i64 },
     #[error("checkpoint {id} does not exist")]
     NotFound { id: i64 },
     /// Only a completed checkpoint can be restored.
@@ -38,12 +45,51 @@ pub enum CheckpointError {
     Wal(#[from] WalError),
 }
 
+/// Failures kept per pipeline while the store cannot take them; beyond it the oldest go
+/// (they were counted and logged).
+const PENDING_LIMIT: usize = 100;
+
+/// The longest pause between periodic attempts after failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The pause before the next periodic checkpoint, after `failures` failed in a row: the
+/// interval, doubled per failure, capped at [`MAX_BACKOFF`] (or the interval, if longer).
+pub fn periodic_delay(interval: Duration, failures: u32) -> Duration {
+    let backoff = interval.saturating_mul(2_u32.saturating_pow(failures.min(31)));
+    backoff.min(MAX_BACKOFF.max(interval))
+}
+
+/// Who holds a pipeline's checkpoint slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// A checkpoint whose `in_progress` row is not written yet: it has no id to name.
+    Starting,
+    /// Checkpoint `id`, recorded `in_progress`.
+    Checkpoint(i64),
+    /// A restore of checkpoint `id`.
+    Restore(i64),
+}
+
+/// A failure the store could not take yet.
+#[derive(Clone, Debug)]
+struct Failure {
+    /// The `in_progress` row to mark failed, or none when it was never written.
+    id: Option<i64>,
+    trigger: Trigger,
+    started_at: i64,
+    completed_at: i64,
+    error: String,
+}
+
 /// Takes, restores and recovers checkpoints.
 pub struct Checkpointer {
     store: Arc<dyn Store>,
     config: Arc<Config>,
-    /// Pipeline name → id of its running checkpoint (0 while a restore runs).
-    running: Mutex<HashMap<String, i64>>,
+    /// Pipeline name → who holds its slot; waiters subscribe to learn the id or the release.
+    running: Mutex<HashMap<String, watch::Sender<Holder>>>,
+    /// Pipeline name → failures not yet listed (the store was unreachable), oldest first.
+    /// Only the holder of the pipeline's slot touches its entry.
+    pending: Mutex<HashMap<String, VecDeque<Failure>>>,
 }
 
 /// Releases the pipeline's checkpoint slot when dropped.
@@ -54,6 +100,7 @@ pub struct Claim<'a> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
+        // Dropping the sender wakes every waiter.
         self.checkpointer
             .running
             .lock()
@@ -63,12 +110,21 @@ impl Drop for Claim<'_> {
 }
 
 impl Claim<'_> {
-    fn set(&self, id: i64) {
-        self.checkpointer
+    fn hold(&self, holder: Holder) {
+        if let Some(slot) = self
+            .checkpointer
             .running
             .lock()
             .expect("running lock")
-            .insert(self.pipeline.clone(), id);
+            .get(&self.pipeline)
+        {
+            slot.send_replace(holder);
+        }
+    }
+
+    /// Names the checkpoint that holds the slot (its `in_progress` row exists).
+    pub fn set(&self, id: i64) {
+        self.hold(Holder::Checkpoint(id));
     }
 }
 
@@ -78,20 +134,39 @@ impl Checkpointer {
             store,
             config,
             running: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Reserves the pipeline's checkpoint slot, or says which checkpoint holds it.
-    pub fn claim(&self, pipeline: &str) -> Result<Claim<'_>, CheckpointError> {
-        let mut running = self.running.lock().expect("running lock");
-        if let Some(id) = running.get(pipeline) {
-            return Err(CheckpointError::Running { id: *id });
+    /// Reserves the pipeline's checkpoint slot, or says which checkpoint or restore holds
+    /// it. A checkpoint that holds it before its row exists has no id yet: this waits until
+    /// it has one (or ends), so that a refusal always names a checkpoint GET can find.
+    pub async fn claim(&self, pipeline: &str) -> Result<Claim<'_>, CheckpointError> {
+        loop {
+            let mut holder = {
+                let mut running = self.running.lock().expect("running lock");
+                match running.get(pipeline) {
+                    Some(slot) => slot.subscribe(),
+                    None => {
+                        running.insert(pipeline.to_owned(), watch::channel(Holder::Starting).0);
+                        return Ok(Claim {
+                            checkpointer: self,
+                            pipeline: pipeline.to_owned(),
+                        });
+                    }
+                }
+            };
+            let held = holder
+                .wait_for(|h| *h != Holder::Starting)
+                .await
+                .map(|h| *h);
+            match held {
+                Ok(Holder::Checkpoint(id)) => return Err(CheckpointError::Running { id }),
+                Ok(Holder::Restore(id)) => return Err(CheckpointError::Restoring { id }),
+                // Released before it had an id (its row could not be written): try again.
+                Ok(Holder::Starting) | Err(_) => {}
+            }
         }
-        running.insert(pipeline.to_owned(), 0);
-        Ok(Claim {
-            checkpointer: self,
-            pipeline: pipeline.to_owned(),
-        })
     }
 
     /// The WAL directory of a pipeline.
@@ -99,25 +174,38 @@ impl Checkpointer {
         self.config.data_dir.join("wal").join(pipeline)
     }
 
-    /// Takes a checkpoint of `pipeline` and waits for it.
+    /// Takes a checkpoint of `pipeline` and waits for it. A failure is recorded (see
+    /// [`Checkpointer::failed`]) before it is answered.
     pub async fn take(
         &self,
         pipeline: &Pipeline,
         trigger: Trigger,
     ) -> Result<CheckpointMeta, CheckpointError> {
-        let claim = self.claim(pipeline.name())?;
+        let claim = self.claim(pipeline.name()).await?;
         let name = pipeline.name();
-        let id = self.store.begin_checkpoint(name, trigger, now_ms()).await?;
-        claim.set(id);
-        let barrier = match self.barrier(pipeline).await {
-            Ok(barrier) => barrier,
-            Err(e) => {
-                self.store
-                    .fail_checkpoint(name, id, &e.to_string(), now_ms())
-                    .await?;
-                return Err(e.into());
-            }
+        let started_at = now_ms();
+        // A store that cannot take the earlier failures cannot take this one: say so at once
+        // rather than wait for it twice.
+        let begun = match self.list_pending(name).await {
+            Ok(()) => self.store.begin_checkpoint(name, trigger, started_at).await,
+            Err(e) => Err(e),
         };
+        let id = match begun {
+            Ok(id) => id,
+            Err(e) => return Err(self.failed(name, trigger, None, started_at, e.into()).await),
+        };
+        claim.set(id);
+        match self.write(pipeline, id).await {
+            Ok(meta) => Ok(meta),
+            Err(e) => Err(self.failed(name, trigger, Some(id), started_at, e).await),
+        }
+    }
+
+    /// The barrier and the one store transaction of checkpoint `id`; on failure the
+    /// barrier's changes go back to the shards.
+    async fn write(&self, pipeline: &Pipeline, id: i64) -> Result<CheckpointMeta, CheckpointError> {
+        let name = pipeline.name();
+        let barrier = self.barrier(pipeline).await?;
         let outputs = pipeline
             .output()
             .range(pipeline.output().persisted() + 1, barrier.output_offset);
@@ -125,7 +213,7 @@ impl Checkpointer {
         let write = CheckpointWrite {
             pipeline: name,
             id,
-            completed_at: 0,
+            completed_at: now_ms(),
             events: c.events as i64,
             late_events: c.late_events as i64,
             watermark: c.watermark,
@@ -136,10 +224,6 @@ impl Checkpointer {
             rows: &barrier.rows,
             outputs: &outputs,
             idempotency: &barrier.idempotency,
-        };
-        let write = CheckpointWrite {
-            completed_at: now_ms(),
-            ..write
         };
         match self.store.commit_checkpoint(&write).await {
             Ok(meta) => {
@@ -155,18 +239,122 @@ impl Checkpointer {
                 Ok(meta)
             }
             Err(e) => {
-                tracing::warn!(pipeline = name, checkpoint = id, error = %e, "checkpoint failed");
-                pipeline.unbarrier(barrier).await?;
-                if let Err(mark) = self
-                    .store
-                    .fail_checkpoint(name, id, &e.to_string(), now_ms())
-                    .await
-                {
-                    tracing::warn!(pipeline = name, checkpoint = id, error = %mark, "cannot mark the checkpoint failed");
+                if let Err(back) = pipeline.unbarrier(barrier).await {
+                    // Only a stopped pipeline refuses them, and it takes no more checkpoints.
+                    tracing::warn!(pipeline = name, checkpoint = id, error = %back, "changes of a failed checkpoint not handed back");
                 }
                 Err(e.into())
             }
         }
+    }
+
+    /// The one place a checkpoint is recorded failed: counted, logged once, and its row
+    /// marked `failed` (or written `failed`, if it never was written) with the error. When the
+    /// store cannot take that either, the failure is kept and listed by the next checkpoint
+    /// that reaches the store. Answers `error`.
+    async fn failed(
+        &self,
+        name: &str,
+        trigger: Trigger,
+        id: Option<i64>,
+        started_at: i64,
+        error: CheckpointError,
+    ) -> CheckpointError {
+        metrics::counter!(
+            "eddy_checkpoint_failures_total",
+            "pipeline" => name.to_owned(),
+            "trigger" => trigger.as_str()
+        )
+        .increment(1);
+        let failure = Failure {
+            id,
+            trigger,
+            started_at,
+            completed_at: now_ms(),
+            error: reason(&error),
+        };
+        // Tried even when the store just failed to answer: a lost connection (a server that
+        // killed it) is not an outage, and another connection lists the failure at once.
+        let listed = match self.record(name, &failure).await {
+            Ok(()) => true,
+            Err(e) if e.is_unavailable() => {
+                self.keep(name, failure.clone());
+                false
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %name, checkpoint = id, error = %reason(&e), "a failed checkpoint cannot be listed");
+                true
+            }
+        };
+        tracing::warn!(
+            pipeline = %name,
+            reason = %failure.error,
+            next = next_step(trigger, listed),
+            checkpoint = id,
+            trigger = trigger.as_str(),
+            "checkpoint failed"
+        );
+        error
+    }
+
+    /// Writes `failure` as a `failed` row.
+    async fn record(&self, name: &str, failure: &Failure) -> Result<(), StoreError> {
+        match failure.id {
+            Some(id) => {
+                self.store
+                    .fail_checkpoint(name, id, &failure.error, failure.completed_at)
+                    .await
+            }
+            None => self
+                .store
+                .record_failed_checkpoint(
+                    name,
+                    failure.trigger,
+                    failure.started_at,
+                    failure.completed_at,
+                    &failure.error,
+                )
+                .await
+                .map(drop),
+        }
+    }
+
+    fn keep(&self, name: &str, failure: Failure) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        let queue = pending.entry(name.to_owned()).or_default();
+        if queue.len() == PENDING_LIMIT {
+            queue.pop_front();
+        }
+        queue.push_back(failure);
+    }
+
+    /// Lists the failures the store could not take before, oldest first; while the store is
+    /// still unreachable, keeps the rest and answers why.
+    async fn list_pending(&self, name: &str) -> Result<(), StoreError> {
+        let Some(mut queue) = self.pending.lock().expect("pending lock").remove(name) else {
+            return Ok(());
+        };
+        let mut outcome = Ok(());
+        while let Some(failure) = queue.front() {
+            match self.record(name, failure).await {
+                Err(e) if e.is_unavailable() => {
+                    outcome = Err(e);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %name, checkpoint = failure.id, error = %reason(&e), "a failed checkpoint cannot be listed");
+                }
+                Ok(()) => {}
+            }
+            queue.pop_front();
+        }
+        if !queue.is_empty() {
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .insert(name.to_owned(), queue);
+        }
+        outcome
     }
 
     /// The barrier, retried briefly while shard queues are full.
@@ -312,7 +500,8 @@ impl Checkpointer {
         old: &Pipeline,
         id: i64,
     ) -> Result<(Pipeline, u64), CheckpointError> {
-        let _claim = self.claim(old.name())?;
+        let claim = self.claim(old.name()).await?;
+        claim.hold(Holder::Restore(id));
         let name = old.name();
         let cp = self
             .store
@@ -357,7 +546,8 @@ impl Checkpointer {
         id: i64,
     ) -> Result<(Pipeline, u64), CheckpointError> {
         let name = spec.name.clone();
-        let _claim = self.claim(&name)?;
+        let claim = self.claim(&name).await?;
+        claim.hold(Holder::Restore(id));
         let cp = self
             .store
             .checkpoint(&name, id)
@@ -458,4 +648,124 @@ fn stamp() -> String {
     time::OffsetDateTime::now_utc()
         .format(&format)
         .unwrap_or_else(|_| now_ms().to_string())
+}
+
+/// What an operator reads after a checkpoint failed.
+fn next_step(trigger: Trigger, listed: bool) -> &'static str {
+    match (trigger, listed) {
+        (Trigger::Periodic, true) => {
+            "its changes stay for the next checkpoint; periodic checkpoints retry with backoff"
+        }
+        (Trigger::Periodic, false) => {
+            "listed as failed once the store answers; periodic checkpoints retry with backoff"
+        }
+        (Trigger::Manual, true) => {
+            "its changes stay for the next checkpoint; the trigger answers the error"
+        }
+        (Trigger::Manual, false) => {
+            "listed as failed once the store answers; the trigger answers 503"
+        }
+        (Trigger::Shutdown, _) => {
+            "the next start replays the WAL since the last completed checkpoint"
+        }
+    }
+}
+
+/// `e` and the causes its text does not already say, `: `-separated: the `error` of a failed
+/// checkpoint.
+fn reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periodic_checkpoints_back_off_doubling_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let delays: Vec<_> = (0..6).map(|n| periodic_delay(ms(100), n)).collect();
+        assert_eq!(
+            delays,
+            [ms(100), ms(200), ms(400), ms(800), ms(1600), ms(3200)]
+        );
+        assert_eq!(periodic_delay(ms(100), 20), MAX_BACKOFF);
+        assert_eq!(periodic_delay(ms(100), u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn an_interval_longer_than_the_cap_is_kept_after_failures() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(periodic_delay(hour, 0), hour);
+        assert_eq!(periodic_delay(hour, 3), hour);
+    }
+
+    async fn checkpointer() -> (Checkpointer, tempfile::TempDir) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("eddy.db").display());
+        let store = crate::store::connect(&url).await.unwrap();
+        let config = Config::for_tests(dir.path().to_owned(), url);
+        (Checkpointer::new(store, Arc::new(config)), dir)
+    }
+
+    #[tokio::test]
+    async fn a_claim_racing_a_checkpoint_without_its_id_yet_waits_to_name_it() {
+        let (checkpointer, _dir) = checkpointer().await;
+        let first = checkpointer.claim("p").await.unwrap();
+        let second = checkpointer.claim("p");
+        let set = async {
+            tokio::task::yield_now().await;
+            first.set(7);
+        };
+        let (refused, ()) = tokio::join!(second, set);
+        assert!(matches!(refused, Err(CheckpointError::Running { id: 7 })));
+    }
+
+    #[tokio::test]
+    async fn a_claim_waiting_on_a_checkpoint_that_never_got_an_id_takes_the_slot() {
+        let (checkpointer, _dir) = checkpointer().await;
+        let first = checkpointer.claim("p").await.unwrap();
+        let second = checkpointer.claim("p");
+        let release = async {
+            tokio::task::yield_now().await;
+            drop(first);
+        };
+        let (taken, ()) = tokio::join!(second, release);
+        assert!(taken.is_ok());
+        assert!(matches!(
+            checkpointer.claim("other").await.map(drop),
+            Ok(())
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_restore_holding_the_slot_is_named_as_a_restore() {
+        let (checkpointer, _dir) = checkpointer().await;
+        let restore = checkpointer.claim("p").await.unwrap();
+        restore.hold(Holder::Restore(3));
+        assert!(matches!(
+            checkpointer.claim("p").await.map(drop),
+            Err(CheckpointError::Restoring { id: 3 })
+        ));
+    }
+
+    #[test]
+    fn a_failure_reason_says_each_cause_once() {
+        let store = StoreError::Database(sqlx::Error::RowNotFound);
+        let text = reason(&CheckpointError::Store(store));
+        assert_eq!(
+            text,
+            "store: database error: no rows returned by a query that expected to return at least one row"
+        );
+    }
 }

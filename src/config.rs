@@ -214,6 +214,10 @@ pub struct Settings {
     /// WAL segment size in bytes at which a new segment starts [default: 67108864].
     #[arg(long, env = "EDDY_WAL_SEGMENT_BYTES", global = true)]
     pub wal_segment_bytes: Option<u64>,
+    /// Longest wait for a store connection, e.g. "2s" [default: 2s]; past it the store counts
+    /// as unreachable (a checkpoint trigger answers 503 `store_unavailable`).
+    #[arg(long, env = "EDDY_STORE_ACQUIRE_TIMEOUT", global = true)]
+    pub store_acquire_timeout: Option<String>,
 }
 
 impl Settings {
@@ -241,6 +245,7 @@ impl Settings {
             max_keys_per_pipeline: self.max_keys_per_pipeline.or(file.max_keys_per_pipeline),
             max_map_entries: self.max_map_entries.or(file.max_map_entries),
             metrics_auth: self.metrics_auth.or(file.metrics_auth),
+            store_acquire_timeout: self.store_acquire_timeout.or(file.store_acquire_timeout),
         }
     }
 
@@ -309,6 +314,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     pub max_concurrent_requests: usize,
     pub max_pipelines: usize,
+    /// Longest wait for a store connection before the store counts as unreachable.
+    pub store_acquire_timeout: Duration,
 }
 
 impl Config {
@@ -325,6 +332,14 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("eddy.db").display()));
         let timeout = s.request_timeout.as_deref().unwrap_or("90s");
         let timeout = Span::parse(timeout).map_err(|e| invalid("EDDY_REQUEST_TIMEOUT", e))?;
+        let acquire = s.store_acquire_timeout.as_deref().unwrap_or("2s");
+        let acquire = Span::parse(acquire).map_err(|e| invalid("EDDY_STORE_ACQUIRE_TIMEOUT", e))?;
+        if acquire.millis() == 0 {
+            return Err(invalid(
+                "EDDY_STORE_ACQUIRE_TIMEOUT",
+                "must be above 0".into(),
+            ));
+        }
         let defaults = EngineConfig::default();
         let positive = |name, value: Option<usize>, default: usize| match value {
             Some(0) => Err(invalid(name, "must be at least 1".into())),
@@ -380,6 +395,7 @@ impl Config {
                 1024,
             )?,
             max_pipelines: positive("EDDY_MAX_PIPELINES", s.max_pipelines, 100)?,
+            store_acquire_timeout: Duration::from_millis(acquire.millis() as u64),
         })
     }
 
@@ -422,6 +438,20 @@ mod tests {
         let file: Settings = toml::from_str("listen = \"127.0.0.1:2\"\nshards = 3").unwrap();
         let c = Config::resolve(cli.or(file)).unwrap();
         assert_eq!((c.listen.port(), c.engine.shards), (1, 3));
+    }
+
+    #[test]
+    fn the_store_acquire_timeout_defaults_to_two_seconds_and_is_never_zero() {
+        let c = Config::resolve(Settings::default()).unwrap();
+        assert_eq!(c.store_acquire_timeout, Duration::from_secs(2));
+        for bad in ["0s", "2 s"] {
+            let settings = Settings {
+                store_acquire_timeout: Some(bad.into()),
+                ..Settings::default()
+            };
+            let e = Config::resolve(settings).unwrap_err().to_string();
+            assert!(e.starts_with("EDDY_STORE_ACQUIRE_TIMEOUT"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ type BoxError = Box<dyn std::error::Error>;
 
 async fn migrate(config: Config) -> Result<(), BoxError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect_with(&config.database_url, config.store_acquire_timeout).await?;
     store.migrate().await?;
     tracing::info!(database = %store::redact(&config.database_url), "migrations applied");
     Ok(())

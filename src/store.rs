@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Migrations of the PostgreSQL backend.
 pub static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -41,8 +42,17 @@ pub enum StoreError {
     /// `DATABASE_URL` names no backend eddy has.
     #[error("unsupported database URL {url:?}: use postgres://… or sqlite://…")]
     UnsupportedUrl { url: String },
+    /// The database answered with an error, or the request to it failed otherwise.
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// The database cannot be reached: connection refused or lost, no connection within the
+    /// acquire timeout, I/O, the server shutting down, or (SQLite) the file busy or unreadable.
+    #[error("the {store} store cannot be reached")]
+    Unavailable {
+        /// `postgres` or `sqlite`.
+        store: &'static str,
+        source: sqlx::Error,
+    },
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored spec of {name:?} is not valid JSON")]
@@ -50,6 +60,47 @@ pub enum StoreError {
         name: String,
         source: serde_json::Error,
     },
+}
+
+impl StoreError {
+    /// `e` of the `store` backend, classified: [`StoreError::Unavailable`] when the store could
+    /// not be reached (worth retrying later), else [`StoreError::Database`].
+    pub fn from_sqlx(store: &'static str, e: sqlx::Error) -> StoreError {
+        if is_unreachable(store, &e) {
+            StoreError::Unavailable { store, source: e }
+        } else {
+            StoreError::Database(e)
+        }
+    }
+
+    /// Whether the store could not be reached (as opposed to refusing what was asked).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// Whether `e` means the database could not be reached rather than that it refused a statement.
+fn is_unreachable(store: &str, e: &sqlx::Error) -> bool {
+    use sqlx::Error;
+    match e {
+        Error::Io(_) | Error::Tls(_) | Error::PoolTimedOut | Error::PoolClosed => true,
+        Error::WorkerCrashed => true,
+        Error::Database(db) => db.code().is_some_and(|code| unreachable_code(store, &code)),
+        _ => false,
+    }
+}
+
+/// Whether a database error code says the server cannot serve now: a PostgreSQL SQLSTATE of
+/// class 08 (connection exception), 57P01-57P03 (shutting down, cannot connect now) or 53300
+/// (too many connections); an SQLite (extended) result code whose primary code is BUSY,
+/// LOCKED, IOERR or CANTOPEN.
+fn unreachable_code(store: &str, code: &str) -> bool {
+    if store == "sqlite" {
+        code.parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 14))
+    } else {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    }
 }
 
 /// Persistence of eddy's definitions and (later) checkpoints.
@@ -80,6 +131,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         write: &CheckpointWrite<'_>,
     ) -> Result<CheckpointMeta, StoreError>;
+    /// Records a checkpoint that failed before its row was written (the store was down), as
+    /// `failed` with its error; its id (as [`Store::begin_checkpoint`] assigns them).
+    async fn record_failed_checkpoint(
+        &self,
+        pipeline: &str,
+        trigger: Trigger,
+        started_at: i64,
+        completed_at: i64,
+        error: &str,
+    ) -> Result<i64, StoreError>;
     /// Marks a checkpoint failed with its error.
     async fn fail_checkpoint(
         &self,
@@ -131,12 +192,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// How long a store request waits for a connection unless configured otherwise.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Opens the store a database URL names (`postgres://`, `postgresql://` or `sqlite://`).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    connect_with(url, ACQUIRE_TIMEOUT).await
+}
+
+/// Opens the store of `url`; a request waits at most `acquire_timeout` for a connection
+/// before the store counts as unreachable.
+pub async fn connect_with(
+    url: &str,
+    acquire_timeout: Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url).await?))
+        Ok(Arc::new(
+            PostgresStore::connect(url, acquire_timeout).await?,
+        ))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        Ok(Arc::new(SqliteStore::connect(url, acquire_timeout).await?))
     } else {
         Err(StoreError::UnsupportedUrl { url: redact(url) })
     }
@@ -178,5 +253,33 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("sqlite://data/eddy.db"), "sqlite://data/eddy.db");
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable_and_refusals_are_not() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(StoreError::from_sqlx("postgres", sqlx::Error::Io(refused)).is_unavailable());
+        assert!(StoreError::from_sqlx("postgres", sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::from_sqlx("sqlite", sqlx::Error::RowNotFound).is_unavailable());
+    }
+
+    #[test]
+    fn error_codes_of_an_unreachable_server_are_told_apart_from_refusals() {
+        // PostgreSQL: connection failure, admin shutdown, cannot connect now.
+        for code in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert!(unreachable_code("postgres", code), "{code}");
+        }
+        // Unique violation, undefined table, lock not available, serialization failure.
+        for code in ["23505", "42P01", "55P03", "40001"] {
+            assert!(!unreachable_code("postgres", code), "{code}");
+        }
+        // SQLite: BUSY, BUSY_SNAPSHOT (517), LOCKED, IOERR_WRITE (778), CANTOPEN.
+        for code in ["5", "517", "6", "778", "14"] {
+            assert!(unreachable_code("sqlite", code), "{code}");
+        }
+        // CONSTRAINT_PRIMARYKEY (1555), generic ERROR, READONLY.
+        for code in ["1555", "1", "8"] {
+            assert!(!unreachable_code("sqlite", code), "{code}");
+        }
     }
 }

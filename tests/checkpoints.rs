@@ -132,17 +132,6 @@ async fn unknown_checkpoints_and_pipelines_are_404(backend: Backend) {
     .await;
 }
 
-async fn a_second_checkpoint_while_one_runs_is_409_naming_it(backend: Backend) {
-    let s = TestServer::start(backend).await;
-    s.create_seed().await;
-    let claim = s.state.checkpoints.claim("clicks").unwrap();
-    let resp = s.post("/v1/pipelines/clicks/checkpoints").await;
-    let doc = expect_problem(resp, StatusCode::CONFLICT, "checkpoint_running").await;
-    assert!(doc.get("checkpoint_id").is_some(), "{doc}");
-    drop(claim);
-    s.checkpoint("clicks").await;
-}
-
 async fn restore_returns_state_counters_and_output_to_the_checkpoint(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
@@ -310,7 +299,6 @@ backend_tests!(
     a_checkpoint_of_an_empty_pipeline_succeeds,
     checkpoints_are_incremental_and_listed_newest_first,
     unknown_checkpoints_and_pipelines_are_404,
-    a_second_checkpoint_while_one_runs_is_409_naming_it,
     restore_returns_state_counters_and_output_to_the_checkpoint,
     only_completed_checkpoints_can_be_restored,
 );

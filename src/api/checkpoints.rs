@@ -91,9 +91,11 @@ impl From<CheckpointError> for ApiError {
         match e {
             CheckpointError::Running { id } => ApiError::CheckpointRunning { id },
             CheckpointError::NotFound { id } => ApiError::CheckpointNotFound { id },
-            CheckpointError::NotRestorable { .. } => ApiError::Conflict {
-                detail: e.to_string(),
-            },
+            CheckpointError::NotRestorable { .. } | CheckpointError::Restoring { .. } => {
+                ApiError::Conflict {
+                    detail: e.to_string(),
+                }
+            }
             CheckpointError::Engine(e) => e.into(),
             CheckpointError::Store(e) => e.into(),
             e @ CheckpointError::Wal(_) => ApiError::internal(&e),
@@ -108,8 +110,9 @@ impl From<CheckpointError> for ApiError {
     responses(
         (status = 201, description = "The completed checkpoint", body = CheckpointDto),
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "One is running (`checkpoint_id`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "One is running (`checkpoint_id`, which GET finds `in_progress`), or a restore is", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "It failed (it is listed as failed)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store cannot be reached (`store_unavailable`, `Retry-After`); the failure is listed once it answers", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn trigger_checkpoint(
@@ -117,7 +120,12 @@ async fn trigger_checkpoint(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<CheckpointDto>), ApiError> {
     let pipeline = app.pipeline(&name)?;
-    let meta = app.checkpoints.take(&pipeline, Trigger::Manual).await?;
+    // On its own task: a request that times out or is dropped must not cut a checkpoint short
+    // (its row would stay in_progress and the barrier's changes would not go back).
+    let checkpoints = app.checkpoints.clone();
+    let meta = tokio::spawn(async move { checkpoints.take(&pipeline, Trigger::Manual).await })
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
     Ok((StatusCode::CREATED, Json(meta.into())))
 }
 

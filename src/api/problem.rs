@@ -103,6 +103,9 @@ pub enum ApiError {
     /// 503: recovery is not finished or the store does not answer.
     #[error("{detail}")]
     Unavailable { detail: String },
+    /// 503 with `Retry-After`: the store cannot be reached; the cause is logged.
+    #[error("the checkpoint store ({store}) cannot be reached; retry shortly")]
+    StoreUnavailable { store: &'static str, cause: String },
     /// 500: the cause is logged, the answer says nothing of it.
     #[error("internal error")]
     Internal { cause: String },
@@ -131,9 +134,11 @@ impl ApiError {
             PayloadTooLarge { .. } | TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             LimitReached { .. } => StatusCode::INSUFFICIENT_STORAGE,
             UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Overloaded { .. } | Unavailable { .. } | Busy | PipelineFailed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Overloaded { .. }
+            | Unavailable { .. }
+            | Busy
+            | PipelineFailed { .. }
+            | StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -165,6 +170,7 @@ impl ApiError {
             Busy => "busy",
             Unavailable { .. } => "unavailable",
             PipelineFailed { .. } => "pipeline_failed",
+            StoreUnavailable { .. } => "store_unavailable",
             Internal { .. } => "internal",
         }
     }
@@ -178,14 +184,9 @@ impl ApiError {
 
     /// An internal error whose cause chain is logged.
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> ApiError {
-        let mut chain = cause.to_string();
-        let mut source = cause.source();
-        while let Some(s) = source {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            source = s.source();
+        ApiError::Internal {
+            cause: cause_chain(cause),
         }
-        ApiError::Internal { cause: chain }
     }
 }
 
@@ -194,6 +195,8 @@ impl IntoResponse for ApiError {
         let status = self.status();
         if let ApiError::Internal { cause } = &self {
             tracing::error!(error.cause_chain = %cause, "request failed");
+        } else if let ApiError::StoreUnavailable { cause, .. } = &self {
+            tracing::warn!(error.cause_chain = %cause, "request failed: the store cannot be reached");
         } else {
             tracing::debug!(status = status.as_u16(), code = self.code(), detail = %self, "request refused");
         }
@@ -214,13 +217,31 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"eddy\""),
             );
         }
-        if matches!(self, ApiError::Overloaded { .. } | ApiError::Busy) {
+        let retry_after = match self {
+            ApiError::Overloaded { .. } | ApiError::Busy => Some("1"),
+            // An outage outlasts a full queue: a client polling every second helps no one.
+            ApiError::StoreUnavailable { .. } => Some("5"),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
     }
+}
+
+/// `e` and its sources, `: `-separated.
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    chain
 }
 
 /// A problem+json response: `title` is the status phrase, `code` the stable cause.
@@ -270,6 +291,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Duplicate { name } => ApiError::PipelineExists { name },
+            e @ StoreError::Unavailable { store, .. } => ApiError::StoreUnavailable {
+                store,
+                cause: cause_chain(&e),
+            },
             e => ApiError::internal(&e),
         }
     }

@@ -188,7 +188,9 @@ pub(super) struct Dialect {
 }
 
 /// Expands the whole [`Store`](super::Store) implementation of `$store` (whose `pool` field is
-/// a `$db` pool, migrated by `$migrator`), with the statements of `$dialect`.
+/// the `$db` pool for reads and `writer` the one for writes, migrated by `$migrator`), with the
+/// statements of `$dialect`. Every sqlx error goes through the expansion site's `db`, which
+/// classifies it for its backend.
 macro_rules! store_impl {
     ($store:ty, $db:ty, $migrator:expr, $dialect:expr) => {
         #[async_trait::async_trait]
@@ -198,12 +200,12 @@ macro_rules! store_impl {
             }
 
             async fn migrate(&self) -> Result<(), StoreError> {
-                $migrator.run(&self.pool).await?;
+                $migrator.run(&self.writer).await?;
                 Ok(())
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("select 1").execute(&self.pool).await?;
+                sqlx::query("select 1").execute(&self.pool).await.map_err(db)?;
                 Ok(())
             }
 
@@ -211,40 +213,55 @@ macro_rules! store_impl {
                 sqlx::query($dialect.insert_pipeline)
                     .bind(name)
                     .bind(spec.to_string())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(|e| match super::is_unique_violation(&e) {
                         true => StoreError::Duplicate { name: name.to_owned() },
-                        false => e.into(),
+                        false => db(e),
                     })?;
                 Ok(())
             }
 
             async fn pipelines(&self) -> Result<Vec<super::StoredPipeline>, StoreError> {
-                let rows: Vec<(String, String)> = sqlx::query_as($dialect.list_pipelines).fetch_all(&self.pool).await?;
+                let rows: Vec<(String, String)> = sqlx::query_as($dialect.list_pipelines).fetch_all(&self.pool).await.map_err(db)?;
                 rows.into_iter().map(|(name, spec)| super::decode_spec(name, &spec)).collect()
             }
 
             async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
-                let done = sqlx::query("delete from pipelines where name = $1").bind(name).execute(&self.pool).await?;
+                let done = sqlx::query("delete from pipelines where name = $1").bind(name).execute(&self.writer).await.map_err(db)?;
                 Ok(done.rows_affected() > 0)
             }
 
             async fn begin_checkpoint(&self, pipeline: &str, trigger: Trigger, started_at: i64) -> Result<i64, StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await.map_err(db)?;
                 let (last,): (i64,) = sqlx::query_as("select coalesce(max(id), 0) from checkpoints where pipeline = $1")
-                    .bind(pipeline).fetch_one(&mut *tx).await?;
+                    .bind(pipeline).fetch_one(&mut *tx).await.map_err(db)?;
                 let (floor,): (i64,) = sqlx::query_as("select checkpoint_floor from pipelines where name = $1")
-                    .bind(pipeline).fetch_one(&mut *tx).await?;
+                    .bind(pipeline).fetch_one(&mut *tx).await.map_err(db)?;
                 let id = last.max(floor) + 1;
                 sqlx::query("insert into checkpoints (pipeline, id, status, trigger, started_at) values ($1, $2, 'in_progress', $3, $4)")
-                    .bind(pipeline).bind(id).bind(trigger.as_str()).bind(started_at).execute(&mut *tx).await?;
-                tx.commit().await?;
+                    .bind(pipeline).bind(id).bind(trigger.as_str()).bind(started_at).execute(&mut *tx).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(id)
+            }
+
+            async fn record_failed_checkpoint(&self, pipeline: &str, trigger: Trigger, started_at: i64, completed_at: i64, error: &str) -> Result<i64, StoreError> {
+                let mut tx = self.writer.begin().await.map_err(db)?;
+                let (last,): (i64,) = sqlx::query_as("select coalesce(max(id), 0) from checkpoints where pipeline = $1")
+                    .bind(pipeline).fetch_one(&mut *tx).await.map_err(db)?;
+                let (floor,): (i64,) = sqlx::query_as("select checkpoint_floor from pipelines where name = $1")
+                    .bind(pipeline).fetch_one(&mut *tx).await.map_err(db)?;
+                let id = last.max(floor) + 1;
+                sqlx::query("insert into checkpoints (pipeline, id, status, trigger, started_at, completed_at, error) \
+                             values ($1, $2, 'failed', $3, $4, $5, $6)")
+                    .bind(pipeline).bind(id).bind(trigger.as_str()).bind(started_at).bind(completed_at).bind(error)
+                    .execute(&mut *tx).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
                 Ok(id)
             }
 
             async fn commit_checkpoint(&self, w: &CheckpointWrite<'_>) -> Result<CheckpointMeta, StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await.map_err(db)?;
                 let (mut written, mut deleted, mut bytes) = (0_i64, 0_i64, 0_i64);
                 for chunk in w.rows.chunks(CHUNK) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
@@ -254,7 +271,7 @@ macro_rules! store_impl {
                             .push_bind(w.id).push_bind(i32::from(row.key_group)).push_bind(row.last_time)
                             .push_bind(row.value.as_deref());
                     });
-                    q.build().execute(&mut *tx).await?;
+                    q.build().execute(&mut *tx).await.map_err(db)?;
                 }
                 for row in w.rows {
                     match &row.value {
@@ -271,7 +288,7 @@ macro_rules! store_impl {
                     q.push_values(chunk, |mut b, (offset, json)| {
                         b.push_bind(w.pipeline).push_bind(*offset).push_bind(w.id).push_bind(json.as_str());
                     });
-                    q.build().execute(&mut *tx).await?;
+                    q.build().execute(&mut *tx).await.map_err(db)?;
                     bytes += chunk.iter().map(|(_, j)| j.len() as i64).sum::<i64>();
                 }
                 for chunk in w.idempotency.chunks(CHUNK) {
@@ -284,7 +301,7 @@ macro_rules! store_impl {
                     q.push(" on conflict (pipeline, key) do update set checkpoint = excluded.checkpoint, \
                               created = excluded.created, accepted = excluded.accepted, \
                               first_offset = excluded.first_offset, last_offset = excluded.last_offset");
-                    q.build().execute(&mut *tx).await?;
+                    q.build().execute(&mut *tx).await.map_err(db)?;
                 }
                 let row: CheckpointRow = sqlx::query_as(&format!(
                     "update checkpoints set status = 'completed', completed_at = $3, events = $4, late_events = $5, \
@@ -294,46 +311,46 @@ macro_rules! store_impl {
                     .bind(w.pipeline).bind(w.id).bind(w.completed_at).bind(w.events).bind(w.late_events)
                     .bind(w.watermark).bind(w.next_offset).bind(w.input_offset).bind(w.output_offset).bind(w.wal_lsn)
                     .bind(written).bind(deleted).bind(bytes)
-                    .fetch_one(&mut *tx).await?;
-                tx.commit().await?;
+                    .fetch_one(&mut *tx).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
                 Ok(row.into())
             }
 
             async fn fail_checkpoint(&self, pipeline: &str, id: i64, error: &str, completed_at: i64) -> Result<(), StoreError> {
                 sqlx::query("update checkpoints set status = 'failed', error = $3, completed_at = $4 where pipeline = $1 and id = $2")
-                    .bind(pipeline).bind(id).bind(error).bind(completed_at).execute(&self.pool).await?;
+                    .bind(pipeline).bind(id).bind(error).bind(completed_at).execute(&self.writer).await.map_err(db)?;
                 Ok(())
             }
 
             async fn checkpoints(&self, pipeline: &str) -> Result<Vec<CheckpointMeta>, StoreError> {
                 let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
                     "select {CHECKPOINT_COLUMNS} from checkpoints where pipeline = $1 order by id desc"))
-                    .bind(pipeline).fetch_all(&self.pool).await?;
+                    .bind(pipeline).fetch_all(&self.pool).await.map_err(db)?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn checkpoint(&self, pipeline: &str, id: i64) -> Result<Option<CheckpointMeta>, StoreError> {
                 let row: Option<CheckpointRow> = sqlx::query_as(&format!(
                     "select {CHECKPOINT_COLUMNS} from checkpoints where pipeline = $1 and id = $2"))
-                    .bind(pipeline).bind(id).fetch_optional(&self.pool).await?;
+                    .bind(pipeline).bind(id).fetch_optional(&self.pool).await.map_err(db)?;
                 Ok(row.map(Into::into))
             }
 
             async fn load_checkpoint(&self, pipeline: &str, id: i64, outputs: i64) -> Result<LoadedCheckpoint, StoreError> {
                 let state: Vec<(i32, String, i32, i64, Option<Vec<u8>>)> = sqlx::query_as($dialect.load_state)
-                    .bind(pipeline).bind(id).fetch_all(&self.pool).await?;
+                    .bind(pipeline).bind(id).fetch_all(&self.pool).await.map_err(db)?;
                 let rows = state.into_iter().filter(|r| r.4.is_some()).map(|(operator, key, key_group, last_time, value)| StateRow {
                     operator: operator as u16, key: key.into(), key_group: key_group as u16, last_time, value,
                 }).collect();
                 let mut outputs: Vec<(i64, String)> = sqlx::query_as(
                     "select output_offset, record from output_records where pipeline = $1 and checkpoint <= $2 \
                      order by output_offset desc limit $3")
-                    .bind(pipeline).bind(id).bind(outputs).fetch_all(&self.pool).await?;
+                    .bind(pipeline).bind(id).bind(outputs).fetch_all(&self.pool).await.map_err(db)?;
                 outputs.reverse();
                 let keys: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
                     "select key, created, accepted, first_offset, last_offset from idempotency_keys \
                      where pipeline = $1 and checkpoint <= $2 order by created, key")
-                    .bind(pipeline).bind(id).fetch_all(&self.pool).await?;
+                    .bind(pipeline).bind(id).fetch_all(&self.pool).await.map_err(db)?;
                 let idempotency = keys.into_iter().map(|(key, created, accepted, first, last)| IdempotencyEntry {
                     key, created, batch: None,
                     ack: Ack { accepted: accepted as u64, first_offset: first as u64, last_offset: last as u64 },
@@ -344,22 +361,22 @@ macro_rules! store_impl {
             async fn floors(&self, pipeline: &str) -> Result<Floors, StoreError> {
                 let (offset, output, checkpoint, discard_after_lsn): (i64, i64, i64, Option<i64>) = sqlx::query_as(
                     "select offset_floor, output_floor, checkpoint_floor, discard_after_lsn from pipelines where name = $1")
-                    .bind(pipeline).fetch_one(&self.pool).await?;
+                    .bind(pipeline).fetch_one(&self.pool).await.map_err(db)?;
                 Ok(Floors { offset, output, checkpoint, discard_after_lsn })
             }
 
             async fn restore_checkpoint(&self, pipeline: &str, id: i64, floors: Floors) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await.map_err(db)?;
                 for table in ["checkpoints where pipeline = $1 and id > $2", "state_rows where pipeline = $1 and checkpoint > $2",
                               "output_records where pipeline = $1 and checkpoint > $2",
                               "idempotency_keys where pipeline = $1 and checkpoint > $2"] {
-                    sqlx::query(&format!("delete from {table}")).bind(pipeline).bind(id).execute(&mut *tx).await?;
+                    sqlx::query(&format!("delete from {table}")).bind(pipeline).bind(id).execute(&mut *tx).await.map_err(db)?;
                 }
                 sqlx::query("update pipelines set offset_floor = $2, output_floor = $3, checkpoint_floor = $4, \
                              discard_after_lsn = $5 where name = $1")
                     .bind(pipeline).bind(floors.offset).bind(floors.output).bind(floors.checkpoint)
-                    .bind(floors.discard_after_lsn).execute(&mut *tx).await?;
-                tx.commit().await?;
+                    .bind(floors.discard_after_lsn).execute(&mut *tx).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
                 Ok(())
             }
 
@@ -371,42 +388,42 @@ macro_rules! store_impl {
             }
 
             async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError> {
-                sqlx::query("update pipelines set discard_after_lsn = null where name = $1").bind(pipeline).execute(&self.pool).await?;
+                sqlx::query("update pipelines set discard_after_lsn = null where name = $1").bind(pipeline).execute(&self.writer).await.map_err(db)?;
                 Ok(())
             }
 
             async fn prune(&self, pipeline: &str, retain: i64, keep_outputs: i64, keys_since: i64) -> Result<(), StoreError> {
                 let oldest: Option<(i64,)> = sqlx::query_as(
                     "select id from checkpoints where pipeline = $1 and status = 'completed' order by id desc limit 1 offset $2")
-                    .bind(pipeline).bind(retain - 1).fetch_optional(&self.pool).await?;
+                    .bind(pipeline).bind(retain - 1).fetch_optional(&self.pool).await.map_err(db)?;
                 let Some((oldest,)) = oldest else { return Ok(()) };
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await.map_err(db)?;
                 let (horizon,): (i64,) = sqlx::query_as("select gc_horizon from pipelines where name = $1")
-                    .bind(pipeline).fetch_one(&mut *tx).await?;
+                    .bind(pipeline).fetch_one(&mut *tx).await.map_err(db)?;
                 // Rows superseded by a version in (horizon, oldest] are never read again.
                 sqlx::query(
                     "delete from state_rows where (pipeline, operator, key, checkpoint) in (\
                      select s.pipeline, s.operator, s.key, s.checkpoint from state_rows t join state_rows s \
                      on s.pipeline = t.pipeline and s.operator = t.operator and s.key = t.key and s.checkpoint < t.checkpoint \
                      where t.pipeline = $1 and t.checkpoint > $2 and t.checkpoint <= $3)")
-                    .bind(pipeline).bind(horizon).bind(oldest).execute(&mut *tx).await?;
+                    .bind(pipeline).bind(horizon).bind(oldest).execute(&mut *tx).await.map_err(db)?;
                 sqlx::query("delete from state_rows where pipeline = $1 and checkpoint > $2 and checkpoint <= $3 and value is null")
-                    .bind(pipeline).bind(horizon).bind(oldest).execute(&mut *tx).await?;
-                sqlx::query("delete from checkpoints where pipeline = $1 and id < $2").bind(pipeline).bind(oldest).execute(&mut *tx).await?;
-                sqlx::query("update pipelines set gc_horizon = $2 where name = $1").bind(pipeline).bind(oldest).execute(&mut *tx).await?;
+                    .bind(pipeline).bind(horizon).bind(oldest).execute(&mut *tx).await.map_err(db)?;
+                sqlx::query("delete from checkpoints where pipeline = $1 and id < $2").bind(pipeline).bind(oldest).execute(&mut *tx).await.map_err(db)?;
+                sqlx::query("update pipelines set gc_horizon = $2 where name = $1").bind(pipeline).bind(oldest).execute(&mut *tx).await.map_err(db)?;
                 sqlx::query("delete from output_records where pipeline = $1 and output_offset <= \
                              (select coalesce(max(output_offset), 0) from output_records where pipeline = $1) - $2")
-                    .bind(pipeline).bind(keep_outputs).execute(&mut *tx).await?;
+                    .bind(pipeline).bind(keep_outputs).execute(&mut *tx).await.map_err(db)?;
                 sqlx::query("delete from idempotency_keys where pipeline = $1 and created < $2")
-                    .bind(pipeline).bind(keys_since).execute(&mut *tx).await?;
-                tx.commit().await?;
+                    .bind(pipeline).bind(keys_since).execute(&mut *tx).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
                 Ok(())
             }
 
             async fn fail_interrupted(&self, pipeline: &str, at: i64) -> Result<(), StoreError> {
                 sqlx::query("update checkpoints set status = 'failed', error = 'interrupted by a restart', completed_at = $2 \
                              where pipeline = $1 and status = 'in_progress'")
-                    .bind(pipeline).bind(at).execute(&self.pool).await?;
+                    .bind(pipeline).bind(at).execute(&self.writer).await.map_err(db)?;
                 Ok(())
             }
         }

@@ -14,6 +14,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The same pool: PostgreSQL orders concurrent writers itself (row locks, MVCC).
+    writer: PgPool,
 }
 
 const DIALECT: Dialect = Dialect {
@@ -26,20 +28,33 @@ const DIALECT: Dialect = Dialect {
 };
 
 impl PostgresStore {
-    /// Connects to `url`.
-    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+    /// Connects to `url`; a request waits at most `acquire_timeout` for a connection (while
+    /// the server is down, that is how long a request takes to say so).
+    pub async fn connect(
+        url: &str,
+        acquire_timeout: Duration,
+    ) -> Result<PostgresStore, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect(url)
-            .await?;
-        Ok(PostgresStore { pool })
+            .await
+            .map_err(db)?;
+        Ok(PostgresStore {
+            writer: pool.clone(),
+            pool,
+        })
     }
 
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// A sqlx error of this backend, classified.
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(DIALECT.backend, e)
 }
 
 store_impl!(PostgresStore, sqlx::Postgres, POSTGRES_MIGRATOR, DIALECT);

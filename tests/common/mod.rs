@@ -3,6 +3,8 @@
 //! (scripts/test.sh starts a throwaway server); without it they fail, never skip.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod pg;
+
 use eddy::app::{self, AppState};
 use eddy::config::Config;
 use reqwest::header::CONTENT_TYPE;
