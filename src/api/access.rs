@@ -25,7 +25,7 @@ fn need(method: &Method, route: &str, metrics_auth: bool) -> Need {
         }
     };
     match route {
-        "/healthz" | "/readyz" | "/openapi.json" => Need::Open,
+        "/healthz" | "/readyz" | "/openapi.json" | "/" | "/problems/{code}" => Need::Open,
         r if r.starts_with("/docs") => Need::Open,
         "/metrics" if !metrics_auth => Need::Open,
         "/metrics" => Need::Scope(Scope::Read),
@@ -121,6 +121,8 @@ mod tests {
         let post = Method::POST;
         let del = Method::DELETE;
         assert_eq!(need(&get, "/healthz", true), Need::Open);
+        assert_eq!(need(&get, "/", true), Need::Open);
+        assert_eq!(need(&get, "/problems/{code}", true), Need::Open);
         assert_eq!(need(&get, "/metrics", false), Need::Open);
         assert_eq!(need(&get, "/metrics", true), Need::Scope(Scope::Read));
         assert_eq!(
