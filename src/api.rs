@@ -2,10 +2,13 @@
 //! annotations, so the route table and the published document cannot drift apart.
 
 pub mod access;
+mod answers;
 mod checkpoints;
+pub mod conventions;
 mod events;
 mod health;
 mod output;
+pub mod pages;
 mod pipelines;
 pub mod problem;
 mod queries;
@@ -54,8 +57,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     secured(routes().split_for_parts().1)
 }
 
-/// Declares bearer tokens, and their 401 and 403 answers, on every `/v1` operation (access is
-/// enforced by a middleware, not per handler).
+/// Declares bearer tokens, and their 401 and 403 answers on every `/v1` operation (access is
+/// enforced by a middleware, not per handler). The token is optional, for the whole document
+/// (an empty requirement beside it): without a tokens file access is open. Said once at the
+/// top rather than per operation, because generators (openapi-python-client) read an
+/// operation's own requirement as "a token is required", whatever its alternatives.
 pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{
         HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
@@ -67,6 +73,10 @@ pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         .description(Some("An API token (`eddy token new`)"))
         .build();
     components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    doc.security = Some(vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::default(),
+    ]);
     let problem = |description: &str| {
         let content = ContentBuilder::new()
             .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
@@ -90,10 +100,6 @@ pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
             &mut item.patch,
         ];
         for operation in operations.into_iter().flatten() {
-            operation.security = Some(vec![SecurityRequirement::new(
-                "bearer",
-                Vec::<String>::new(),
-            )]);
             let responses = &mut operation.responses.responses;
             responses.insert(
                 "401".into(),

@@ -99,7 +99,7 @@ pub struct PipelineStatus {
     /// Keys with state, per operator.
     pub keys: BTreeMap<String, usize>,
     /// The newest checkpoint, or null.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::checkpoints::CheckpointDto>)]
     pub last_checkpoint: Option<Value>,
 }
 
