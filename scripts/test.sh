@@ -73,6 +73,9 @@ fi
 say "schemathesis (the real server against openapi/openapi.json)"
 scripts/schemathesis.sh
 
+say "openapi-python-client (a generated client drives the README walkthrough)"
+scripts/openapi-client.sh
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo test --locked --doc
