@@ -300,6 +300,8 @@ async fn a_refused_origin_gets_no_cors_header_at_all() {
             "{origin}: {:?}",
             resp.headers()
         );
+        let vary: Vec<_> = resp.headers().get_all("vary").iter().collect();
+        assert!(vary.iter().any(|v| *v == "origin"), "{vary:?}");
     }
 }
 

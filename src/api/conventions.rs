@@ -161,7 +161,12 @@ pub async fn cors(
         .get(header::ORIGIN)
         .is_some_and(|o| cors.allows(o.as_bytes()));
     if !allowed {
-        return next.run(req).await;
+        let mut response = next.run(req).await;
+        // The answer differs by origin: a cache must not hand this one to an allowed origin.
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("origin"));
+        return response;
     }
     let inner = tower::service_fn(move |req: Request| {
         let next = next.clone();
