@@ -124,3 +124,59 @@ fn page_limit(limit: Option<u32>) -> Result<usize, problem::ApiError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    fn document() -> Value {
+        serde_json::to_value(super::openapi()).expect("the document serialises")
+    }
+
+    #[test]
+    fn the_token_is_optional_once_for_the_whole_document() {
+        let doc = document();
+        assert_eq!(doc["security"], serde_json::json!([{"bearer": []}, {}]));
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(
+                    op.get("security").is_none(),
+                    "{method} {path} overrides the document's optional token"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_events_body_is_one_event_or_an_array_in_json_or_ndjson_text() {
+        let doc = document();
+        let content =
+            &doc["paths"]["/v1/pipelines/{name}/events"]["post"]["requestBody"]["content"];
+        assert_eq!(
+            content["application/json"]["schema"]["$ref"],
+            "#/components/schemas/EventsBody"
+        );
+        let body = &doc["components"]["schemas"]["EventsBody"]["oneOf"];
+        assert_eq!(body[0]["$ref"], "#/components/schemas/Event");
+        assert_eq!(body[1]["type"], "array");
+        let ndjson = &doc["components"]["schemas"]["NdjsonEvents"];
+        assert_eq!(
+            (&ndjson["type"], &ndjson["format"]),
+            (&"string".into(), &"binary".into())
+        );
+    }
+
+    #[test]
+    fn headers_are_strings_and_sse_is_an_event_stream() {
+        let doc = document();
+        let stream = &doc["paths"]["/v1/pipelines/{name}/output/stream"]["get"];
+        let last_event_id = stream["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "Last-Event-ID")
+            .expect("Last-Event-ID is documented");
+        assert_eq!(last_event_id["schema"]["type"], "string");
+        assert!(stream["responses"]["200"]["content"]["text/event-stream"].is_object());
+    }
+}
