@@ -99,8 +99,7 @@ pub struct PipelineStatus {
     /// Keys with state, per operator.
     pub keys: BTreeMap<String, usize>,
     /// The newest checkpoint, or null.
-    #[schema(value_type = Option<super::checkpoints::CheckpointDto>)]
-    pub last_checkpoint: Option<Value>,
+    pub last_checkpoint: Option<super::checkpoints::CheckpointDto>,
 }
 
 /// A pipeline: its spec (with defaults) plus `status`.
@@ -132,9 +131,7 @@ async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> 
         .await?
         .into_iter()
         .next();
-    let last_checkpoint = last.map(|c| {
-        serde_json::to_value(super::checkpoints::CheckpointDto::from(c)).expect("serialises")
-    });
+    let last_checkpoint = last.map(super::checkpoints::CheckpointDto::from);
     let status = PipelineStatus {
         events: status.events,
         late_events: status.late_events,
