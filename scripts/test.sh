@@ -73,6 +73,9 @@ fi
 say "schemathesis (the real server against openapi/openapi.json)"
 scripts/schemathesis.sh
 
+say "openapi-python-client (a generated client drives the README walkthrough)"
+scripts/openapi-client.sh
+
 say "browser tests (the dashboard in Debian's chromium)"
 scripts/ui-test.sh
 

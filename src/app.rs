@@ -288,8 +288,9 @@ pub fn spawn_ticker(state: &AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// The full router: the API, `/docs`, problem+json for every error, and the layers.
+/// The full router: the API, `/docs`, the pages, problem+json for every error, and the layers.
 pub fn router(state: AppState) -> Router {
+    use crate::api::conventions;
     let (api_router, openapi) = api::routes().split_for_parts();
     let openapi = api::secured(openapi);
     let request_id = HeaderName::from_static("x-request-id");
@@ -299,10 +300,11 @@ pub fn router(state: AppState) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             state.config.max_concurrent_requests,
         ));
-    api_router
+    let router = api_router
         .layer(shed)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .merge(crate::ui::routes())
+        .merge(api::pages::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::api::access::require_access,
@@ -315,6 +317,19 @@ pub fn router(state: AppState) -> Router {
         ))
         // Outside the timeout, so that its 408 is a problem document too.
         .layer(middleware::map_response(problem_for_bare_errors))
+        .layer(middleware::from_fn(conventions::docs_validators))
+        // Outside everything that builds a body, so that it compresses the final one.
+        .layer(conventions::compression());
+    // CORS outside the readiness and access checks: a preflight is answered by itself, and
+    // their refusals carry CORS headers, so that a page can read why it was refused.
+    let router = match state.config.cors.clone() {
+        Some(origins) => router.layer(middleware::from_fn_with_state(
+            conventions::Cors::new(origins),
+            conventions::cors,
+        )),
+        None => router,
+    };
+    router
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
@@ -369,6 +384,19 @@ async fn require_ready(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
+/// The code of an error answer that axum or a layer made itself, by its status.
+fn bare_code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "route_not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
 /// Turns axum's own plain-text rejections (bad query, 405, timeout…) into problem+json.
 async fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
@@ -387,25 +415,16 @@ async fn problem_for_bare_errors(response: Response) -> Response {
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         text => text.to_owned(),
     };
-    let (code, detail) = match status {
-        StatusCode::NOT_FOUND => ("route_not_found", detail),
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "method not allowed on this path".into(),
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", detail),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", detail),
-        StatusCode::REQUEST_TIMEOUT => (
-            "timeout",
-            "the request took longer than the request timeout".into(),
-        ),
+    let detail = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this path".into(),
+        StatusCode::REQUEST_TIMEOUT => "the request took longer than the request timeout".into(),
         s if s.is_server_error() => {
             tracing::error!(error.cause_chain = %detail, "request failed");
-            ("internal", "internal error".into())
+            "internal error".into()
         }
-        _ => ("bad_request", detail),
+        _ => detail,
     };
-    let mut fixed = problem_response(status, code, detail, None, None);
+    let mut fixed = problem_response(status, bare_code(status), detail, None, None);
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             fixed.headers_mut().insert(name, value.clone());

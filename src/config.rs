@@ -218,6 +218,10 @@ pub struct Settings {
     /// as unreachable (a checkpoint trigger answers 503 `store_unavailable`).
     #[arg(long, env = "EDDY_STORE_ACQUIRE_TIMEOUT", global = true)]
     pub store_acquire_timeout: Option<String>,
+    /// Origins whose browser pages may call the API (CORS): comma-separated exact origins
+    /// such as `https://app.example.com`, or `*` [default: none, CORS off].
+    #[arg(long, env = "EDDY_CORS_ORIGINS", global = true)]
+    pub cors_origins: Option<String>,
 }
 
 impl Settings {
@@ -246,6 +250,7 @@ impl Settings {
             max_map_entries: self.max_map_entries.or(file.max_map_entries),
             metrics_auth: self.metrics_auth.or(file.metrics_auth),
             store_acquire_timeout: self.store_acquire_timeout.or(file.store_acquire_timeout),
+            cors_origins: self.cors_origins.or(file.cors_origins),
         }
     }
 
@@ -316,6 +321,60 @@ pub struct Config {
     pub max_pipelines: usize,
     /// Longest wait for a store connection before the store counts as unreachable.
     pub store_acquire_timeout: Duration,
+    /// Origins allowed to call the API from a browser; `None`: CORS off.
+    pub cors: Option<CorsOrigins>,
+}
+
+/// The origins of `EDDY_CORS_ORIGINS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin (no credentials: tokens travel in `Authorization`, set by the page).
+    Any,
+    /// Exact origins, `scheme://host[:port]`, compared as the browser sends them.
+    Exact(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// Parses a comma-separated list of origins, or `*`; `None` when it names none.
+    pub fn parse(text: &str) -> Result<Option<CorsOrigins>, String> {
+        let origins: Vec<&str> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
+        match origins.as_slice() {
+            [] => Ok(None),
+            ["*"] => Ok(Some(CorsOrigins::Any)),
+            many if many.contains(&"*") => Err("`*` stands alone: it allows every origin".into()),
+            many => many
+                .iter()
+                .map(|o| check_origin(o))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|list| Some(CorsOrigins::Exact(list))),
+        }
+    }
+}
+
+/// An origin as browsers send it: `http` or `https`, a host, an optional port, nothing else.
+fn check_origin(origin: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("{origin:?} is not an origin ({why})"));
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return bad("expected scheme://host[:port]");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("the scheme must be http or https");
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return bad("an origin has a host and an optional port, no path, no slash at the end");
+    }
+    if let Some((_, port)) = rest.rsplit_once(':')
+        && !rest.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return bad("the port must be a number");
+    }
+    // Browsers send origins in lower case (hosts are case-insensitive).
+    Ok(origin.to_ascii_lowercase())
 }
 
 impl Config {
@@ -396,6 +455,12 @@ impl Config {
             )?,
             max_pipelines: positive("EDDY_MAX_PIPELINES", s.max_pipelines, 100)?,
             store_acquire_timeout: Duration::from_millis(acquire.millis() as u64),
+            cors: match s.cors_origins.as_deref() {
+                Some(text) => {
+                    CorsOrigins::parse(text).map_err(|e| invalid("EDDY_CORS_ORIGINS", e))?
+                }
+                None => None,
+            },
         })
     }
 
@@ -491,6 +556,41 @@ mod tests {
         for bad in [0, MAX_BODY_LIMIT + 1] {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.starts_with("EDDY_MAX_BODY_BYTES: must be 1 to"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cors_is_off_unless_origins_are_named() {
+        assert_eq!(Config::resolve(Settings::default()).unwrap().cors, None);
+        assert_eq!(CorsOrigins::parse(" , ").unwrap(), None);
+        assert_eq!(CorsOrigins::parse("*").unwrap(), Some(CorsOrigins::Any));
+        assert_eq!(
+            CorsOrigins::parse("https://App.example.com, http://localhost:5173").unwrap(),
+            Some(CorsOrigins::Exact(vec![
+                "https://app.example.com".into(),
+                "http://localhost:5173".into()
+            ]))
+        );
+        assert!(CorsOrigins::parse("http://[::1]:3000").unwrap().is_some());
+    }
+
+    #[test]
+    fn bad_cors_origins_are_refused_with_their_variable() {
+        for bad in [
+            "example.com",
+            "ftp://example.com",
+            "https://example.com/",
+            "https://example.com/app",
+            "https://example.com:http",
+            "https://a.example, *",
+            "https://",
+        ] {
+            let settings = Settings {
+                cors_origins: Some(bad.into()),
+                ..Settings::default()
+            };
+            let err = Config::resolve(settings).unwrap_err().to_string();
+            assert!(err.starts_with("EDDY_CORS_ORIGINS"), "{bad}: {err}");
         }
     }
 }

@@ -27,7 +27,7 @@ fn need(method: &Method, route: &str, metrics_auth: bool) -> Need {
         }
     };
     match route {
-        "/healthz" | "/readyz" | "/openapi.json" => Need::Open,
+        "/healthz" | "/readyz" | "/openapi.json" | "/" | "/problems/{code}" => Need::Open,
         r if r.starts_with("/docs") => Need::Open,
         // The dashboard's static files: the page itself asks for a token and sends it.
         "/ui" | "/ui/" | "/ui/{*file}" => Need::Open,
@@ -133,6 +133,8 @@ mod tests {
         assert_eq!(need(&get, "/ui", true), Need::Open);
         assert_eq!(need(&get, "/ui/{*file}", true), Need::Open);
         assert_eq!(need(&get, "/v1/token", false), Need::Token);
+        assert_eq!(need(&get, "/", true), Need::Open);
+        assert_eq!(need(&get, "/problems/{code}", true), Need::Open);
         assert_eq!(need(&get, "/metrics", false), Need::Open);
         assert_eq!(need(&get, "/metrics", true), Need::Scope(Scope::Read));
         assert_eq!(

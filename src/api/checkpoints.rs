@@ -26,9 +26,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 pub struct CheckpointDto {
     /// Increasing per pipeline, never reused.
     pub id: i64,
-    /// `completed`, `failed` or `in_progress`.
+    #[schema(value_type = CheckpointStatusDoc)]
     pub status: &'static str,
-    /// `periodic`, `manual` or `shutdown`.
+    #[schema(value_type = TriggerDoc)]
     pub trigger: &'static str,
     /// RFC 3339.
     pub started_at: String,
@@ -70,6 +70,28 @@ impl From<CheckpointMeta> for CheckpointDto {
             error: c.error.filter(|_| c.status == CheckpointStatus::Failed),
         }
     }
+}
+
+/// Where a checkpoint is.
+#[derive(ToSchema)]
+#[schema(as = CheckpointStatus)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // describes CheckpointStatus::as_str for OpenAPI
+pub enum CheckpointStatusDoc {
+    Completed,
+    Failed,
+    InProgress,
+}
+
+/// What took a checkpoint.
+#[derive(ToSchema)]
+#[schema(as = Trigger)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // describes Trigger::as_str for OpenAPI
+pub enum TriggerDoc {
+    Periodic,
+    Manual,
+    Shutdown,
 }
 
 /// Every checkpoint of a pipeline, newest first.

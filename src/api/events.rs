@@ -36,6 +36,27 @@ pub struct EventsAccepted {
     pub last_offset: u64,
 }
 
+/// An event: a JSON object whose fields the pipeline's pointers address.
+#[derive(ToSchema)]
+#[schema(value_type = Object)]
+#[allow(dead_code)] // describes the document for OpenAPI; the server reads it as JSON
+pub struct Event(serde_json::Map<String, Value>);
+
+/// A JSON events body: one event, or an array of them (one atomic batch).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum EventsBody {
+    One(Event),
+    Many(Vec<Event>),
+}
+
+/// An NDJSON events body: UTF-8 text, one event object per line (blank lines are skipped).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct NdjsonEvents(Vec<u8>);
+
 /// A watermark advance.
 #[derive(ToSchema)]
 #[allow(dead_code)] // describes the document for OpenAPI; the server reads it as JSON
@@ -125,13 +146,13 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     post, path = "/v1/pipelines/{name}/events", tag = "events",
     params(
         ("name" = String, Path, description = "Pipeline name"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Answer a retry with the first answer"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 256, description = "Answer a retry with the first answer (1 to 256 visible ASCII characters)"),
     ),
     request_body(
         description = "One event object or an array of them (JSON), or one object per line (NDJSON)",
         content(
-            (Object = "application/json"),
-            (String = "application/x-ndjson"),
+            (EventsBody = "application/json"),
+            (NdjsonEvents = "application/x-ndjson"),
         )
     ),
     responses(

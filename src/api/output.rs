@@ -62,10 +62,10 @@ pub struct OutputRecordDoc {
     operator: String,
     key: String,
     /// `session_closed` or `window_closed`.
-    #[schema(rename = "type")]
+    #[schema(rename = "type", value_type = super::answers::OutputKind)]
     kind: String,
     /// One session, or one window with `"closed": true`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::answers::OutputValue)]
     value: Value,
 }
 
@@ -136,6 +136,11 @@ pub struct StreamParams {
     /// Records with offset above this; `Last-Event-ID` wins when both are given.
     #[param(minimum = 0)]
     after: Option<i64>,
+    /// End the stream after this many records (default: never). Lets a client that reads
+    /// a whole answer before it returns (most generated clients) take a bounded part of the
+    /// feed.
+    #[param(minimum = 1)]
+    limit: Option<u64>,
 }
 
 /// Stream output records (Server-Sent Events)
@@ -143,12 +148,12 @@ pub struct StreamParams {
     get, path = "/v1/pipelines/{name}/output/stream", tag = "output",
     params(
         ("name" = String, Path, description = "Pipeline name"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this offset"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]+$", description = "Resume after this output offset (the `id` of the last event received: decimal digits)"),
         StreamParams,
     ),
     responses(
-        (status = 200, description = "`id` is the offset, `data` the record's JSON", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Bad Last-Event-ID", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Server-Sent Events: one event per record, `id` its offset, `data` its JSON (an `OutputRecordDoc`); comment lines keep the connection alive. Endless unless `limit` is given.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad Last-Event-ID, after or limit", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -178,9 +183,14 @@ async fn stream_output(
         }
         stop_on.cancel();
     });
+    let remaining = match params.limit {
+        Some(0) => return Err(ApiError::bad_request("limit must be at least 1")),
+        limit => limit,
+    };
     let feed = Feed {
         output: pipeline.output_handle(),
         after: last_id.or(offset_param(params.after)?),
+        remaining,
         buffered: VecDeque::new(),
         stop: stop.clone(),
         _guard: stop.drop_guard(),
@@ -192,6 +202,8 @@ async fn stream_output(
 struct Feed {
     output: Arc<Output>,
     after: Option<u64>,
+    /// Records still to send before the stream ends; `None`: endless.
+    remaining: Option<u64>,
     buffered: VecDeque<Arc<OutputRecord>>,
     /// Cancelled on shutdown or pipeline deletion.
     stop: CancellationToken,
@@ -204,7 +216,11 @@ impl Feed {
         let stop = self.stop.clone();
         let mut updates = self.output.subscribe();
         loop {
+            if self.remaining == Some(0) {
+                return None;
+            }
             if let Some(record) = self.buffered.pop_front() {
+                self.remaining = self.remaining.map(|n| n - 1);
                 let data = serde_json::to_string(&*record).expect("records serialise");
                 let event = Event::default().id(record.offset.to_string()).data(data);
                 return Some((Ok(event), self));

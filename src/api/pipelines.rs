@@ -100,8 +100,7 @@ pub struct PipelineStatus {
     /// Keys with state, per operator.
     pub keys: BTreeMap<String, usize>,
     /// The newest checkpoint, or null.
-    #[schema(value_type = Option<Object>)]
-    pub last_checkpoint: Option<Value>,
+    pub last_checkpoint: Option<super::checkpoints::CheckpointDto>,
     /// `running`, or `failed` (it did not start: its WAL failed its check; or its WAL failed
     /// a write). A failed pipeline's counters are those of its latest completed checkpoint.
     #[schema(example = "running")]
@@ -133,10 +132,13 @@ pub struct PipelineList {
 
 async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> {
     let status = pipeline.status().await?;
-    let checkpoints = app.store.checkpoints(pipeline.name()).await?;
-    let last_checkpoint = checkpoints.into_iter().next().map(|c| {
-        serde_json::to_value(super::checkpoints::CheckpointDto::from(c)).expect("serialises")
-    });
+    let last = app
+        .store
+        .checkpoints(pipeline.name())
+        .await?
+        .into_iter()
+        .next();
+    let last_checkpoint = last.map(super::checkpoints::CheckpointDto::from);
     let error = pipeline.failure();
     let status = PipelineStatus {
         events: status.events,
@@ -171,9 +173,10 @@ async fn failed_answer(app: &AppState, failed: &FailedPipeline) -> Result<Value,
             .iter()
             .map(|op| (op.name.clone(), 0))
             .collect(),
-        last_checkpoint: checkpoints.into_iter().next().map(|c| {
-            serde_json::to_value(super::checkpoints::CheckpointDto::from(c)).expect("serialises")
-        }),
+        last_checkpoint: checkpoints
+            .into_iter()
+            .next()
+            .map(super::checkpoints::CheckpointDto::from),
         state: "failed",
         error: Some(failed.reason.clone()),
     };

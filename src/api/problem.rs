@@ -13,21 +13,48 @@ use utoipa::ToSchema;
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
-    /// Always `about:blank`: `title` is the HTTP status phrase.
+    /// `/problems/<code>`, relative to the server: names the error, and answers with its
+    /// documentation (docs/problems.md).
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    #[schema(format = "uri-reference", example = "/problems/invalid_spec")]
+    pub kind: String,
+    /// The HTTP status phrase.
     pub title: String,
     pub status: u16,
     pub detail: String,
     /// Stable machine-readable cause, e.g. `invalid_spec`.
     pub code: &'static str,
-    /// Spec problems (`invalid_spec`) or bad events (`invalid_events`).
+    /// Spec problems (`invalid_spec`: `field`) or bad events (`invalid_events`: `index`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<ProblemItem>>)]
     pub errors: Option<serde_json::Value>,
     /// The running checkpoint (`checkpoint_running`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_id: Option<i64>,
+}
+
+/// One item of a problem's `errors`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes FieldError's and EventError's JSON for OpenAPI
+#[serde(untagged)]
+pub enum ProblemItem {
+    /// A field of a pipeline spec (`invalid_spec`).
+    Field {
+        /// Where in the spec, e.g. `operators[2].gap`.
+        field: String,
+        detail: String,
+    },
+    /// An event of a batch (`invalid_events`).
+    Event {
+        /// Position in the batch from 0 (NDJSON: the line number from 0).
+        index: u64,
+        detail: String,
+    },
+}
+
+/// The `type` URI of the problems of `code`: the one place it is derived.
+pub fn problem_type(code: &str) -> String {
+    format!("/problems/{code}")
 }
 
 /// Everything a request can fail with.
@@ -253,7 +280,7 @@ pub fn problem_response(
     checkpoint_id: Option<i64>,
 ) -> Response {
     let body = Problem {
-        kind: "about:blank",
+        kind: problem_type(code),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail,

@@ -35,7 +35,7 @@ pub struct StateParams {
 pub struct StateItem {
     pub key: String,
     /// The operator's answer, e.g. `{"sessions": [...]}`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::answers::StateValue)]
     pub value: Value,
 }
 
