@@ -105,12 +105,22 @@ impl Checkpointer {
         trigger: Trigger,
     ) -> Result<CheckpointMeta, CheckpointError> {
         let claim = self.claim(pipeline.name())?;
+        let started = std::time::Instant::now();
         let name = pipeline.name();
-        let id = self.store.begin_checkpoint(name, trigger, now_ms()).await?;
+        let id = match self.store.begin_checkpoint(name, trigger, now_ms()).await {
+            Ok(id) => id,
+            Err(e) => {
+                crate::metrics::checkpoint_failed(name, trigger.as_str());
+                tracing::warn!(pipeline = name, reason = %e, next = "the next checkpoint retries; the WAL is kept until one completes", "checkpoint not started");
+                return Err(e.into());
+            }
+        };
         claim.set(id);
         let barrier = match self.barrier(pipeline).await {
             Ok(barrier) => barrier,
             Err(e) => {
+                crate::metrics::checkpoint_failed(name, trigger.as_str());
+                tracing::warn!(pipeline = name, reason = %e, next = "the next checkpoint retries; the WAL is kept until one completes", checkpoint = id, "checkpoint failed");
                 self.store
                     .fail_checkpoint(name, id, &e.to_string(), now_ms())
                     .await?;
@@ -144,6 +154,15 @@ impl Checkpointer {
             Ok(meta) => {
                 pipeline.output().mark_persisted(barrier.output_offset);
                 self.after_commit(pipeline, barrier.wal_lsn).await;
+                crate::metrics::checkpoint_completed(crate::metrics::CheckpointDone {
+                    pipeline: name,
+                    trigger: trigger.as_str(),
+                    duration: started.elapsed(),
+                    bytes: meta.bytes.max(0) as u64,
+                    keys_written: meta.keys_written.max(0) as u64,
+                    keys_deleted: meta.keys_deleted.max(0) as u64,
+                    completed_at: meta.completed_at.unwrap_or_else(now_ms),
+                });
                 tracing::info!(
                     pipeline = name,
                     checkpoint = id,
@@ -154,14 +173,15 @@ impl Checkpointer {
                 Ok(meta)
             }
             Err(e) => {
-                tracing::warn!(pipeline = name, checkpoint = id, error = %e, "checkpoint failed");
+                crate::metrics::checkpoint_failed(name, trigger.as_str());
+                tracing::warn!(pipeline = name, reason = %e, next = "its changes go into the next checkpoint; the WAL is kept until one completes", checkpoint = id, "checkpoint failed");
                 pipeline.unbarrier(barrier).await?;
                 if let Err(mark) = self
                     .store
                     .fail_checkpoint(name, id, &e.to_string(), now_ms())
                     .await
                 {
-                    tracing::warn!(pipeline = name, checkpoint = id, error = %mark, "cannot mark the checkpoint failed");
+                    tracing::warn!(pipeline = name, reason = %mark, next = "it is marked failed at the next start", checkpoint = id, "cannot mark the checkpoint failed");
                 }
                 Err(e.into())
             }
@@ -186,7 +206,7 @@ impl Checkpointer {
         if let Some(wal) = pipeline.wal()
             && let Err(e) = wal.remove_through(wal_lsn)
         {
-            tracing::warn!(pipeline = pipeline.name(), error = %e, "cannot delete old WAL segments");
+            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint deletes them", "cannot delete old WAL segments");
         }
         let retain = pipeline
             .spec()
@@ -198,7 +218,7 @@ impl Checkpointer {
             .prune(pipeline.name(), retain, keep_outputs, keys_since)
             .await
         {
-            tracing::warn!(pipeline = pipeline.name(), error = %e, "cannot prune old checkpoints");
+            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint prunes them", "cannot prune old checkpoints");
         }
     }
 
@@ -219,6 +239,9 @@ impl Checkpointer {
             .await?
             .into_iter()
             .find(|c| c.status == CheckpointStatus::Completed);
+        if let Some(at) = latest.as_ref().and_then(|c| c.completed_at) {
+            crate::metrics::checkpoint_last_completed(&name, at);
+        }
         let snapshot = match &latest {
             Some(cp) => self.snapshot(&pipeline, cp).await?,
             None => Snapshot {
@@ -240,7 +263,8 @@ impl Checkpointer {
         };
         let opened = Wal::open(&dir, options, from + 1)?;
         if opened.cut_bytes > 0 {
-            tracing::warn!(pipeline = %name, bytes = opened.cut_bytes, "a torn or corrupt WAL tail was cut");
+            // The WAL logged the warning (with its reason); this says how much went.
+            tracing::info!(pipeline = %name, bytes = opened.cut_bytes, "a torn or corrupt WAL tail was cut");
         }
         let mut replayed = 0;
         for (lsn, record) in opened.records {

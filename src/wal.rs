@@ -15,11 +15,13 @@ mod record;
 
 pub use record::{DecodeError, MAX_PAYLOAD, Record};
 
+use crate::metrics::WalMetrics;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// Segment size at which the writer starts a new file.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -124,7 +126,7 @@ impl Wal {
                         let why = outcome
                             .err()
                             .map_or("LSN out of sequence".to_owned(), |e| e.to_string());
-                        tracing::warn!(segment = %path.display(), at = pos, reason = %why, "WAL tail cut at the last good record");
+                        tracing::warn!(pipeline = %pipeline_of(dir), reason = %why, next = "the bytes from here on were never acknowledged: they are cut and the pipeline starts from the last good record", segment = %path.display(), at = pos, "WAL tail cut at the last good record");
                         break;
                     }
                 }
@@ -178,6 +180,7 @@ impl Wal {
             size,
             options,
             shared: shared.clone(),
+            metrics: WalMetrics::new(&pipeline_of(dir)),
         };
         let handle = std::thread::Builder::new()
             .name("eddy-wal".into())
@@ -296,6 +299,12 @@ impl Drop for Wal {
     }
 }
 
+/// The pipeline a log belongs to: its directory is `wal/<pipeline>`.
+fn pipeline_of(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 fn in_sequence(pos: usize, lsn: u64, first: u64, last: Option<&(u64, Record)>) -> bool {
     match pos {
         0 => lsn == first && last.is_none_or(|(l, _)| lsn > *l),
@@ -342,6 +351,7 @@ struct Writer {
     size: u64,
     options: WalOptions,
     shared: Arc<Shared>,
+    metrics: WalMetrics,
 }
 
 impl Writer {
@@ -361,7 +371,7 @@ impl Writer {
                 .write(&entries, next_lsn)
                 .map_err(|e| WalFailed(e.to_string()));
             if let Err(e) = &written {
-                tracing::error!(wal = %self.path.display(), error = %e, "WAL write failed; the pipeline stops accepting");
+                tracing::error!(pipeline = %pipeline_of(&self.dir), reason = %e, next = "the pipeline answers 503 to every write until a restart recovers it from its WAL", wal = %self.path.display(), "WAL write failed");
                 self.shared.queue.lock().expect("wal lock").failed = Some(e.clone());
             }
             for entry in entries {
@@ -385,6 +395,7 @@ impl Writer {
         if total == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         let mut slices: Vec<IoSlice<'_>> = entries.iter().map(|e| IoSlice::new(&e.bytes)).collect();
         let mut unwritten = &mut slices[..];
         while !unwritten.is_empty() {
@@ -393,8 +404,12 @@ impl Writer {
                 n => IoSlice::advance_slices(&mut unwritten, n),
             }
         }
+        self.metrics.append.record(started.elapsed().as_secs_f64());
+        self.metrics.bytes.increment(total as u64);
         if self.options.fsync {
+            let started = Instant::now();
             self.file.sync_data()?;
+            self.metrics.fsync.record(started.elapsed().as_secs_f64());
         }
         self.size += total as u64;
         if self.size >= self.options.segment_bytes {

@@ -260,8 +260,9 @@ async fn delete_pipeline(
     if let Err(e) = std::fs::remove_dir_all(&wal)
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        tracing::warn!(pipeline = %name, error = %e, "cannot delete the WAL directory");
+        tracing::warn!(pipeline = %name, reason = %e, next = "its files stay on disk; delete the directory by hand", wal = %wal.display(), "cannot delete the WAL directory");
     }
+    crate::metrics::forget_pipeline(&name);
     tracing::info!(pipeline = %name, "pipeline deleted");
     Ok(StatusCode::NO_CONTENT)
 }
