@@ -456,3 +456,36 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The alert rules of deploy/prometheus pass `promtool check rules`, fire in their unit tests
+/// (`promtool test rules`), and name only families eddy exposes.
+#[test]
+fn the_alert_rules_are_valid_fire_as_tested_and_name_real_families() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [
+        ["check", "rules", "eddy-alerts.yml"],
+        ["test", "rules", "eddy-alerts.test.yml"],
+    ] {
+        let out = Command::new(tool("promtool"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(format!("{dir}/eddy-alerts.yml")).unwrap();
+    let names = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("eddy_"));
+    for name in names {
+        assert!(
+            eddy::metrics::family_of(name).is_some(),
+            "the rules name {name}, which eddy does not expose"
+        );
+    }
+}
