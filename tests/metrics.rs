@@ -489,3 +489,17 @@ fn the_alert_rules_are_valid_fire_as_tested_and_name_real_families() {
         );
     }
 }
+
+/// docs/metrics.md names every family eddy exposes.
+#[test]
+fn docs_metrics_md_names_every_family() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    for family in eddy::metrics::FAMILIES {
+        assert!(
+            docs.contains(&format!("`{}`", family.name)),
+            "docs/metrics.md does not describe {}",
+            family.name
+        );
+    }
+}
