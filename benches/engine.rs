@@ -71,6 +71,8 @@ fn engine(c: &mut Criterion) {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // As the server runs: its per-batch metric work is part of what is measured.
+    eddy::metrics::install();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()

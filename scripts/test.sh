@@ -45,6 +45,17 @@ stop_throwaway_postgres() {
   rm -rf "$PG_TMP"
 }
 
+say "promtool and prometheus (tests/metrics.rs runs them)"
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "installing Debian's prometheus package"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq prometheus >/dev/null
+  fi
+fi
+promtool --version | head -n 1
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -7,6 +7,7 @@ use crate::auth::{Tokens, TokensError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, FailedPipeline, Pipeline};
+use crate::metrics::{LogLimit, Rejection};
 use crate::spec::PipelineSpec;
 use crate::store::Trigger;
 use crate::store::{self, Store, StoreError};
@@ -16,10 +17,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,6 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Set once pipelines are loaded (and, later, recovered).
     pub ready: Arc<AtomicBool>,
-    pub metrics: PrometheusHandle,
     /// Cancelled when the service shuts down (ends long polls and streams).
     pub shutdown: CancellationToken,
     pub checkpoints: Arc<Checkpointer>,
@@ -72,6 +71,7 @@ impl AppState {
     /// Serves `pipeline` (replacing one of its name) and checkpoints it periodically.
     pub fn launch(&self, pipeline: Pipeline) -> Arc<Pipeline> {
         let pipeline = Arc::new(pipeline);
+        crate::metrics::pipeline_served(pipeline.name());
         self.engine.insert(pipeline.clone());
         let interval = pipeline.spec().map_or(Duration::from_secs(10), |s| {
             Duration::from_millis(s.checkpoint_interval.millis().max(1) as u64)
@@ -116,9 +116,12 @@ impl AppState {
                     checkpoint = meta.id,
                     "final checkpoint"
                 ),
-                Err(e) => {
-                    tracing::error!(pipeline = pipeline.name(), error = %e, "final checkpoint failed")
-                }
+                // A failure was logged (once, as a warning) where it happened.
+                Err(e) => tracing::info!(
+                    pipeline = pipeline.name(),
+                    error = %e,
+                    "final checkpoint not taken; the next start replays the WAL"
+                ),
             }
         }
     }
@@ -151,29 +154,6 @@ pub enum StartError {
     },
 }
 
-/// The process-wide Prometheus recorder (metrics has one global recorder per process).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ];
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("eddy_batch_duration_seconds".into()),
-                    &buckets,
-                )
-                .expect("static buckets are valid")
-                .build_recorder();
-            let handle = recorder.handle();
-            // Fails only if another recorder is installed: then our handle renders nothing.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
 /// Opens the store, applies migrations and recovers every stored pipeline.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<AppState, StartError> {
     let state = open(config, shutdown).await?;
@@ -196,6 +176,7 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<AppStat
         .transpose()?
         .map(Arc::new);
     let config = Arc::new(config);
+    crate::metrics::install();
     let state = AppState {
         tokens: Arc::new(std::sync::RwLock::new(tokens)),
         engine: Arc::new(Engine::default()),
@@ -203,7 +184,6 @@ pub async fn open(config: Config, shutdown: CancellationToken) -> Result<AppStat
         store,
         config,
         ready: Arc::new(AtomicBool::new(false)),
-        metrics: metrics_handle(),
         shutdown,
     };
     Ok(state)
@@ -265,6 +245,28 @@ impl AppState {
 
 /// Epoch milliseconds now (the engine's clock, which the sequencer reads).
 pub use crate::engine::now_ms;
+
+/// The `/metrics` text: the registry's series, the live pipelines' gauges (a deleted
+/// pipeline's vanish with it) and the process's figures.
+pub async fn scrape_metrics(state: &AppState) -> String {
+    let mut scrape = crate::metrics::Scrape::new(&crate::metrics::ProcessStats::read());
+    for pipeline in state.engine.list() {
+        // A pipeline that cannot answer (stopped, failed) has no live gauges this time.
+        let Ok(status) = pipeline.status().await else {
+            continue;
+        };
+        let view = crate::metrics::PipelineView {
+            name: pipeline.name().to_owned(),
+            watermark: status.watermark,
+            keys: status.keys,
+            changed_keys: status.changed_keys,
+            queue_depths: pipeline.queue_depths(),
+            checkpoint_interval_ms: pipeline.spec().map(|s| s.checkpoint_interval.millis()),
+        };
+        scrape.pipeline(&view, now_ms());
+    }
+    crate::metrics::render(&scrape)
+}
 
 /// Ticks every pipeline once a second (processing-time watermark and timers) until shutdown.
 pub fn spawn_ticker(state: &AppState) -> tokio::task::JoinHandle<()> {
@@ -331,6 +333,8 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        // Outside the timeout and the problem rewriting: it sees every answer as sent.
+        .layer(middleware::from_fn(record_http))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()
@@ -358,6 +362,62 @@ pub async fn serve(
         .await
 }
 
+/// Counts and times every answered request by route template, and each 503 by reason; logs
+/// shed requests (at most one line per second per reason, with how many were not logged).
+async fn record_http(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = crate::metrics::route_label(route.as_ref().map(MatchedPath::as_str)).to_owned();
+    let method = crate::metrics::method_label(req.method().as_str());
+    let pipeline = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/pipelines/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned);
+    let response = next.run(req).await;
+    let status = response.status();
+    crate::metrics::http_request(&route, method, status.as_u16(), started.elapsed());
+    // A readiness probe's 503 answers a question; it rejects no work.
+    if status == StatusCode::SERVICE_UNAVAILABLE && route != "/readyz" {
+        let reason = response
+            .extensions()
+            .get::<Rejection>()
+            .map_or("unavailable", |r| r.0);
+        crate::metrics::rejected(reason);
+        log_shed(reason, pipeline.as_deref().unwrap_or("-"), &route);
+    }
+    response
+}
+
+/// One warning per second at most for each kind of shed request.
+fn log_shed(reason: &'static str, pipeline: &str, route: &str) {
+    static BUSY: LogLimit = LogLimit::new();
+    static OVERLOADED: LogLimit = LogLimit::new();
+    let (limit, why) = match reason {
+        "busy" => (
+            &BUSY,
+            "the server is at its limit of concurrent requests (EDDY_MAX_CONCURRENT_REQUESTS)",
+        ),
+        "overloaded" => (
+            &OVERLOADED,
+            "a shard queue of the pipeline is full (EDDY_SHARD_QUEUE)",
+        ),
+        _ => return,
+    };
+    if let Some(suppressed) = limit.admit(now_ms(), 1000) {
+        tracing::warn!(
+            pipeline = %pipeline,
+            reason = %why,
+            next = "answered 503 with Retry-After: 1; nothing was applied, the client retries",
+            route = %route,
+            suppressed,
+            "request shed"
+        );
+    }
+}
+
 /// Requests beyond the concurrency limit are shed (503), never queued without bound.
 async fn shed_error(error: tower::BoxError) -> ApiError {
     if error.is::<tower::load_shed::error::Overloaded>() {
@@ -379,7 +439,9 @@ async fn route_not_found(req: Request) -> ApiError {
 async fn require_ready(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/v1/") && !state.ready.load(Ordering::Acquire) {
         let detail = "eddy is starting: recovery is not finished".into();
-        return ApiError::Unavailable { detail }.into_response();
+        let mut response = ApiError::Unavailable { detail }.into_response();
+        response.extensions_mut().insert(Rejection("not_ready"));
+        return response;
     }
     next.run(req).await
 }

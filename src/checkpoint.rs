@@ -184,6 +184,7 @@ impl Checkpointer {
         let claim = self.claim(pipeline.name()).await?;
         let name = pipeline.name();
         let started_at = now_ms();
+        let started = std::time::Instant::now();
         // A store that cannot take the earlier failures cannot take this one: say so at once
         // rather than wait for it twice.
         let begun = match self.list_pending(name).await {
@@ -196,7 +197,18 @@ impl Checkpointer {
         };
         claim.set(id);
         match self.write(pipeline, id).await {
-            Ok(meta) => Ok(meta),
+            Ok(meta) => {
+                crate::metrics::checkpoint_completed(crate::metrics::CheckpointDone {
+                    pipeline: name,
+                    trigger: trigger.as_str(),
+                    duration: started.elapsed(),
+                    bytes: meta.bytes.max(0) as u64,
+                    keys_written: meta.keys_written.max(0) as u64,
+                    keys_deleted: meta.keys_deleted.max(0) as u64,
+                    completed_at: meta.completed_at.unwrap_or_else(now_ms),
+                });
+                Ok(meta)
+            }
             Err(e) => Err(self.failed(name, trigger, Some(id), started_at, e).await),
         }
     }
@@ -260,12 +272,7 @@ impl Checkpointer {
         started_at: i64,
         error: CheckpointError,
     ) -> CheckpointError {
-        metrics::counter!(
-            "eddy_checkpoint_failures_total",
-            "pipeline" => name.to_owned(),
-            "trigger" => trigger.as_str()
-        )
-        .increment(1);
+        crate::metrics::checkpoint_failed(name, trigger.as_str());
         let failure = Failure {
             id,
             trigger,
@@ -375,7 +382,7 @@ impl Checkpointer {
         if let Some(wal) = pipeline.wal()
             && let Err(e) = wal.remove_through(wal_lsn)
         {
-            tracing::warn!(pipeline = pipeline.name(), error = %e, "cannot delete old WAL segments");
+            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint deletes them", "cannot delete old WAL segments");
         }
         let retain = pipeline
             .spec()
@@ -387,7 +394,7 @@ impl Checkpointer {
             .prune(pipeline.name(), retain, keep_outputs, keys_since)
             .await
         {
-            tracing::warn!(pipeline = pipeline.name(), error = %e, "cannot prune old checkpoints");
+            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint prunes them", "cannot prune old checkpoints");
         }
     }
 
@@ -404,6 +411,9 @@ impl Checkpointer {
             self.store.clear_discard(&name).await?;
         }
         let latest = self.latest(&name).await?;
+        if let Some(at) = latest.as_ref().and_then(|c| c.completed_at) {
+            crate::metrics::checkpoint_last_completed(&name, at);
+        }
         let from = latest.as_ref().map_or(0, |c| c.wal_lsn as u64);
         let opened = Wal::open(&dir, self.wal_options(), from + 1)?;
         if let Some((segment, at)) = &opened.cut_at {

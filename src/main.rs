@@ -226,7 +226,7 @@ async fn reload_on_sighup(state: app::AppState) {
             match state.reload_tokens() {
                 Ok(n) => tracing::info!(tokens = n, "tokens file reloaded"),
                 Err(e) => {
-                    tracing::error!(error = %e, "tokens file not reloaded; the old tokens stay")
+                    tracing::error!(reason = %e, next = "the old tokens stay in force until a good file is reloaded (SIGHUP)", "tokens file not reloaded")
                 }
             }
         }

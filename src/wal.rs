@@ -20,11 +20,13 @@ pub use record::{DecodeError, MAX_PAYLOAD, Record};
 pub use repair::{Cut, Loss, Repaired, loss, repair};
 pub use scan::{Beyond, Damage, Scan, Verdict};
 
+use crate::metrics::WalMetrics;
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// Segment size at which the writer starts a new file.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -221,6 +223,7 @@ impl Wal {
             size,
             options,
             shared: shared.clone(),
+            metrics: WalMetrics::new(&pipeline_of(dir)),
         };
         let handle = std::thread::Builder::new()
             .name("eddy-wal".into())
@@ -341,6 +344,12 @@ impl Drop for Wal {
 }
 
 /// Segment files of `dir`, by first LSN.
+/// The pipeline a log belongs to: its directory is `wal/<pipeline>`.
+fn pipeline_of(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 fn segments_of(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -379,6 +388,7 @@ struct Writer {
     size: u64,
     options: WalOptions,
     shared: Arc<Shared>,
+    metrics: WalMetrics,
 }
 
 impl Writer {
@@ -398,7 +408,7 @@ impl Writer {
                 .write(&entries, next_lsn)
                 .map_err(|e| WalFailed(e.to_string()));
             if let Err(e) = &written {
-                tracing::error!(wal = %self.path.display(), error = %e, "WAL write failed; the pipeline stops accepting");
+                tracing::error!(pipeline = %pipeline_of(&self.dir), reason = %e, next = "the pipeline answers 503 to every write until a restart recovers it from its WAL", wal = %self.path.display(), "WAL write failed");
                 self.shared.queue.lock().expect("wal lock").failed = Some(e.clone());
             }
             for entry in entries {
@@ -422,6 +432,7 @@ impl Writer {
         if total == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         let mut slices: Vec<IoSlice<'_>> = entries.iter().map(|e| IoSlice::new(&e.bytes)).collect();
         let mut unwritten = &mut slices[..];
         while !unwritten.is_empty() {
@@ -430,8 +441,12 @@ impl Writer {
                 n => IoSlice::advance_slices(&mut unwritten, n),
             }
         }
+        self.metrics.append.record(started.elapsed().as_secs_f64());
+        self.metrics.bytes.increment(total as u64);
         if self.options.fsync {
+            let started = Instant::now();
             self.file.sync_data()?;
+            self.metrics.fsync.record(started.elapsed().as_secs_f64());
         }
         self.size += total as u64;
         if self.size >= self.options.segment_bytes {

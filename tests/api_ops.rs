@@ -52,10 +52,10 @@ async fn metrics_expose_ingest_and_per_pipeline_gauges(backend: Backend) {
     );
     let text = resp.text().await.unwrap();
     for needle in [
-        "eddy_events_ingested_total{pipeline=\"clicks\"}",
-        "eddy_batch_duration_seconds_bucket",
-        "eddy_pipeline_late_events{pipeline=\"clicks\"}",
-        "eddy_pipeline_watermark_ms{pipeline=\"clicks\"}",
+        "eddy_pipeline_events_accepted_total{pipeline=\"clicks\"} 1",
+        "eddy_batch_duration_seconds_bucket{pipeline=\"clicks\",le=",
+        "eddy_pipeline_events_late_total{pipeline=\"clicks\"} 0",
+        "eddy_pipeline_watermark_seconds{pipeline=\"clicks\"} -4.999",
         "eddy_operator_keys{pipeline=\"clicks\",operator=\"sessions\"} 1",
         "eddy_shard_queue_depth{pipeline=\"clicks\",shard=\"0\"}",
     ] {

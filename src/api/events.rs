@@ -214,8 +214,8 @@ async fn post_events(
         Ingested::Replayed(ack) => (ack, true),
     };
     if !replayed {
-        metrics::counter!("eddy_events_ingested_total", "pipeline" => name).increment(ack.accepted);
-        metrics::histogram!("eddy_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+        let batch = &pipeline.metrics().batch_duration;
+        batch.record(started.elapsed().as_secs_f64());
     }
     let body = Json(EventsAccepted {
         accepted: ack.accepted,

@@ -1,5 +1,5 @@
 //! Operations: `/healthz` (alive), `/readyz` (store reachable, recovery done), `/metrics`
-//! (Prometheus text; per-pipeline gauges are refreshed at each scrape).
+//! (Prometheus text: every family is described in `crate::metrics`).
 
 use super::problem::{ApiError, Problem};
 use crate::app::AppState;
@@ -59,7 +59,7 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
         });
     }
     app.store.ping().await.map_err(|e| {
-        tracing::warn!(error = %e, "store does not answer");
+        tracing::warn!(reason = %e, next = "readiness answers 503 until the store answers again", "store does not answer");
         ApiError::Unavailable {
             detail: "the store does not answer".into(),
         }
@@ -71,30 +71,8 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
-    for pipeline in app.engine.list() {
-        let name = pipeline.name().to_owned();
-        if let Ok(status) = pipeline.status().await {
-            metrics::gauge!("eddy_pipeline_events", "pipeline" => name.clone())
-                .set(status.events as f64);
-            metrics::gauge!("eddy_pipeline_late_events", "pipeline" => name.clone())
-                .set(status.late_events as f64);
-            if let Some(wm) = status.watermark {
-                metrics::gauge!("eddy_pipeline_watermark_ms", "pipeline" => name.clone())
-                    .set(wm as f64);
-            }
-            for (op, keys) in status.keys {
-                metrics::gauge!("eddy_operator_keys", "pipeline" => name.clone(), "operator" => op)
-                    .set(keys as f64);
-            }
-        }
-        for (shard, depth) in pipeline.queue_depths().into_iter().enumerate() {
-            let shard = shard.to_string();
-            metrics::gauge!("eddy_shard_queue_depth", "pipeline" => name.clone(), "shard" => shard)
-                .set(depth as f64);
-        }
-    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        crate::app::scrape_metrics(&app).await,
     )
 }

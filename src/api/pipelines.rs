@@ -309,8 +309,9 @@ async fn delete_pipeline(
     app.engine.remove_failed(&name);
     let wal = app.checkpoints.wal_dir(&name);
     if let Err(e) = crate::wal::remove_log(&wal) {
-        tracing::warn!(pipeline = %name, error = %e, "cannot delete the WAL directory");
+        tracing::warn!(pipeline = %name, reason = %e, next = "its files stay on disk; delete the directory by hand", wal = %wal.display(), "cannot delete the WAL directory");
     }
+    crate::metrics::forget_pipeline(&name);
     tracing::info!(pipeline = %name, "pipeline deleted");
     Ok(StatusCode::NO_CONTENT)
 }

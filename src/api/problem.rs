@@ -288,7 +288,14 @@ pub fn problem_response(
         errors,
         checkpoint_id,
     };
-    (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(body)).into_response()
+    let mut response = (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // The HTTP metrics layer counts 503s by this reason.
+        response
+            .extensions_mut()
+            .insert(crate::metrics::Rejection(code));
+    }
+    response
 }
 
 /// The media type of problem documents.

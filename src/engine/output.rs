@@ -99,6 +99,8 @@ pub struct Output {
     flushed: watch::Sender<u64>,
     operators: Vec<Arc<str>>,
     retain: usize,
+    /// Per operator: output records appended (empty: not counted).
+    records_out: Vec<metrics::Counter>,
 }
 
 impl Output {
@@ -117,6 +119,15 @@ impl Output {
             flushed: watch::channel(0).0,
             operators,
             retain: retain.max(1),
+            records_out: Vec::new(),
+        }
+    }
+
+    /// Counts each operator's appended records into `records_out` (in operator order).
+    pub(crate) fn counting(self, records_out: Vec<metrics::Counter>) -> Output {
+        Output {
+            records_out,
+            ..self
         }
     }
 
@@ -169,6 +180,9 @@ impl Output {
                 (a.step, a.phase, a.operator, &a.key).cmp(&(b.step, b.phase, b.operator, &b.key))
             });
             for e in batch.emitted {
+                if let Some(counter) = self.records_out.get(usize::from(e.operator)) {
+                    counter.increment(1);
+                }
                 let record = OutputRecord {
                     offset: log.next_offset,
                     operator: self.operators[usize::from(e.operator)].clone(),

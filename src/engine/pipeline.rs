@@ -16,6 +16,7 @@ use super::output::{Output, OutputRecord};
 use super::runner::StateRow;
 use super::shard::{Command, Item, Mark, Shard, ShardBatch, is_late};
 use super::{EngineConfig, EngineError, key_group, shard_of};
+use crate::metrics::{PipelineMetrics, RECORDS_IN, RECORDS_OUT, operator_counters};
 use crate::spec::PipelineSpec;
 use crate::state::Key;
 use crate::wal::{Record, Wal};
@@ -166,6 +167,7 @@ pub struct Pipeline {
     /// Keys with state per shard (all operators), published by each shard after a batch.
     keys: Arc<[AtomicUsize]>,
     max_keys: usize,
+    metrics: PipelineMetrics,
 }
 
 impl Pipeline {
@@ -193,10 +195,13 @@ impl Pipeline {
                 .collect(),
         )
         .routed(config.shards);
-        let output = Arc::new(Output::new(
-            names.iter().map(|n| Arc::from(n.as_str())).collect(),
-            config.output_retain,
-        ));
+        let output = Arc::new(
+            Output::new(
+                names.iter().map(|n| Arc::from(n.as_str())).collect(),
+                config.output_retain,
+            )
+            .counting(operator_counters(&RECORDS_OUT, &spec.name, &names)),
+        );
         let ttl = spec.state_ttl.map(|t| t.millis());
         let keys: Arc<[AtomicUsize]> = (0..config.shards.max(1))
             .map(|_| AtomicUsize::new(0))
@@ -208,7 +213,8 @@ impl Pipeline {
                     .enumerate()
                     .map(|(index, d)| d.instance(index as u16, ttl))
                     .collect();
-                let shard = Shard::new(runners, output.clone(), keys.clone(), i);
+                let records_in = operator_counters(&RECORDS_IN, &spec.name, &names);
+                let shard = Shard::new(runners, output.clone(), keys.clone(), i, records_in);
                 let (tx, rx) = mpsc::channel(config.shard_queue.max(1));
                 std::thread::Builder::new()
                     .name(format!("eddy-shard-{i}"))
@@ -241,6 +247,7 @@ impl Pipeline {
             failure: Arc::new(OnceLock::new()),
             keys,
             max_keys: config.max_keys,
+            metrics: PipelineMetrics::new(&spec.name),
         }
     }
 
@@ -257,6 +264,11 @@ impl Pipeline {
     /// The attached WAL.
     pub fn wal(&self) -> Option<&Wal> {
         self.wal.get()
+    }
+
+    /// Handles on the pipeline's ingest metrics.
+    pub fn metrics(&self) -> &PipelineMetrics {
+        &self.metrics
     }
 
     /// The pipeline's name.
@@ -336,19 +348,32 @@ impl Pipeline {
     /// Sequences, logs, applies and acknowledges a batch; an idempotency key seen before gets
     /// its first answer instead.
     pub async fn submit(&self, submission: Submission) -> Result<Ingested, EngineError> {
+        self.submit_counted(submission, true).await
+    }
+
+    /// `submit`; `live` batches (not a WAL replay) count as accepted once applied.
+    async fn submit_counted(
+        &self,
+        submission: Submission,
+        live: bool,
+    ) -> Result<Ingested, EngineError> {
         if let Some(key) = &submission.idempotency_key
             && let Some(ack) = self.replayed(key).await
         {
             return Ok(Ingested::Replayed(ack));
         }
-        let (ack, done) = match self.sequence_events(submission)? {
+        let (ack, late, done) = match self.sequence_events(submission)? {
             Sequenced::Replayed(key) => {
                 let ack = self.replayed(&key).await.ok_or_else(|| self.stopped())?;
                 return Ok(Ingested::Replayed(ack));
             }
-            Sequenced::New(ack, done) => (ack, done),
+            Sequenced::New(ack, late, done) => (ack, late, done),
         };
         done.await.map_err(|_| self.failed_or_stopped())?;
+        if live {
+            self.metrics.events_accepted.increment(ack.accepted);
+            self.metrics.events_late.increment(late);
+        }
         Ok(Ingested::Applied(ack))
     }
 
@@ -412,7 +437,7 @@ impl Pipeline {
                     idempotency_key,
                     body: None,
                 };
-                self.submit(submission).await.map(|_| ())
+                self.submit_counted(submission, false).await.map(|_| ())
             }
             Record::Watermark { time } => self.advance_watermark(time).await.map(|_| ()),
             Record::Tick { now } => self.tick(now).await,
@@ -491,7 +516,7 @@ impl Pipeline {
                 batch: Some(batch),
             });
         }
-        Ok(Sequenced::New(ack, done))
+        Ok(Sequenced::New(ack, late, done))
     }
 
     /// Sequences a watermark advance or tick: `decide` answers, under the lock, the watermark
@@ -825,7 +850,8 @@ impl Pipeline {
 }
 
 enum Sequenced {
-    New(Ack, oneshot::Receiver<u64>),
+    /// The answer, the batch's late events, and the batch's completion.
+    New(Ack, u64, oneshot::Receiver<u64>),
     /// The idempotency key was sequenced before.
     Replayed(String),
 }

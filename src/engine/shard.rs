@@ -85,6 +85,10 @@ pub(crate) struct Shard {
     /// Keys with state per shard, this one's at `index` (the sequencer reads their sum).
     keys: Arc<[AtomicUsize]>,
     index: usize,
+    /// Per operator: events applied, counted as plain integers in the batch loop and
+    /// published to `records_in` once per batch.
+    applied: Vec<u64>,
+    records_in: Vec<metrics::Counter>,
 }
 
 impl Shard {
@@ -93,13 +97,24 @@ impl Shard {
         output: Arc<Output>,
         keys: Arc<[AtomicUsize]>,
         index: usize,
+        records_in: Vec<metrics::Counter>,
     ) -> Shard {
         Shard {
+            applied: vec![0; runners.len()],
             runners,
             watermark: None,
             output,
             keys,
             index,
+            records_in,
+        }
+    }
+
+    fn publish_applied(&mut self) {
+        for (count, counter) in self.applied.iter_mut().zip(&self.records_in) {
+            if *count > 0 {
+                counter.increment(std::mem::take(count));
+            }
         }
     }
 
@@ -129,6 +144,7 @@ impl Shard {
                     let _ = reply.send(rows);
                 }
                 self.publish_key_count();
+                self.publish_applied();
                 self.output.complete(seq, emitted);
             }
             Command::Restore {
@@ -199,6 +215,7 @@ impl Shard {
                 step: item.step,
                 out: &mut out,
             };
+            self.applied[usize::from(item.operator)] += 1;
             let runner = &mut self.runners[usize::from(item.operator)];
             runner.apply(&item.input.key, item.input.hash, &input, at);
         }

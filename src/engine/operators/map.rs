@@ -23,7 +23,7 @@ impl Operator for MapOp {
         };
         let old = state.get(entry).copied();
         if old.is_none() && state.len() >= self.max_entries {
-            metrics::counter!("eddy_map_entries_ignored_total").increment(1);
+            metrics::counter!(crate::metrics::MAP_ENTRIES_IGNORED.name).increment(1);
             return;
         }
         let new = match (self.reduce, old) {
