@@ -143,6 +143,10 @@ fn walk(dir: &std::path::Path, visit: &mut dyn FnMut(&std::path::Path)) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        // Installed packages (the browser tests' node_modules) are not the repository's.
+        if path.file_name().is_some_and(|n| n == "node_modules") {
+            continue;
+        }
         if path.is_dir() {
             walk(&path, visit);
         } else {

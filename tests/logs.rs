@@ -189,6 +189,6 @@ async fn a_torn_wal_tail_cut_at_start_is_one_json_warning_with_pipeline_reason_a
     drop(file);
 
     let again = serve(dir.path(), &[]).await;
-    let line = again.log_line("WAL tail cut at the last good record");
+    let line = again.log_line("WAL torn tail cut");
     assert_operator_line(&line, "WARN", "torn");
 }
