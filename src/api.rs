@@ -4,6 +4,7 @@
 pub mod access;
 mod answers;
 mod checkpoints;
+pub mod cluster;
 pub mod conventions;
 mod events;
 mod health;
@@ -53,6 +54,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(checkpoints::routes())
         .merge(health::routes())
         .merge(token::routes())
+        .merge(cluster::routes())
 }
 
 /// The OpenAPI document of the API, as generated from the code.

@@ -68,6 +68,20 @@ impl AppState {
             })
     }
 
+    /// Every pipeline, running or failed, by name.
+    pub fn served_list(&self) -> std::collections::BTreeMap<String, Served> {
+        let mut served: std::collections::BTreeMap<String, Served> = self
+            .engine
+            .list()
+            .into_iter()
+            .map(|p| (p.name().to_owned(), Served::Running(p)))
+            .collect();
+        for failed in self.engine.failed_list() {
+            served.insert(failed.spec.name.clone(), Served::Failed(Box::new(failed)));
+        }
+        served
+    }
+
     /// Serves `pipeline` (replacing one of its name) and checkpoints it periodically.
     pub fn launch(&self, pipeline: Pipeline) -> Arc<Pipeline> {
         let pipeline = Arc::new(pipeline);
@@ -357,7 +371,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let local = crate::api::cluster::LocalAddr(listener.local_addr()?);
+    axum::serve(listener, router(state).layer(axum::Extension(local)))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -222,6 +222,13 @@ pub struct Settings {
     /// such as `https://app.example.com`, or `*` [default: none, CORS off].
     #[arg(long, env = "EDDY_CORS_ORIGINS", global = true)]
     pub cors_origins: Option<String>,
+    /// This instance's name in `GET /v1/cluster` [default: host name and listen port].
+    #[arg(long, env = "EDDY_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+    /// The `http://host:port` other instances and clients reach this one at [default: from
+    /// EDDY_LISTEN].
+    #[arg(long, env = "EDDY_ADVERTISE_URL", global = true)]
+    pub advertise_url: Option<String>,
 }
 
 impl Settings {
@@ -251,6 +258,8 @@ impl Settings {
             metrics_auth: self.metrics_auth.or(file.metrics_auth),
             store_acquire_timeout: self.store_acquire_timeout.or(file.store_acquire_timeout),
             cors_origins: self.cors_origins.or(file.cors_origins),
+            node_id: self.node_id.or(file.node_id),
+            advertise_url: self.advertise_url.or(file.advertise_url),
         }
     }
 
@@ -323,6 +332,10 @@ pub struct Config {
     pub store_acquire_timeout: Duration,
     /// Origins allowed to call the API from a browser; `None`: CORS off.
     pub cors: Option<CorsOrigins>,
+    /// `EDDY_NODE_ID`; `None`: derived from the host name and the port listened on.
+    pub node_id: Option<String>,
+    /// `EDDY_ADVERTISE_URL`; `None`: derived from the address listened on.
+    pub advertise_url: Option<String>,
 }
 
 /// The origins of `EDDY_CORS_ORIGINS`.
@@ -455,6 +468,16 @@ impl Config {
             )?,
             max_pipelines: positive("EDDY_MAX_PIPELINES", s.max_pipelines, 100)?,
             store_acquire_timeout: Duration::from_millis(acquire.millis() as u64),
+            node_id: s.node_id.filter(|n| !n.is_empty()),
+            advertise_url: match s.advertise_url.filter(|u| !u.is_empty()) {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(invalid(
+                        "EDDY_ADVERTISE_URL",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                url => url,
+            },
             cors: match s.cors_origins.as_deref() {
                 Some(text) => {
                     CorsOrigins::parse(text).map_err(|e| invalid("EDDY_CORS_ORIGINS", e))?
@@ -557,6 +580,20 @@ mod tests {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.starts_with("EDDY_MAX_BODY_BYTES: must be 1 to"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_advertise_url_must_be_http() {
+        let with = |url: &str| {
+            Config::resolve(Settings {
+                advertise_url: Some(url.into()),
+                ..Settings::default()
+            })
+        };
+        let ok = with("http://10.0.0.7:8080").unwrap();
+        assert_eq!(ok.advertise_url.as_deref(), Some("http://10.0.0.7:8080"));
+        let e = with("10.0.0.7:8080").unwrap_err().to_string();
+        assert!(e.starts_with("EDDY_ADVERTISE_URL"), "{e}");
     }
 
     #[test]

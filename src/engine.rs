@@ -34,8 +34,7 @@ pub use shard::is_late;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-/// Number of key groups: the unit in which state can later move between instances.
-pub const KEY_GROUPS: u32 = 256;
+pub use crate::spec::KEY_GROUPS;
 
 /// The key group of a key.
 pub fn key_group(key: &str) -> u32 {

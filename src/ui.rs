@@ -48,6 +48,7 @@ static ASSETS: &[Asset] = assets![
     "views/output.js" => JS,
     "views/windows.js" => JS,
     "views/checkpoints.js" => JS,
+    "views/cluster.js" => JS,
     "vendor/uPlot.esm.js" => JS,
     "vendor/uPlot.min.css" => "text/css; charset=utf-8",
     "vendor/LICENSE" => "text/plain; charset=utf-8",

@@ -6,6 +6,7 @@ import { h, fill, problemBox } from './dom.js';
 import { renderPipelines } from './views/pipelines.js';
 import { renderCreate } from './views/create.js';
 import { renderPipeline } from './views/pipeline.js';
+import { renderCluster } from './views/cluster.js';
 
 const main = document.getElementById('main');
 let access = null;
@@ -72,6 +73,7 @@ function route() {
   let done;
   if (parts.length === 0) done = renderPipelines(main, ctx);
   else if (parts[0] === 'new') done = renderCreate(main, ctx);
+  else if (parts[0] === 'cluster') done = renderCluster(main, ctx);
   else if (parts[0] === 'p' && parts[1]) done = renderPipeline(main, parts[1], parts[2] ?? 'overview', ctx);
   else {
     fill(main, h('h1', {}, 'Not found'), h('p', {}, 'No view at ', h('code', {}, path), '. ', h('a', { href: '#/' }, 'Pipelines')));

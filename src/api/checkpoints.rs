@@ -46,7 +46,8 @@ pub struct CheckpointDto {
     pub error: Option<String>,
 }
 
-fn rfc3339(ms: i64) -> String {
+/// Epoch milliseconds as an RFC 3339 timestamp (UTC).
+pub(super) fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())

@@ -40,6 +40,8 @@ pub struct PipelineSpecDoc {
     retain_checkpoints: Option<u32>,
     /// Duration, default none.
     state_ttl: Option<String>,
+    /// Key-group ranges the state is split into, 1 to 256, default 1; fixed at creation.
+    partitions: Option<u16>,
     operators: Vec<OperatorDoc>,
 }
 
@@ -119,6 +121,7 @@ pub struct PipelineDoc {
     checkpoint_interval: String,
     retain_checkpoints: u32,
     state_ttl: Option<String>,
+    partitions: u16,
     operators: Vec<OperatorDoc>,
     status: PipelineStatus,
 }
@@ -251,15 +254,7 @@ async fn list_pipelines(
     State(app): State<AppState>,
     principal: Option<Extension<Principal>>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut served: BTreeMap<String, Served> = app
-        .engine
-        .list()
-        .into_iter()
-        .map(|p| (p.name().to_owned(), Served::Running(p)))
-        .collect();
-    for failed in app.engine.failed_list() {
-        served.insert(failed.spec.name.clone(), Served::Failed(Box::new(failed)));
-    }
+    let served = app.served_list();
     let mut items = Vec::new();
     for (name, pipeline) in &served {
         if may_touch(principal.as_deref(), name) {

@@ -20,6 +20,8 @@ pub struct FieldError {
 pub const MAX_LAST_N: u64 = 1_000;
 /// Most closed windows a `window` operator may retain per key.
 pub const MAX_RETAIN: u64 = 1_000;
+/// Most partitions a pipeline may have: one key group each.
+pub const MAX_PARTITIONS: u16 = crate::spec::KEY_GROUPS as u16;
 /// Most windows one event may fall into (`size / slide`).
 pub const MAX_WINDOWS_PER_EVENT: i64 = 1_000;
 
@@ -31,6 +33,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "retain_checkpoints",
     "state_ttl",
     "operators",
+    "partitions",
 ];
 const TIME_FIELDS: &[&str] = &["field", "format", "max_out_of_orderness"];
 const COMMON_OPERATOR_FIELDS: &[&str] = &["name", "kind", "key", "where"];
@@ -222,6 +225,12 @@ pub(super) fn pipeline(doc: &Value) -> Result<PipelineSpec, Vec<FieldError>> {
         1_000,
     );
     let state_ttl = c.span(obj.get("state_ttl"), "state_ttl", true);
+    let partitions = c.integer(
+        obj.get("partitions"),
+        "partitions",
+        1,
+        u64::from(MAX_PARTITIONS),
+    );
     let operators = operators(&mut c, obj.get("operators"));
     match (name, key, c.errors.is_empty()) {
         (Some(name), Some(key), true) => Ok(PipelineSpec {
@@ -232,6 +241,7 @@ pub(super) fn pipeline(doc: &Value) -> Result<PipelineSpec, Vec<FieldError>> {
             checkpoint_interval: checkpoint_interval.unwrap_or(Span::from_millis(10_000)),
             retain_checkpoints: retain.map_or(5, |n| n as u32),
             state_ttl,
+            partitions: partitions.map_or(1, |n| n as u16),
             operators,
         }),
         _ => Err(c.errors),
@@ -459,6 +469,7 @@ fn with_defaults(doc: &Value) -> Value {
         ("checkpoint_interval", json!("10s")),
         ("retain_checkpoints", json!(5)),
         ("state_ttl", Value::Null),
+        ("partitions", json!(1)),
     ];
     for (name, value) in defaults {
         obj.entry(name).or_insert(value);

@@ -183,6 +183,19 @@ test('a checkpoint is triggered, listed and restored', async () => {
   assertClean(browser, assert);
 });
 
+test('the cluster view shows this instance leading and owning every partition', async () => {
+  const view = await server.api('GET', '/v1/cluster');
+  await go('#/cluster');
+  await page.getByText(`This instance: ${view.node}`).waitFor();
+  await page.locator('tbody tr', { hasText: 'alive' }).waitFor();
+  const row = page.locator('tbody tr', { hasText: 'clicks' });
+  await row.first().waitFor();
+  assert.equal(await row.count(), view.pipelines.find((p) => p.name === 'clicks').partitions.length);
+  await row.first().getByText('0–255').waitFor();
+  await browser.shoot('cluster');
+  assertClean(browser, assert);
+});
+
 test('the pipelines view lists the pipeline; delete asks first', async () => {
   await go('#/');
   await page.getByRole('link', { name: 'clicks' }).waitFor();

@@ -1,0 +1,141 @@
+//! `GET /v1/cluster`: the members, and per pipeline its leader and its partitions' owners.
+//! A single instance (no cluster mode) is the one member: alive, leader and owner of
+//! everything; a partition's applied offset is the pipeline's last event offset.
+
+use super::access::may_touch;
+use super::problem::ApiError;
+use crate::app::{AppState, Served};
+use crate::auth::Principal;
+use axum::Json;
+use axum::extract::{Extension, State};
+use serde::Serialize;
+use std::net::SocketAddr;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_cluster))
+}
+
+/// The address the server is bound to (set by `app::serve`), from which the node's default
+/// id and URL are derived.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddr(pub SocketAddr);
+
+/// The cluster as this instance sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterView {
+    /// This instance's id.
+    pub node: String,
+    pub members: Vec<Member>,
+    /// Pipelines by name.
+    pub pipelines: Vec<PipelineOwners>,
+}
+
+/// An instance of the service.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Member {
+    pub node: String,
+    /// Where other instances and clients reach it, `http://host:port`.
+    pub url: String,
+    pub alive: bool,
+    /// RFC 3339: when it was last heard from.
+    pub last_seen: String,
+}
+
+/// Who leads a pipeline and who owns each of its partitions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PipelineOwners {
+    pub name: String,
+    /// The node whose sequencer orders the pipeline's events.
+    pub leader: String,
+    pub partitions: Vec<PartitionOwner>,
+}
+
+/// One partition: a contiguous range of key groups.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartitionOwner {
+    /// From 0.
+    pub id: u16,
+    /// `[first, last]`, inclusive.
+    pub key_groups: [u32; 2],
+    /// The node applying the partition.
+    pub owner: String,
+    /// Highest event offset the partition has applied through; null before any event.
+    pub applied_offset: Option<u64>,
+}
+
+/// The cluster: members, leaders and partition owners
+///
+/// Without cluster mode the instance is the only member, leader and owner of everything.
+#[utoipa::path(get, path = "/v1/cluster", tag = "operations",
+    responses((status = 200, description = "Members, leaders and partition owners", body = ClusterView)))]
+async fn get_cluster(
+    State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    local: Option<Extension<LocalAddr>>,
+) -> Result<Json<ClusterView>, ApiError> {
+    let addr = local.map_or(app.config.listen, |l| l.0.0);
+    let node = app
+        .config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
+    let url = app
+        .config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let mut pipelines = Vec::new();
+    for served in app.served_list().into_values() {
+        let spec = match &served {
+            Served::Running(pipeline) => match pipeline.spec() {
+                Some(spec) => spec.clone(),
+                None => continue,
+            },
+            Served::Failed(failed) => failed.spec.clone(),
+        };
+        if !may_touch(principal.as_deref(), &spec.name) {
+            continue;
+        }
+        let applied_offset = match &served {
+            Served::Running(pipeline) => pipeline.status().await?.wal_offset,
+            // Nothing after its latest checkpoint was applied.
+            Served::Failed(_) => None,
+        };
+        let partitions = (0..spec.partitions)
+            .map(|id| PartitionOwner {
+                id,
+                key_groups: spec.key_groups(id),
+                owner: node.clone(),
+                applied_offset,
+            })
+            .collect();
+        pipelines.push(PipelineOwners {
+            name: spec.name.clone(),
+            leader: node.clone(),
+            partitions,
+        });
+    }
+    let member = Member {
+        node: node.clone(),
+        url,
+        alive: true,
+        last_seen: super::checkpoints::rfc3339(crate::app::now_ms()),
+    };
+    Ok(Json(ClusterView {
+        node,
+        members: vec![member],
+        pipelines,
+    }))
+}
+
+/// The machine's host name (Linux), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
