@@ -14,6 +14,7 @@ mod output;
 mod pipeline;
 mod runner;
 mod scan;
+mod sequencer;
 mod shard;
 
 pub use batch::{
@@ -25,11 +26,9 @@ pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
 pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
 pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
 pub use output::{Output, OutputRecord};
-pub use pipeline::{
-    Ack, Arrival, Barrier, Counters, Ingested, Pipeline, Snapshot, Status, Submission, now_ms,
-};
+pub use pipeline::{Barrier, Ingested, Pipeline, Snapshot, Status, Submission, now_ms};
 pub use runner::StateRow;
-pub use shard::is_late;
+pub use sequencer::{Ack, Arrival, Counters, is_late};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

@@ -2,7 +2,7 @@
 //! 24 hours and among the newest 1,000,000 keys (whichever is smaller), by arrival time of its
 //! batch, so that replaying the log rebuilds exactly the same set.
 
-use super::pipeline::Ack;
+use super::sequencer::Ack;
 use std::collections::{HashMap, VecDeque};
 
 /// How long a key is kept, in ms.

@@ -14,7 +14,8 @@ use super::extract::Extractor;
 use super::idempotency::{Idempotency, IdempotencyEntry};
 use super::output::{Output, OutputRecord};
 use super::runner::StateRow;
-use super::shard::{Command, Item, Mark, Shard, ShardBatch, is_late};
+use super::sequencer::{Ack, Arrival, Counters, Mark, Sequencer};
+use super::shard::{Command, Item, Shard, ShardBatch};
 use super::{EngineConfig, EngineError, key_group, shard_of};
 use crate::metrics::{PipelineMetrics, RECORDS_IN, RECORDS_OUT, operator_counters};
 use crate::spec::PipelineSpec;
@@ -28,42 +29,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// The sequencer's counters: what a checkpoint records and a restore puts back.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Offset the next event gets (offsets start at 1 and are never reused).
-    pub next_offset: u64,
-    /// Events in the state's history, late ones included.
-    pub events: u64,
-    pub late_events: u64,
-    pub watermark: Option<i64>,
-    /// Offset of the last event applied (`None` before any).
-    pub last_offset: Option<u64>,
-}
-
-/// What the sequencer has decided so far.
+/// What the sequencer lock guards: the sequencer's state and the idempotency answers it
+/// hands out, decided together so that a key is seen once whatever the concurrency.
 #[derive(Debug, Default)]
-struct Sequencer {
-    counters: Counters,
-    next_batch: u64,
+struct Locked {
+    seq: Sequencer,
     idempotency: Idempotency,
-    /// The latest arrival time it handed out (the clock read under its lock never goes back).
-    last_arrival: i64,
-}
-
-impl Sequencer {
-    /// The time of a batch or tick that arrives `at`. The clock is read here, under the lock
-    /// where the order is decided: a time read before the lock could lose the race for it to
-    /// a later one and land below the watermark that one left, late by accident. It never
-    /// goes below a time handed out before, so a clock stepped back makes nothing late either.
-    fn arrival(&mut self, at: Arrival) -> i64 {
-        let time = match at {
-            Arrival::Now => now_ms().max(self.last_arrival),
-            Arrival::At(time) => time,
-        };
-        self.last_arrival = self.last_arrival.max(time);
-        time
-    }
 }
 
 /// Epoch milliseconds now: the service's one wall clock (a vDSO read, cheap under a lock).
@@ -71,15 +42,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// When a batch or tick happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arrival {
-    /// Now: the sequencer reads the clock when it orders the batch.
-    Now,
-    /// At this time, epoch ms (a logged record replayed, tools and tests that give the time).
-    At(i64),
 }
 
 /// A batch of extracted events with what the WAL records of it.
@@ -126,14 +88,6 @@ pub struct Snapshot {
     pub idempotency: Vec<IdempotencyEntry>,
 }
 
-/// The answer to an accepted batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ack {
-    pub accepted: u64,
-    pub first_offset: u64,
-    pub last_offset: u64,
-}
-
 /// Counters and keys of a pipeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {
@@ -154,10 +108,9 @@ pub struct Pipeline {
     spec: Option<PipelineSpec>,
     extractor: Extractor,
     operators: Vec<String>,
-    out_of_orderness: i64,
     processing_time: bool,
     shards: Vec<mpsc::Sender<Command>>,
-    sequencer: Mutex<Sequencer>,
+    sequencer: Mutex<Locked>,
     output: Arc<Output>,
     /// Cancelled when the pipeline is deleted: ends its long polls and streams.
     closed: CancellationToken,
@@ -228,18 +181,16 @@ impl Pipeline {
             spec: None,
             extractor,
             operators: names,
-            out_of_orderness: spec
-                .time
-                .as_ref()
-                .map_or(0, |t| t.max_out_of_orderness.millis()),
             processing_time: spec.processing_time(),
             shards,
-            sequencer: Mutex::new(Sequencer {
-                counters: Counters {
-                    next_offset: 1,
-                    ..Counters::default()
-                },
-                ..Sequencer::default()
+            sequencer: Mutex::new(Locked {
+                seq: Sequencer::new(
+                    spec.time
+                        .as_ref()
+                        .map_or(0, |t| t.max_out_of_orderness.millis()),
+                    spec.processing_time(),
+                ),
+                idempotency: Idempotency::default(),
             }),
             output,
             closed: CancellationToken::new(),
@@ -363,7 +314,7 @@ impl Pipeline {
             return Ok(Ingested::Replayed(ack));
         }
         let (ack, late, done) = match self.sequence_events(submission)? {
-            Sequenced::Replayed(key) => {
+            Sequenced::Repeated(key) => {
                 let ack = self.replayed(&key).await.ok_or_else(|| self.stopped())?;
                 return Ok(Ingested::Replayed(ack));
             }
@@ -379,10 +330,8 @@ impl Pipeline {
 
     /// Advances the watermark to `time` (ignored when lower); answers the watermark after it.
     pub async fn advance_watermark(&self, time: i64) -> Result<Option<i64>, EngineError> {
-        let (watermark, done) = self.sequence_marks(|seq| {
-            let moved = seq.counters.watermark.is_none_or(|w| time > w);
-            (moved.then_some(time), None, Record::Watermark { time })
-        })?;
+        let (watermark, done) =
+            self.sequence_marks(|seq| (seq.advance(time), None, Record::Watermark { time }))?;
         done.await.map_err(|_| self.failed_or_stopped())?;
         Ok(watermark)
     }
@@ -399,11 +348,9 @@ impl Pipeline {
     }
 
     async fn tick_at(&self, at: Arrival) -> Result<(), EngineError> {
-        let processing = self.processing_time;
         let (_, done) = self.sequence_marks(|seq| {
-            let now = seq.arrival(at);
-            let moved = processing && seq.counters.watermark.is_none_or(|w| now > w);
-            (moved.then_some(now), Some(now), Record::Tick { now })
+            let now = seq.arrival(at, now_ms);
+            (seq.tick(now), Some(now), Record::Tick { now })
         })?;
         done.await.map_err(|_| self.failed_or_stopped()).map(|_| ())
     }
@@ -451,13 +398,14 @@ impl Pipeline {
             idempotency_key,
             body,
         } = submission;
-        let mut seq = self.sequencer.lock().expect("sequencer lock");
+        let mut locked = self.sequencer.lock().expect("sequencer lock");
+        let Locked { seq, idempotency } = &mut *locked;
         if let Some(key) = &idempotency_key
-            && seq.idempotency.get(key).is_some()
+            && idempotency.get(key).is_some()
         {
-            return Ok(Sequenced::Replayed(key.clone()));
+            return Ok(Sequenced::Repeated(key.clone()));
         }
-        let arrival = seq.arrival(arrival);
+        let arrival = seq.arrival(arrival, now_ms);
         let keys: usize = self.keys.iter().map(|k| k.load(Ordering::Relaxed)).sum();
         if keys >= self.max_keys {
             return Err(EngineError::KeyLimit {
@@ -465,58 +413,34 @@ impl Pipeline {
                 keys,
             });
         }
-        let count = events.len() as u64;
         let ParsedBatch { times, mut items } = events;
         debug_assert_eq!(items.len(), self.shards.len(), "parsed for this pipeline");
-        let mut marks = Vec::new();
-        let mut watermark = seq.counters.watermark;
-        let mut late = 0;
-        for (step, time) in times.iter().enumerate() {
-            let time = time.unwrap_or(arrival);
-            late += u64::from(is_late(time, watermark));
-            let candidate = time.saturating_sub(self.out_of_orderness);
-            if watermark.is_none_or(|w| candidate > w) {
-                watermark = Some(candidate);
-                marks.push(Mark {
-                    step: step as u32,
-                    watermark: candidate,
-                });
-            }
-        }
+        let mut decision = seq.decide(&times, arrival, |_, _| {});
         if self.processing_time {
             for item in items.iter_mut().flatten() {
                 item.time = arrival;
             }
         }
-        let first_offset = seq.counters.next_offset;
+        let ack = decision.ack;
         let record = body.map(|(body, format)| Record::Events {
             arrival,
             format: u8::from(format == BodyFormat::NdJson),
             idempotency_key: idempotency_key.clone(),
-            first_offset,
+            first_offset: ack.first_offset,
             body,
         });
-        let (batch, done) = self.dispatch(&mut seq, items, marks, None, None, record)?;
-        let ack = Ack {
-            accepted: count,
-            first_offset,
-            last_offset: first_offset + count - 1,
-        };
-        let c = &mut seq.counters;
-        c.next_offset += count;
-        c.events += count;
-        c.late_events += late;
-        c.watermark = watermark;
-        c.last_offset = Some(ack.last_offset);
+        let marks = std::mem::take(&mut decision.marks);
+        let (batch, done) = self.dispatch(seq, items, marks, None, None, record)?;
+        seq.commit(&decision);
         if let Some(key) = idempotency_key {
-            seq.idempotency.insert(IdempotencyEntry {
+            idempotency.insert(IdempotencyEntry {
                 key,
                 ack,
                 created: arrival,
                 batch: Some(batch),
             });
         }
-        Ok(Sequenced::New(ack, late, done))
+        Ok(Sequenced::New(ack, decision.late, done))
     }
 
     /// Sequences a watermark advance or tick: `decide` answers, under the lock, the watermark
@@ -525,17 +449,16 @@ impl Pipeline {
         &self,
         decide: impl FnOnce(&mut Sequencer) -> (Option<i64>, Option<i64>, Record),
     ) -> Result<(Option<i64>, oneshot::Receiver<u64>), EngineError> {
-        let mut seq = self.sequencer.lock().expect("sequencer lock");
-        let (moved, clock, record) = decide(&mut seq);
+        let mut locked = self.sequencer.lock().expect("sequencer lock");
+        let seq = &mut locked.seq;
+        let (moved, clock, record) = decide(seq);
         let marks: Vec<Mark> = moved
             .map(|watermark| Mark { step: 0, watermark })
             .into_iter()
             .collect();
         let items = self.shards.iter().map(|_| Vec::new()).collect();
-        let (_, done) = self.dispatch(&mut seq, items, marks, clock, None, Some(record))?;
-        if moved.is_some() {
-            seq.counters.watermark = moved;
-        }
+        let (_, done) = self.dispatch(seq, items, marks, clock, None, Some(record))?;
+        seq.moved(moved);
         Ok((seq.counters.watermark, done))
     }
 
@@ -574,8 +497,7 @@ impl Pipeline {
                 permits.push((permit, part));
             }
         }
-        let batch = seq.next_batch;
-        seq.next_batch += 1;
+        let batch = seq.take_batch();
         // A batch no shard needs (every event filtered out, the watermark unmoved) still
         // waits for its record to be durable: the WAL's after-action completes it.
         let unsent = permits.is_empty();
@@ -618,17 +540,23 @@ impl Pipeline {
     /// the order, and every change since the previous barrier. Ingest goes on meanwhile.
     pub async fn barrier(&self) -> Result<Barrier, EngineError> {
         let (counters, wal_lsn, idempotency, done, replies) = {
-            let mut seq = self.sequencer.lock().expect("sequencer lock");
+            let mut locked = self.sequencer.lock().expect("sequencer lock");
             let (senders, replies): (Vec<_>, Vec<_>) =
                 self.shards.iter().map(|_| oneshot::channel()).unzip();
             let items = self.shards.iter().map(|_| Vec::new()).collect();
-            let (_, done) =
-                self.dispatch(&mut seq, items, Vec::new(), None, Some(senders), None)?;
+            let (_, done) = self.dispatch(
+                &mut locked.seq,
+                items,
+                Vec::new(),
+                None,
+                Some(senders),
+                None,
+            )?;
             let wal_lsn = self.wal.get().map_or(0, Wal::last_lsn);
             (
-                seq.counters,
+                locked.seq.counters,
                 wal_lsn,
-                seq.idempotency.take_unsaved(),
+                locked.idempotency.take_unsaved(),
                 done,
                 replies,
             )
@@ -693,10 +621,10 @@ impl Pipeline {
         }
         self.output
             .restore(snapshot.output, snapshot.next_output_offset.max(1));
-        let mut seq = self.sequencer.lock().expect("sequencer lock");
-        seq.counters = snapshot.counters;
+        let mut locked = self.sequencer.lock().expect("sequencer lock");
+        locked.seq.counters = snapshot.counters;
         for entry in snapshot.idempotency {
-            seq.idempotency.restore(entry);
+            locked.idempotency.restore(entry);
         }
         Ok(())
     }
@@ -705,9 +633,9 @@ impl Pipeline {
     /// is durable and applied; answers the counters then.
     pub async fn quiesce(&self) -> Counters {
         let (counters, last) = {
-            let seq = self.sequencer.lock().expect("sequencer lock");
+            let locked = self.sequencer.lock().expect("sequencer lock");
             self.closed.cancel();
-            (seq.counters, seq.next_batch)
+            (locked.seq.counters, locked.seq.next_batch)
         };
         if last > 0 {
             self.output.wait_flushed(last - 1).await;
@@ -717,13 +645,13 @@ impl Pipeline {
 
     /// The counters now.
     pub fn counters(&self) -> Counters {
-        self.sequencer.lock().expect("sequencer lock").counters
+        self.sequencer.lock().expect("sequencer lock").seq.counters
     }
 
     /// Raises the next event offset to at least `offset` (offsets are never reused).
     pub fn raise_next_offset(&self, offset: u64) {
-        let mut seq = self.sequencer.lock().expect("sequencer lock");
-        seq.counters.next_offset = seq.counters.next_offset.max(offset);
+        let mut locked = self.sequencer.lock().expect("sequencer lock");
+        locked.seq.raise_next_offset(offset);
     }
 
     /// The state of `key` in `operator`, or `None` when the key has none.
@@ -778,7 +706,7 @@ impl Pipeline {
 
     /// Counters, watermark and keys per operator, reflecting every acknowledged batch.
     pub async fn status(&self) -> Result<Status, EngineError> {
-        let seq = self.sequencer.lock().expect("sequencer lock").counters;
+        let seq = self.sequencer.lock().expect("sequencer lock").seq.counters;
         let mut keys = vec![0; self.operators.len()];
         let mut changed_keys = 0;
         for shard in 0..self.shards.len() {
@@ -853,27 +781,5 @@ enum Sequenced {
     /// The answer, the batch's late events, and the batch's completion.
     New(Ack, u64, oneshot::Receiver<u64>),
     /// The idempotency key was sequenced before.
-    Replayed(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_clock_read_under_the_lock_never_goes_below_a_time_handed_out() {
-        let mut seq = Sequencer::default();
-        let now = seq.arrival(Arrival::Now);
-        assert!(now > 0 && seq.arrival(Arrival::Now) >= now);
-        // A replayed record from a clock that was ahead (or a clock stepped back since).
-        let ahead = now + 3_600_000;
-        assert_eq!(seq.arrival(Arrival::At(ahead)), ahead);
-        assert_eq!(seq.arrival(Arrival::Now), ahead);
-        assert_eq!(
-            seq.arrival(Arrival::At(5)),
-            5,
-            "a logged time is kept as logged"
-        );
-        assert_eq!(seq.arrival(Arrival::Now), ahead);
-    }
+    Repeated(String),
 }
