@@ -4,6 +4,7 @@
 //! specification, so state rows tagged with it stay valid across releases and machines), and
 //! shard `s` of `n` owns the contiguous key groups `[256·s/n, 256·(s+1)/n)`.
 
+mod barrier;
 mod batch;
 mod definition;
 mod extract;
@@ -12,11 +13,14 @@ mod operator;
 pub mod operators;
 mod output;
 mod pipeline;
+mod queries;
 mod runner;
 mod scan;
 mod sequencer;
 mod shard;
+mod submit;
 
+pub use barrier::{Barrier, Snapshot};
 pub use batch::{
     BatchError, BatchLimits, BodyFormat, EventError, MAX_REPORTED_ERRORS, ParsedBatch, parse_batch,
     parse_batch_limited,
@@ -26,9 +30,11 @@ pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
 pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
 pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
 pub use output::{Output, OutputRecord};
-pub use pipeline::{Barrier, Ingested, Pipeline, Snapshot, Status, Submission, now_ms};
+pub use pipeline::{Pipeline, now_ms};
+pub use queries::Status;
 pub use runner::StateRow;
 pub use sequencer::{Ack, Arrival, Counters, is_late};
+pub use submit::{Ingested, Submission};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
