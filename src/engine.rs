@@ -5,29 +5,27 @@
 //! shard `s` of `n` owns the contiguous key groups `[256·s/n, 256·(s+1)/n)`.
 
 mod barrier;
-mod batch;
 mod definition;
-mod extract;
 mod idempotency;
+mod ingest;
 mod operator;
 pub mod operators;
 mod output;
 mod pipeline;
 mod queries;
 mod runner;
-mod scan;
 mod sequencer;
 mod shard;
 mod submit;
 
 pub use barrier::{Barrier, Snapshot};
-pub use batch::{
+pub use definition::OperatorDef;
+pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
+pub use ingest::{
     BatchError, BatchLimits, BodyFormat, EventError, MAX_REPORTED_ERRORS, ParsedBatch, parse_batch,
     parse_batch_limited,
 };
-pub use definition::OperatorDef;
-pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
-pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
+pub use ingest::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
 pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
 pub use output::{Output, OutputRecord};
 pub use pipeline::{Pipeline, now_ms};

@@ -10,8 +10,8 @@
 //! clock (processing time) is read under the same lock, so arrival times follow that order.
 
 use super::definition::OperatorDef;
-use super::extract::Extractor;
 use super::idempotency::Idempotency;
+use super::ingest::Extractor;
 use super::output::Output;
 use super::sequencer::{Counters, Sequencer};
 use super::shard::{Command, Shard};

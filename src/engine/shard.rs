@@ -2,7 +2,7 @@
 //! batches in sequence order. Single writer: nothing here is shared or locked; queries arrive
 //! as messages in the same mailbox, so they see every batch sent before them.
 
-use super::extract::OpInput;
+use super::ingest::OpInput;
 use super::operator::{Emission, Input};
 use super::output::Output;
 use super::runner::{PREFETCH_AHEAD, Runner, StateRow, Step};

@@ -4,7 +4,7 @@
 //! recovery through the same path without being logged again.
 
 use super::EngineError;
-use super::batch::{BodyFormat, ParsedBatch, parse_batch};
+use super::ingest::{BodyFormat, ParsedBatch, parse_batch};
 use super::idempotency::IdempotencyEntry;
 use super::pipeline::{Locked, Pipeline, now_ms};
 use super::runner::StateRow;
