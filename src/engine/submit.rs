@@ -4,8 +4,8 @@
 //! recovery through the same path without being logged again.
 
 use super::EngineError;
-use super::ingest::{BodyFormat, ParsedBatch, parse_batch};
 use super::idempotency::IdempotencyEntry;
+use super::ingest::{BodyFormat, ParsedBatch, parse_batch};
 use super::pipeline::{Locked, Pipeline, now_ms};
 use super::runner::StateRow;
 use super::sequencer::{Ack, Arrival, Mark, Sequencer};
@@ -49,8 +49,10 @@ impl Pipeline {
         }
     }
 
-    /// The first answer of an idempotency key, once its batch is applied.
-    pub async fn replayed(&self, key: &str) -> Option<Ack> {
+    /// The first answer of an idempotency key, once its batch is applied. A look-up only:
+    /// the check that holds under concurrency is the one `sequence_events` makes under the
+    /// lock (the API uses this one to answer a retry without reading its body).
+    pub async fn first_answer(&self, key: &str) -> Option<Ack> {
         let entry = self
             .sequencer
             .lock()
@@ -70,20 +72,18 @@ impl Pipeline {
         self.submit_counted(submission, true).await
     }
 
-    /// `submit`; `live` batches (not a WAL replay) count as accepted once applied.
+    /// `submit`; `live` batches (not a WAL record reapplied) count as accepted once applied.
     async fn submit_counted(
         &self,
         submission: Submission,
         live: bool,
     ) -> Result<Ingested, EngineError> {
-        if let Some(key) = &submission.idempotency_key
-            && let Some(ack) = self.replayed(key).await
-        {
-            return Ok(Ingested::Replayed(ack));
-        }
         let (ack, late, done) = match self.sequence_events(submission)? {
             Sequenced::Repeated(key) => {
-                let ack = self.replayed(&key).await.ok_or_else(|| self.stopped())?;
+                let ack = self
+                    .first_answer(&key)
+                    .await
+                    .ok_or_else(|| self.stopped())?;
                 return Ok(Ingested::Replayed(ack));
             }
             Sequenced::New(ack, late, done) => (ack, late, done),
@@ -124,7 +124,7 @@ impl Pipeline {
     }
 
     /// Applies one logged record again (recovery), without logging it anew.
-    pub async fn replay(&self, record: Record) -> Result<(), EngineError> {
+    pub async fn reapply(&self, record: Record) -> Result<(), EngineError> {
         match record {
             Record::Events {
                 arrival,
