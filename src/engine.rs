@@ -1,5 +1,11 @@
 //! The engine: running pipelines by name, each a sequencer, N shard threads and an output log.
 //!
+//! Rooms: `ingest` turns a body into a routed batch; `sequencer` decides offsets, lateness
+//! and watermark marks as plain data; `pipeline` builds a running pipeline; `submit` is the
+//! write path around the sequencer (lock, key limit, WAL framing, dispatch, and WAL records
+//! reapplied at recovery); `barrier` takes checkpoint barriers and restores; `queries`
+//! answers state and status; `shard`, `runner`, `operator(s)` and `output` apply and log.
+//!
 //! Routing: `key_group = crc32c(key bytes) % 256` (CRC-32C, Castagnoli: fixed by its
 //! specification, so state rows tagged with it stay valid across releases and machines), and
 //! shard `s` of `n` owns the contiguous key groups `[256·s/n, 256·(s+1)/n)`.

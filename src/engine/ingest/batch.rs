@@ -54,7 +54,7 @@ pub struct BatchLimits {
 }
 
 impl BatchLimits {
-    /// No limits (replays and tools that trust their input).
+    /// No limits (WAL records reapplied at recovery, tools that trust their input).
     pub const NONE: BatchLimits = BatchLimits {
         max_events: usize::MAX,
         max_event_bytes: usize::MAX,
