@@ -441,7 +441,7 @@ impl Checkpointer {
         let mut replayed = 0;
         for (lsn, record) in opened.records {
             if lsn > from {
-                pipeline.replay(record).await?;
+                pipeline.reapply(record).await?;
                 replayed += 1;
             }
         }

@@ -1,35 +1,44 @@
 //! The engine: running pipelines by name, each a sequencer, N shard threads and an output log.
 //!
+//! Rooms: `ingest` turns a body into a routed batch; `sequencer` decides offsets, lateness
+//! and watermark marks as plain data; `pipeline` builds a running pipeline; `submit` is the
+//! write path around the sequencer (lock, key limit, WAL framing, dispatch, and WAL records
+//! reapplied at recovery); `barrier` takes checkpoint barriers and restores; `queries`
+//! answers state and status; `shard`, `runner`, `operator(s)` and `output` apply and log.
+//!
 //! Routing: `key_group = crc32c(key bytes) % 256` (CRC-32C, Castagnoli: fixed by its
 //! specification, so state rows tagged with it stay valid across releases and machines), and
 //! shard `s` of `n` owns the contiguous key groups `[256·s/n, 256·(s+1)/n)`.
 
-mod batch;
+mod barrier;
 mod definition;
-mod extract;
 mod idempotency;
+mod ingest;
 mod operator;
 pub mod operators;
 mod output;
 mod pipeline;
+mod queries;
 mod runner;
-mod scan;
+mod sequencer;
 mod shard;
+mod submit;
 
-pub use batch::{
+pub use barrier::{Barrier, Snapshot};
+pub use definition::OperatorDef;
+pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
+pub use ingest::{
     BatchError, BatchLimits, BodyFormat, EventError, MAX_REPORTED_ERRORS, ParsedBatch, parse_batch,
     parse_batch_limited,
 };
-pub use definition::OperatorDef;
-pub use extract::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
-pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
+pub use ingest::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
 pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
 pub use output::{Output, OutputRecord};
-pub use pipeline::{
-    Ack, Arrival, Barrier, Counters, Ingested, Pipeline, Snapshot, Status, Submission, now_ms,
-};
+pub use pipeline::{Pipeline, now_ms};
+pub use queries::Status;
 pub use runner::StateRow;
-pub use shard::is_late;
+pub use sequencer::{Ack, Arrival, Counters, is_late};
+pub use submit::{Ingested, Submission};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

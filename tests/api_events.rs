@@ -348,6 +348,36 @@ async fn under_a_flood_every_batch_is_accepted_or_refused_whole(backend: Backend
     assert_eq!(status(&s).await["events"], accepted * 2_000);
 }
 
+/// A retry is recognised by its key alone: its body is not read (docs/api.md), so even a
+/// body that would be refused gets the first answer. This is why the API keeps its look-up
+/// before reading the body; the engine's check under the sequencer lock is the one that holds
+/// when retries race.
+async fn a_retry_is_answered_by_its_key_without_reading_its_body(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    let post = |content_type: &'static str, body: String| {
+        let req = s
+            .client
+            .post(s.url(EVENTS))
+            .header("Idempotency-Key", "retry-1")
+            .header("content-type", content_type)
+            .body(body);
+        async move { req.send().await.unwrap() }
+    };
+    let first = post("application/json", click("a", 1).to_string()).await;
+    let first = body_json(first, StatusCode::OK).await;
+    for (content_type, body) in [
+        ("application/json", "not json".to_owned()),
+        ("text/plain", "[]".to_owned()),
+        ("application/json", click("b", 2).to_string()),
+    ] {
+        let again = post(content_type, body).await;
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(body_json(again, StatusCode::OK).await, first);
+    }
+    assert_eq!(status(&s).await["events"], 1, "nothing applied twice");
+}
+
 backend_tests!(
     a_json_object_an_array_and_ndjson_are_batches_with_increasing_offsets,
     one_bad_event_refuses_the_whole_batch_naming_every_bad_one,
@@ -359,4 +389,5 @@ backend_tests!(
     the_watermark_advances_ignores_lower_times_and_max_closes_everything,
     a_full_shard_queue_is_503_with_retry_after_and_applies_nothing,
     under_a_flood_every_batch_is_accepted_or_refused_whole,
+    a_retry_is_answered_by_its_key_without_reading_its_body,
 );

@@ -175,7 +175,7 @@ async fn post_events(
     let pipeline = app.pipeline(&name)?;
     let idempotency_key = idempotency_key(&headers)?;
     if let Some(key) = &idempotency_key
-        && let Some(ack) = pipeline.replayed(key).await
+        && let Some(ack) = pipeline.first_answer(key).await
     {
         let mut response = Json(EventsAccepted {
             accepted: ack.accepted,

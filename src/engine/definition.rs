@@ -2,7 +2,7 @@
 //! of it per shard. Built-ins come from a spec; a crate user's own operators from
 //! [`OperatorDef::new`].
 
-use super::extract::Inputs;
+use super::ingest::Inputs;
 use super::operator::Operator;
 use super::runner::{OperatorRunner, Runner};
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! Idempotency keys of a pipeline: the first answer of each key, kept while it is younger than
 //! 24 hours and among the newest 1,000,000 keys (whichever is smaller), by arrival time of its
-//! batch, so that replaying the log rebuilds exactly the same set.
+//! batch, so that reapplying the log at recovery rebuilds exactly the same set.
 
-use super::pipeline::Ack;
+use super::sequencer::Ack;
 use std::collections::{HashMap, VecDeque};
 
 /// How long a key is kept, in ms.

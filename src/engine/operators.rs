@@ -19,7 +19,7 @@ pub use stats::{Stats, StatsFunction};
 pub use window::{WindowOp, WindowState};
 
 use super::definition::OperatorDef;
-use super::extract::{FieldKind, Inputs};
+use super::ingest::{FieldKind, Inputs};
 use super::operator::Context;
 use crate::spec::{OperatorKind, OperatorSpec};
 

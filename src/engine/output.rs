@@ -4,7 +4,7 @@
 //! Invariant: batches are finalised in sequence order, and within a batch records are ordered
 //! by (step, phase, operator, key), each key's own records in emission order. That order is a
 //! function of the input alone, so offsets do not depend on the number of shards and recur
-//! identically on replay.
+//! identically when the WAL is reapplied at recovery.
 
 use super::operator::Emission;
 use crate::state::Key;

@@ -2,22 +2,16 @@
 //! batches in sequence order. Single writer: nothing here is shared or locked; queries arrive
 //! as messages in the same mailbox, so they see every batch sent before them.
 
-use super::extract::OpInput;
+use super::ingest::OpInput;
 use super::operator::{Emission, Input};
 use super::output::Output;
 use super::runner::{PREFETCH_AHEAD, Runner, StateRow, Step};
+use super::sequencer::{Mark, is_late};
 use crate::state::Key;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
-
-/// A watermark change: after the event at `step`, the watermark is `watermark`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Mark {
-    pub step: u32,
-    pub watermark: i64,
-}
 
 /// One (event, operator) pair routed to this shard.
 #[derive(Debug)]
@@ -71,11 +65,6 @@ pub(crate) enum Command {
     KeyCounts {
         reply: oneshot::Sender<Vec<(usize, usize)>>,
     },
-}
-
-/// An event is late when its time is strictly below the watermark it is judged against.
-pub fn is_late(time: i64, watermark: Option<i64>) -> bool {
-    watermark.is_some_and(|w| time < w)
 }
 
 pub(crate) struct Shard {

@@ -3,7 +3,7 @@
 //! bad event named (up to [`MAX_REPORTED_ERRORS`]).
 
 use super::extract::Extractor;
-use super::shard::Item;
+use crate::engine::shard::Item;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -54,7 +54,7 @@ pub struct BatchLimits {
 }
 
 impl BatchLimits {
-    /// No limits (replays and tools that trust their input).
+    /// No limits (WAL records reapplied at recovery, tools that trust their input).
     pub const NONE: BatchLimits = BatchLimits {
         max_events: usize::MAX,
         max_event_bytes: usize::MAX,
@@ -89,7 +89,7 @@ impl ParsedBatch {
         let shards = self.items.len();
         let items = &mut self.items;
         let time = extractor.extract_each(text, |operator, time, input| {
-            let shard = super::shard_of(u32::from(input.key_group), shards);
+            let shard = crate::engine::shard_of(u32::from(input.key_group), shards);
             items[shard].push(Item {
                 step,
                 operator: operator as u16,

@@ -1,0 +1,151 @@
+//! Checkpoint barriers: a barrier is ordered by the sequencer like a batch and collects, at
+//! that point of the order, the counters, WAL position, output offset and every change since
+//! the previous barrier; a failed checkpoint hands its changes back; a restore puts a
+//! checkpoint in before the first batch; quiesce waits until everything ordered is applied.
+
+use super::EngineError;
+use super::idempotency::IdempotencyEntry;
+use super::output::OutputRecord;
+use super::pipeline::Pipeline;
+use super::runner::StateRow;
+use super::sequencer::Counters;
+use super::shard::Command;
+use super::shard_of;
+use crate::state::Key;
+use crate::wal::Wal;
+use tokio::sync::oneshot;
+
+/// Everything a checkpoint takes at its barrier.
+#[derive(Debug)]
+pub struct Barrier {
+    pub counters: Counters,
+    /// LSN of the last WAL record the barrier follows (0 without a WAL).
+    pub wal_lsn: u64,
+    /// Offset of the last output record of the state.
+    pub output_offset: u64,
+    /// Every key changed since the previous barrier.
+    pub rows: Vec<StateRow>,
+    /// Idempotency answers added since the previous barrier.
+    pub idempotency: Vec<IdempotencyEntry>,
+}
+
+/// A checkpoint to start a pipeline from.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub rows: Vec<StateRow>,
+    /// The newest output records of the checkpoint, oldest first.
+    pub output: Vec<OutputRecord>,
+    /// Offset the next output record gets.
+    pub next_output_offset: u64,
+    pub idempotency: Vec<IdempotencyEntry>,
+}
+
+impl Pipeline {
+    /// A checkpoint barrier: the counters, WAL position and output offset at this point of
+    /// the order, and every change since the previous barrier. Ingest goes on meanwhile.
+    pub async fn barrier(&self) -> Result<Barrier, EngineError> {
+        let (counters, wal_lsn, idempotency, done, replies) = {
+            let mut locked = self.sequencer.lock().expect("sequencer lock");
+            let (senders, replies): (Vec<_>, Vec<_>) =
+                self.shards.iter().map(|_| oneshot::channel()).unzip();
+            let items = self.shards.iter().map(|_| Vec::new()).collect();
+            let (_, done) = self.dispatch(
+                &mut locked.seq,
+                items,
+                Vec::new(),
+                None,
+                Some(senders),
+                None,
+            )?;
+            let wal_lsn = self.wal.get().map_or(0, Wal::last_lsn);
+            (
+                locked.seq.counters,
+                wal_lsn,
+                locked.idempotency.take_unsaved(),
+                done,
+                replies,
+            )
+        };
+        let output_offset = done.await.map_err(|_| self.failed_or_stopped())?;
+        let mut rows = Vec::new();
+        for reply in replies {
+            rows.extend(reply.await.map_err(|_| self.failed_or_stopped())?);
+        }
+        Ok(Barrier {
+            counters,
+            wal_lsn,
+            output_offset,
+            rows,
+            idempotency,
+        })
+    }
+
+    /// Hands a failed checkpoint's changes back: they go into the next one.
+    pub async fn unbarrier(&self, barrier: Barrier) -> Result<(), EngineError> {
+        self.sequencer
+            .lock()
+            .expect("sequencer lock")
+            .idempotency
+            .unsave(&barrier.idempotency);
+        let mut per_shard: Vec<Vec<(u16, Key)>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for row in barrier.rows {
+            per_shard[shard_of(u32::from(row.key_group), self.shards.len())]
+                .push((row.operator, row.key));
+        }
+        for (shard, keys) in per_shard.into_iter().enumerate() {
+            self.send(shard, Command::Remark { keys }).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the pipeline from a checkpoint. Call before any other batch.
+    pub async fn restore(&self, snapshot: Snapshot) -> Result<(), EngineError> {
+        let watermark = snapshot.counters.watermark;
+        let mut per_shard: Vec<Vec<StateRow>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for row in snapshot.rows {
+            per_shard[shard_of(u32::from(row.key_group), self.shards.len())].push(row);
+        }
+        for (shard, rows) in per_shard.into_iter().enumerate() {
+            let (reply, answer) = oneshot::channel();
+            self.send(
+                shard,
+                Command::Restore {
+                    rows,
+                    watermark,
+                    reply,
+                },
+            )
+            .await?;
+            answer
+                .await
+                .map_err(|_| self.stopped())?
+                .map_err(|detail| EngineError::Replay {
+                    pipeline: self.name.clone(),
+                    detail,
+                })?;
+        }
+        self.output
+            .restore(snapshot.output, snapshot.next_output_offset.max(1));
+        let mut locked = self.sequencer.lock().expect("sequencer lock");
+        locked.seq.counters = snapshot.counters;
+        for entry in snapshot.idempotency {
+            locked.idempotency.restore(entry);
+        }
+        Ok(())
+    }
+
+    /// Stops accepting (the pipeline is closed) and waits until everything sequenced before
+    /// is durable and applied; answers the counters then.
+    pub async fn quiesce(&self) -> Counters {
+        let (counters, last) = {
+            let locked = self.sequencer.lock().expect("sequencer lock");
+            self.closed.cancel();
+            (locked.seq.counters, locked.seq.next_batch)
+        };
+        if last > 0 {
+            self.output.wait_flushed(last - 1).await;
+        }
+        counters
+    }
+}
