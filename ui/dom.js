@@ -97,3 +97,19 @@ export function dataTable(columns, numeric = []) {
     },
   };
 }
+
+/** Runs `step` now, then again `ms` after each run ends, until the returned stop is called.
+ * `step` handles its own errors (shows them where its view is). */
+export function repeat(ms, step) {
+  let timer = null;
+  let stopped = false;
+  const run = async () => {
+    await step();
+    if (!stopped) timer = setTimeout(run, ms);
+  };
+  run();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}

@@ -2,7 +2,7 @@
 // each partition (key-group range) with the offset it has applied through; polled every 2 s.
 // A single instance is the one member, leader and owner of everything.
 import { get } from '../api.js';
-import { h, fill, problemBox, dataTable } from '../dom.js';
+import { h, fill, problemBox, dataTable, repeat } from '../dom.js';
 import { num, time } from '../format.js';
 
 const POLL_MS = 2000;
@@ -18,10 +18,7 @@ export function renderCluster(main) {
     node, slot,
     h('h2', {}, 'Members'), h('div.scroll', {}, members.table),
     h('h2', {}, 'Leaders and partition owners'), h('div.scroll', {}, owners.table));
-  let timer = null;
-  let stopped = false;
-
-  async function poll() {
+  return repeat(POLL_MS, async () => {
     try {
       const view = await get('/v1/cluster');
       fill(node, 'This instance: ', h('code', {}, view.node));
@@ -42,11 +39,5 @@ export function renderCluster(main) {
     } catch (e) {
       fill(slot, problemBox(e));
     }
-    if (!stopped) timer = setTimeout(poll, POLL_MS);
-  }
-  poll();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  });
 }

@@ -1,7 +1,7 @@
 // The pipelines view: every pipeline with its live counters, polled every 2 s; events/s is the
 // difference of `events` between two polls.
 import { get } from '../api.js';
-import { h, fill, problemBox, dataTable } from '../dom.js';
+import { h, fill, problemBox, dataTable, repeat } from '../dom.js';
 import { num, rate, time, lag } from '../format.js';
 
 const POLL_MS = 2000;
@@ -31,10 +31,7 @@ export function renderPipelines(main, ctx) {
     h('div.scroll', {}, table.table));
   ctx.applyScopes(main);
   const previous = new Map();
-  let timer = null;
-  let stopped = false;
-
-  async function poll() {
+  return repeat(POLL_MS, async () => {
     try {
       const { items } = await get('/v1/pipelines');
       const now = Date.now();
@@ -61,11 +58,5 @@ export function renderPipelines(main, ctx) {
     } catch (e) {
       fill(slot, problemBox(e));
     }
-    if (!stopped) timer = setTimeout(poll, POLL_MS);
-  }
-  poll();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  });
 }
