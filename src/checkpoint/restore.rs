@@ -6,7 +6,7 @@ use super::claim::Holder;
 use super::{CheckpointError, Checkpointer, stamp};
 use crate::engine::Pipeline;
 use crate::spec::PipelineSpec;
-use crate::store::{CheckpointStatus, Floors};
+use crate::store::{CheckpointRecord, CheckpointStatus, Floors};
 use crate::wal::{self, Beyond, Repaired, Wal};
 use std::path::PathBuf;
 
@@ -22,17 +22,7 @@ impl Checkpointer {
         let claim = self.claim(old.name()).await?;
         claim.hold(Holder::Restore(id));
         let name = old.name();
-        let cp = self
-            .store
-            .checkpoint(name, id)
-            .await?
-            .ok_or(CheckpointError::NotFound { id })?;
-        if cp.status != CheckpointStatus::Completed {
-            return Err(CheckpointError::NotRestorable {
-                id,
-                status: cp.status.as_str(),
-            });
-        }
+        let cp = self.restorable(name, id).await?;
         let now = old.quiesce().await;
         let newest_id = self
             .store
@@ -70,17 +60,7 @@ impl Checkpointer {
         let name = spec.name.clone();
         let claim = self.claim(&name).await?;
         claim.hold(Holder::Restore(id));
-        let cp = self
-            .store
-            .checkpoint(&name, id)
-            .await?
-            .ok_or(CheckpointError::NotFound { id })?;
-        if cp.status != CheckpointStatus::Completed {
-            return Err(CheckpointError::NotRestorable {
-                id,
-                status: cp.status.as_str(),
-            });
-        }
+        let cp = self.restorable(&name, id).await?;
         let checkpoints = self.store.checkpoints(&name).await?;
         let newest_id = checkpoints.first().map_or(id, |c| c.id);
         let latest = self.latest(&name).await?;
@@ -145,6 +125,24 @@ impl Checkpointer {
             loss,
             next_offset: floor,
         })
+    }
+}
+
+impl Checkpointer {
+    /// Checkpoint `id`, if it exists and completed: only those can be restored.
+    async fn restorable(&self, name: &str, id: i64) -> Result<CheckpointRecord, CheckpointError> {
+        let cp = self
+            .store
+            .checkpoint(name, id)
+            .await?
+            .ok_or(CheckpointError::NotFound { id })?;
+        if cp.status != CheckpointStatus::Completed {
+            return Err(CheckpointError::NotRestorable {
+                id,
+                status: cp.status.as_str(),
+            });
+        }
+        Ok(cp)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one place engine shapes become the store's and back: a barrier's counters and
 //! positions as a checkpoint's [`Progress`] (and a restored pipeline's counters from it),
 //! output records as JSON rows, idempotency answers as rows. Stored numbers are `i64` (SQL
-//! `bigint`); the engine counts in `u64`: the casts are here and nowhere else.
+//! `bigint`); the engine counts in `u64`: the casts of counters are here and nowhere else.
 
 use crate::engine::{Ack, Barrier, Counters, IdempotencyEntry, OutputRecord};
 use crate::store::{IdempotencyRow, OutputRow, Progress};
