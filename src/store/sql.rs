@@ -5,6 +5,9 @@
 //! The bounds sqlx needs of a database (executing on a connection, binding and reading
 //! eddy's column types) are named once, on the impl below: Rust does not carry bounds on
 //! types other than `Self` from a trait to its users, so a trait could not bundle them.
+//!
+//! Over 400 lines for that reason: the `Store` methods and the steps they share are in this
+//! file (one bind a line) because each further file would repeat the bounds block.
 
 use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint, Trigger};
 use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
