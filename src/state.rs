@@ -20,3 +20,15 @@ pub use timers::TimerQueue;
 
 /// A key as routed: a string (integer keys become their decimal string). Short keys are inline.
 pub type Key = compact_str::CompactString;
+
+/// One key's state as checkpointed (the persisted shape the engine drains and the store
+/// writes): `value` is `None` for a key that no longer has state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRow {
+    pub operator: u16,
+    pub key: Key,
+    pub key_group: u16,
+    /// Newest event time of the key (for TTL).
+    pub last_time: i64,
+    pub value: Option<Vec<u8>>,
+}

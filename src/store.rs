@@ -1,17 +1,26 @@
 //! The store: every SQL statement of eddy, behind one [`Store`] trait with two backends,
 //! PostgreSQL (production) and an embedded SQLite file (the zero-setup default).
 //!
+//! Rooms: `pipelines` (definitions and floors), `checkpoints` (the checkpoint record),
+//! `contents` (state rows, output records, idempotency keys) hold the SQL and the stored
+//! shapes; `sql` runs them on either backend; `postgres` and `sqlite` only connect. The store
+//! imports no engine module: it stores plain rows, and `checkpoint` converts.
+//!
 //! Invariant: both backends pass the same conformance suite (`tests/store_conformance.rs`);
 //! a behaviour one of them cannot give is not part of the trait.
 
 mod checkpoints;
+mod contents;
+mod pipelines;
 mod postgres;
+mod sql;
 mod sqlite;
 
-pub use checkpoints::{
-    CheckpointMeta, CheckpointStatus, CheckpointWrite, Floors, LoadedCheckpoint, Trigger,
-};
+pub use checkpoints::{CheckpointRecord, CheckpointStatus, Progress, Trigger};
+pub use contents::{CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
+pub use pipelines::Floors;
 pub use postgres::PostgresStore;
+pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -130,7 +139,7 @@ pub trait Store: Send + Sync + 'static {
     async fn commit_checkpoint(
         &self,
         write: &CheckpointWrite<'_>,
-    ) -> Result<CheckpointMeta, StoreError>;
+    ) -> Result<CheckpointRecord, StoreError>;
     /// Records a checkpoint that failed before its row was written (the store was down), as
     /// `failed` with its error; its id (as [`Store::begin_checkpoint`] assigns them).
     async fn record_failed_checkpoint(
@@ -152,13 +161,13 @@ pub trait Store: Send + Sync + 'static {
     /// Marks checkpoints a crash interrupted as failed.
     async fn fail_interrupted(&self, pipeline: &str, at: i64) -> Result<(), StoreError>;
     /// Every checkpoint of a pipeline, newest first.
-    async fn checkpoints(&self, pipeline: &str) -> Result<Vec<CheckpointMeta>, StoreError>;
+    async fn checkpoints(&self, pipeline: &str) -> Result<Vec<CheckpointRecord>, StoreError>;
     /// One checkpoint.
     async fn checkpoint(
         &self,
         pipeline: &str,
         id: i64,
-    ) -> Result<Option<CheckpointMeta>, StoreError>;
+    ) -> Result<Option<CheckpointRecord>, StoreError>;
     /// The state, the newest `outputs` output records and the idempotency keys at a checkpoint.
     async fn load_checkpoint(
         &self,

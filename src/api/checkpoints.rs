@@ -3,7 +3,7 @@
 use super::problem::{ApiError, Problem};
 use crate::app::{AppState, Served};
 use crate::checkpoint::CheckpointError;
-use crate::store::{CheckpointMeta, CheckpointStatus, Trigger};
+use crate::store::{CheckpointRecord, CheckpointStatus, Trigger};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -54,8 +54,8 @@ pub(super) fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-impl From<CheckpointMeta> for CheckpointDto {
-    fn from(c: CheckpointMeta) -> CheckpointDto {
+impl From<CheckpointRecord> for CheckpointDto {
+    fn from(c: CheckpointRecord) -> CheckpointDto {
         CheckpointDto {
             id: c.id,
             status: c.status.as_str(),
@@ -63,8 +63,8 @@ impl From<CheckpointMeta> for CheckpointDto {
             started_at: rfc3339(c.started_at),
             completed_at: c.completed_at.map(rfc3339),
             duration_ms: c.completed_at.map(|done| done - c.started_at),
-            input_offset: c.input_offset,
-            events: c.events,
+            input_offset: c.progress.input_offset,
+            events: c.progress.events,
             keys_written: c.keys_written,
             keys_deleted: c.keys_deleted,
             bytes: c.bytes,

@@ -4,6 +4,7 @@ use super::access::may_touch;
 use super::problem::{ApiError, Problem};
 use crate::app::{AppState, Served};
 use crate::auth::Principal;
+use crate::checkpoint;
 use crate::engine::{FailedPipeline, Pipeline};
 use crate::spec::PipelineSpec;
 use crate::store::CheckpointStatus;
@@ -165,11 +166,12 @@ async fn failed_answer(app: &AppState, failed: &FailedPipeline) -> Result<Value,
     let latest = checkpoints
         .iter()
         .find(|c| c.status == CheckpointStatus::Completed);
+    let counters = latest.map_or_else(Default::default, |c| checkpoint::counters(&c.progress));
     let status = PipelineStatus {
-        events: latest.map_or(0, |c| c.events as u64),
-        late_events: latest.map_or(0, |c| c.late_events as u64),
-        watermark: latest.and_then(|c| c.watermark),
-        wal_offset: latest.and_then(|c| c.input_offset.map(|o| o as u64)),
+        events: counters.events,
+        late_events: counters.late_events,
+        watermark: counters.watermark,
+        wal_offset: counters.last_offset,
         keys: failed
             .spec
             .operators

@@ -2,6 +2,7 @@
 //! shard holds built-in and user operators alike as `Box<dyn Runner>`.
 
 use super::operator::{Context, Emission, Input, Operator, TimeDomain, Timers};
+pub use crate::state::StateRow;
 use crate::state::{Change, Key, KeyedState, TimerQueue, key_hash};
 use serde_json::Value;
 
@@ -37,17 +38,6 @@ pub(crate) trait Runner: Send {
     fn restore(&mut self, row: &StateRow, watermark: Option<i64>) -> Result<(), String>;
     /// Lists a key as changed again.
     fn remark(&mut self, key: &Key);
-}
-
-/// One key's state as checkpointed: `value` is `None` for a key that no longer has state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateRow {
-    pub operator: u16,
-    pub key: Key,
-    pub key_group: u16,
-    /// Newest event time of the key (for TTL).
-    pub last_time: i64,
-    pub value: Option<Vec<u8>>,
 }
 
 /// An operator with its keyed state, its timers and the pipeline's TTL.

@@ -1,24 +1,16 @@
 //! The PostgreSQL backend (production).
 
-use super::checkpoints::{
-    CHECKPOINT_COLUMNS, CHUNK, CheckpointMeta, CheckpointRow, CheckpointWrite, Dialect, Floors,
-    LoadedCheckpoint, Trigger, store_impl,
-};
-use super::{POSTGRES_MIGRATOR, Store, StoreError};
-use crate::engine::{Ack, IdempotencyEntry, StateRow};
-use sqlx::PgPool;
+use super::sql::{Dialect, SqlStore};
+use super::{POSTGRES_MIGRATOR, StoreError};
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
 use std::time::Duration;
 
-/// A pool of connections to PostgreSQL.
-#[derive(Clone, Debug)]
-pub struct PostgresStore {
-    pool: PgPool,
-    /// The same pool: PostgreSQL orders concurrent writers itself (row locks, MVCC).
-    writer: PgPool,
-}
+/// A pool of connections to PostgreSQL; its writer is the same pool: PostgreSQL orders
+/// concurrent writers itself (row locks, MVCC).
+pub type PostgresStore = SqlStore<Postgres>;
 
-const DIALECT: Dialect = Dialect {
+static DIALECT: Dialect = Dialect {
     backend: "postgres",
     insert_pipeline: "insert into pipelines (name, spec) values ($1, $2::jsonb)",
     list_pipelines: "select name, spec::text from pipelines order by name",
@@ -27,22 +19,25 @@ const DIALECT: Dialect = Dialect {
                  order by operator, key, checkpoint desc",
 };
 
-impl PostgresStore {
+impl SqlStore<Postgres> {
     /// Connects to `url`; a request waits at most `acquire_timeout` for a connection (while
     /// the server is down, that is how long a request takes to say so).
     pub async fn connect(
         url: &str,
         acquire_timeout: Duration,
     ) -> Result<PostgresStore, StoreError> {
+        let db = |e| StoreError::from_sqlx(DIALECT.backend, e);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(acquire_timeout)
             .connect(url)
             .await
             .map_err(db)?;
-        Ok(PostgresStore {
+        Ok(SqlStore {
             writer: pool.clone(),
             pool,
+            migrator: &POSTGRES_MIGRATOR,
+            dialect: &DIALECT,
         })
     }
 
@@ -51,10 +46,3 @@ impl PostgresStore {
         &self.pool
     }
 }
-
-/// A sqlx error of this backend, classified.
-fn db(e: sqlx::Error) -> StoreError {
-    StoreError::from_sqlx(DIALECT.backend, e)
-}
-
-store_impl!(PostgresStore, sqlx::Postgres, POSTGRES_MIGRATOR, DIALECT);

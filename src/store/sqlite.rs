@@ -9,27 +9,18 @@
 //! falling on the same tick failed that way. Readers have their own connections;
 //! in WAL mode they neither block the writer nor are blocked by it.
 
-use super::checkpoints::{
-    CHECKPOINT_COLUMNS, CHUNK, CheckpointMeta, CheckpointRow, CheckpointWrite, Dialect, Floors,
-    LoadedCheckpoint, Trigger, store_impl,
-};
-use super::{SQLITE_MIGRATOR, Store, StoreError};
-use crate::engine::{Ack, IdempotencyEntry, StateRow};
-use sqlx::SqlitePool;
+use super::sql::{Dialect, SqlStore};
+use super::{SQLITE_MIGRATOR, StoreError};
+use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A pool of connections to one SQLite file.
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    /// Readers.
-    pool: SqlitePool,
-    /// The one connection that writes; waiting for it is queueing, not an outage.
-    writer: SqlitePool,
-}
+/// A pool of connections to one SQLite file: readers, and the one connection that writes
+/// (waiting for it is queueing, not an outage).
+pub type SqliteStore = SqlStore<Sqlite>;
 
-const DIALECT: Dialect = Dialect {
+static DIALECT: Dialect = Dialect {
     backend: "sqlite",
     insert_pipeline: "insert into pipelines (name, spec) values ($1, $2)",
     list_pipelines: "select name, spec from pipelines order by name",
@@ -39,11 +30,12 @@ const DIALECT: Dialect = Dialect {
                  from state_rows where pipeline = $1 and checkpoint <= $2 group by operator, key)",
 };
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// Opens (creating if missing) the database file of `url`. Readers wait at most
     /// `acquire_timeout` for a connection; a write waits for the writer as long as the writes
     /// queued before it take (up to [`WRITER_WAIT`]).
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<SqliteStore, StoreError> {
+        let db = |e| StoreError::from_sqlx(DIALECT.backend, e);
         let options = SqliteConnectOptions::from_str(url)
             .map_err(db)?
             .create_if_missing(true)
@@ -65,17 +57,15 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db)?;
-        Ok(SqliteStore { pool, writer })
+        Ok(SqlStore {
+            pool,
+            writer,
+            migrator: &SQLITE_MIGRATOR,
+            dialect: &DIALECT,
+        })
     }
 }
 
 /// How long a write waits for the writer connection: long enough for the largest checkpoint
 /// queued before it, so that a checkpoint never fails for waiting its turn.
 pub const WRITER_WAIT: Duration = Duration::from_secs(600);
-
-/// A sqlx error of this backend, classified.
-fn db(e: sqlx::Error) -> StoreError {
-    StoreError::from_sqlx(DIALECT.backend, e)
-}
-
-store_impl!(SqliteStore, sqlx::Sqlite, SQLITE_MIGRATOR, DIALECT);

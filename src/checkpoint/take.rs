@@ -1,0 +1,130 @@
+//! Taking a checkpoint: the slot, the barrier in the event order, ONE store transaction with
+//! what changed since the previous one, then the WAL and old checkpoints pruned. A failure
+//! goes to [`Checkpointer::failed`] before it is answered.
+
+use super::{CheckpointError, Checkpointer, stored};
+use crate::app::now_ms;
+use crate::engine::{Barrier, EngineError, Pipeline};
+use crate::store::{CheckpointRecord, CheckpointWrite, Trigger};
+use std::time::Duration;
+
+impl Checkpointer {
+    /// Takes a checkpoint of `pipeline` and waits for it. A failure is recorded (see
+    /// [`Checkpointer::failed`]) before it is answered.
+    pub async fn take(
+        &self,
+        pipeline: &Pipeline,
+        trigger: Trigger,
+    ) -> Result<CheckpointRecord, CheckpointError> {
+        let claim = self.claim(pipeline.name()).await?;
+        let name = pipeline.name();
+        let started_at = now_ms();
+        let started = std::time::Instant::now();
+        // A store that cannot take the earlier failures cannot take this one: say so at once
+        // rather than wait for it twice.
+        let begun = match self.list_pending(name).await {
+            Ok(()) => self.store.begin_checkpoint(name, trigger, started_at).await,
+            Err(e) => Err(e),
+        };
+        let id = match begun {
+            Ok(id) => id,
+            Err(e) => return Err(self.failed(name, trigger, None, started_at, e.into()).await),
+        };
+        claim.set(id);
+        match self.write(pipeline, id).await {
+            Ok(meta) => {
+                crate::metrics::checkpoint_completed(crate::metrics::CheckpointDone {
+                    pipeline: name,
+                    trigger: trigger.as_str(),
+                    duration: started.elapsed(),
+                    bytes: meta.bytes.max(0) as u64,
+                    keys_written: meta.keys_written.max(0) as u64,
+                    keys_deleted: meta.keys_deleted.max(0) as u64,
+                    completed_at: meta.completed_at.unwrap_or_else(now_ms),
+                });
+                Ok(meta)
+            }
+            Err(e) => Err(self.failed(name, trigger, Some(id), started_at, e).await),
+        }
+    }
+
+    /// The barrier and the one store transaction of checkpoint `id`; on failure the
+    /// barrier's changes go back to the shards.
+    async fn write(
+        &self,
+        pipeline: &Pipeline,
+        id: i64,
+    ) -> Result<CheckpointRecord, CheckpointError> {
+        let name = pipeline.name();
+        let barrier = self.barrier(pipeline).await?;
+        let outputs = pipeline
+            .output()
+            .range(pipeline.output().persisted() + 1, barrier.output_offset);
+        let outputs = stored::output_rows(&outputs);
+        let idempotency = stored::idempotency_rows(&barrier.idempotency);
+        let write = CheckpointWrite {
+            pipeline: name,
+            id,
+            completed_at: now_ms(),
+            progress: stored::progress(&barrier),
+            rows: &barrier.rows,
+            outputs: &outputs,
+            idempotency: &idempotency,
+        };
+        match self.store.commit_checkpoint(&write).await {
+            Ok(meta) => {
+                pipeline.output().mark_persisted(barrier.output_offset);
+                self.after_commit(pipeline, barrier.wal_lsn).await;
+                tracing::info!(
+                    pipeline = name,
+                    checkpoint = id,
+                    keys_written = meta.keys_written,
+                    duration_ms = meta.completed_at.unwrap_or(0) - meta.started_at,
+                    "checkpoint completed"
+                );
+                Ok(meta)
+            }
+            Err(e) => {
+                if let Err(back) = pipeline.unbarrier(barrier).await {
+                    // Only a stopped pipeline refuses them, and it takes no more checkpoints.
+                    tracing::warn!(pipeline = name, checkpoint = id, error = %back, "changes of a failed checkpoint not handed back");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The barrier, retried briefly while shard queues are full.
+    async fn barrier(&self, pipeline: &Pipeline) -> Result<Barrier, EngineError> {
+        let mut tries = 0;
+        loop {
+            match pipeline.barrier().await {
+                Err(EngineError::Overloaded { .. }) if tries < 200 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn after_commit(&self, pipeline: &Pipeline, wal_lsn: u64) {
+        if let Some(wal) = pipeline.wal()
+            && let Err(e) = wal.remove_through(wal_lsn)
+        {
+            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint deletes them", "cannot delete old WAL segments");
+        }
+        let retain = pipeline
+            .spec()
+            .map_or(5, |s| i64::from(s.retain_checkpoints));
+        let keep_outputs = self.config.engine.output_retain as i64;
+        let keys_since = now_ms() - crate::engine::KEEP_MS;
+        if let Err(e) = self
+            .store
+            .prune(pipeline.name(), retain, keep_outputs, keys_since)
+            .await
+        {
+            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint prunes them", "cannot prune old checkpoints");
+        }
+    }
+}

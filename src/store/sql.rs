@@ -1,0 +1,547 @@
+//! Runs the statements of `pipelines.rs`, `checkpoints.rs` and `contents.rs` on either
+//! backend: ONE generic [`Store`] implementation over `sqlx::Database`, so both backends run
+//! the same code. The backends differ only in their [`Dialect`] and how they connect.
+//!
+//! The bounds sqlx needs of a database (executing on a connection, binding and reading
+//! eddy's column types) are named once, on the impl below: Rust does not carry bounds on
+//! types other than `Self` from a trait to its users, so a trait could not bundle them.
+//!
+//! Over 400 lines for that reason: the `Store` methods and the steps they share are in this
+//! file (one bind a line) because each further file would repeat the bounds block.
+
+use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint, Trigger};
+use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
+use super::pipelines::{self, Floors};
+use super::{Store, StoreError, StoredPipeline};
+use crate::state::StateRow;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+
+/// A store on one backend: readers, and the writer every write goes through.
+#[derive(Debug)]
+pub struct SqlStore<DB: Database> {
+    pub(super) pool: Pool<DB>,
+    /// The pool of writes (the same pool for PostgreSQL; one connection for SQLite).
+    pub(super) writer: Pool<DB>,
+    pub(super) migrator: &'static Migrator,
+    pub(super) dialect: &'static Dialect,
+}
+
+/// The statements that differ per backend.
+#[derive(Debug)]
+pub(super) struct Dialect {
+    /// `postgres` or `sqlite`.
+    pub backend: &'static str,
+    /// $1 name, $2 spec (JSON text).
+    pub insert_pipeline: &'static str,
+    /// (name, spec as text), by name.
+    pub list_pipelines: &'static str,
+    /// (operator, key, key_group, last_time, value) of the newest row per key at or before a
+    /// checkpoint ($1 pipeline, $2 checkpoint id).
+    pub load_state: &'static str,
+}
+
+/// How many rows a statement changed: each backend's result type says it its own way.
+pub(super) trait RowsAffected {
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// A state row as loaded: (operator, key, key_group, last_time, value).
+type LoadedRow = (i32, String, i32, i64, Option<Vec<u8>>);
+
+impl<DB: Database> SqlStore<DB> {
+    /// A sqlx error of this backend, classified.
+    fn db(&self, e: sqlx::Error) -> StoreError {
+        StoreError::from_sqlx(self.dialect.backend, e)
+    }
+}
+
+#[async_trait::async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Database,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB>,
+    DB::QueryResult: RowsAffected,
+    usize: ColumnIndex<DB::Row>,
+    for<'r> CheckpointRecord: sqlx::FromRow<'r, DB::Row>,
+    for<'r> OutputRow: sqlx::FromRow<'r, DB::Row>,
+    for<'r> IdempotencyRow: sqlx::FromRow<'r, DB::Row>,
+    for<'r> Floors: sqlx::FromRow<'r, DB::Row>,
+{
+    fn backend(&self) -> &'static str {
+        self.dialect.backend
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrator.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        sqlx::query("select 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    async fn insert_pipeline(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
+        let spec = spec.to_string();
+        let done = sqlx::query(self.dialect.insert_pipeline)
+            .bind(name)
+            .bind(spec.as_str())
+            .execute(&mut *conn)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if super::is_unique_violation(&e) => Err(StoreError::Duplicate {
+                name: name.to_owned(),
+            }),
+            Err(e) => Err(self.db(e)),
+        }
+    }
+
+    async fn pipelines(&self) -> Result<Vec<StoredPipeline>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        let rows: Vec<(String, String)> = sqlx::query_as(self.dialect.list_pipelines)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        rows.into_iter()
+            .map(|(name, spec)| super::decode_spec(name, &spec))
+            .collect()
+    }
+
+    async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
+        let done = sqlx::query(pipelines::DELETE)
+            .bind(name)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(done.rows() > 0)
+    }
+
+    async fn begin_checkpoint(
+        &self,
+        pipeline: &str,
+        trigger: Trigger,
+        started_at: i64,
+    ) -> Result<i64, StoreError> {
+        let new = NewCheckpoint {
+            status: CheckpointStatus::InProgress,
+            trigger,
+            started_at,
+            completed_at: None,
+            error: None,
+        };
+        self.insert_checkpoint(pipeline, new).await
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        w: &CheckpointWrite<'_>,
+    ) -> Result<CheckpointRecord, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        self.write_contents(&mut *tx, w)
+            .await
+            .map_err(|e| self.db(e))?;
+        let (written, deleted, bytes) = contents::sizes(w);
+        let p = &w.progress;
+        let record: CheckpointRecord = sqlx::query_as(checkpoints::COMPLETE)
+            .bind(w.pipeline)
+            .bind(w.id)
+            .bind(w.completed_at)
+            .bind(p.events)
+            .bind(p.late_events)
+            .bind(p.watermark)
+            .bind(p.next_offset)
+            .bind(p.input_offset)
+            .bind(p.output_offset)
+            .bind(p.wal_lsn)
+            .bind(written)
+            .bind(deleted)
+            .bind(bytes)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(record)
+    }
+
+    async fn record_failed_checkpoint(
+        &self,
+        pipeline: &str,
+        trigger: Trigger,
+        started_at: i64,
+        completed_at: i64,
+        error: &str,
+    ) -> Result<i64, StoreError> {
+        let new = NewCheckpoint {
+            status: CheckpointStatus::Failed,
+            trigger,
+            started_at,
+            completed_at: Some(completed_at),
+            error: Some(error),
+        };
+        self.insert_checkpoint(pipeline, new).await
+    }
+
+    async fn fail_checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+        error: &str,
+        completed_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
+        sqlx::query(checkpoints::FAIL)
+            .bind(pipeline)
+            .bind(id)
+            .bind(error)
+            .bind(completed_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    async fn fail_interrupted(&self, pipeline: &str, at: i64) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
+        sqlx::query(checkpoints::FAIL_INTERRUPTED)
+            .bind(pipeline)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self, pipeline: &str) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        sqlx::query_as(checkpoints::LIST)
+            .bind(pipeline)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    async fn checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+    ) -> Result<Option<CheckpointRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        sqlx::query_as(checkpoints::GET)
+            .bind(pipeline)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    async fn load_checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+        outputs: i64,
+    ) -> Result<LoadedCheckpoint, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        let state: Vec<LoadedRow> = sqlx::query_as(self.dialect.load_state)
+            .bind(pipeline)
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        let mut outputs: Vec<OutputRow> = sqlx::query_as(contents::LOAD_OUTPUTS)
+            .bind(pipeline)
+            .bind(id)
+            .bind(outputs)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        outputs.reverse();
+        let idempotency = sqlx::query_as(contents::LOAD_KEYS)
+            .bind(pipeline)
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        let rows = state.into_iter().filter_map(state_row).collect();
+        Ok(LoadedCheckpoint {
+            rows,
+            outputs,
+            idempotency,
+        })
+    }
+
+    async fn floors(&self, pipeline: &str) -> Result<Floors, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        sqlx::query_as(pipelines::FLOORS)
+            .bind(pipeline)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        pipeline: &str,
+        id: i64,
+        floors: Floors,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        for delete in std::iter::once(checkpoints::DELETE_AFTER).chain(contents::DELETE_AFTER) {
+            sqlx::query(delete)
+                .bind(pipeline)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+        }
+        sqlx::query(pipelines::SET_FLOORS)
+            .bind(pipeline)
+            .bind(floors.offset)
+            .bind(floors.output)
+            .bind(floors.checkpoint)
+            .bind(floors.discard_after_lsn)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    async fn raise_offset_floor(&self, pipeline: &str, offset: i64) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(pipelines::RAISE_OFFSET_FLOOR)
+            .bind(pipeline)
+            .bind(offset)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
+        sqlx::query(pipelines::CLEAR_DISCARD)
+            .bind(pipeline)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    async fn prune(
+        &self,
+        pipeline: &str,
+        retain: i64,
+        keep_outputs: i64,
+        keys_since: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        let oldest: Option<(i64,)> = sqlx::query_as(checkpoints::OLDEST_RETAINED)
+            .bind(pipeline)
+            .bind(retain - 1)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        drop(conn);
+        let Some((oldest,)) = oldest else {
+            return Ok(());
+        };
+        let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        self.prune_through(&mut *tx, pipeline, oldest, keep_outputs, keys_since)
+            .await
+            .map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(())
+    }
+}
+
+/// A loaded state row, unless it records a deletion.
+fn state_row((operator, key, key_group, last_time, value): LoadedRow) -> Option<StateRow> {
+    value.as_ref()?;
+    Some(StateRow {
+        operator: operator as u16,
+        key: key.into(),
+        key_group: key_group as u16,
+        last_time,
+        value,
+    })
+}
+
+/// The steps several [`Store`] methods share. The bounds are those of the [`Store`] impl
+/// that these steps need (an inherent impl cannot borrow another impl's bounds).
+impl<DB> SqlStore<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// Writes a checkpoint's first row with the next id (the ONE place ids are taken); its id.
+    async fn insert_checkpoint(
+        &self,
+        pipeline: &str,
+        new: NewCheckpoint<'_>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        let id = self
+            .next_id(&mut *tx, pipeline)
+            .await
+            .map_err(|e| self.db(e))?;
+        sqlx::query(checkpoints::INSERT)
+            .bind(pipeline)
+            .bind(id)
+            .bind(new.status.as_str())
+            .bind(new.trigger.as_str())
+            .bind(new.started_at)
+            .bind(new.completed_at)
+            .bind(new.error)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(id)
+    }
+
+    /// The id the pipeline's next checkpoint gets, read in `tx`.
+    async fn next_id(&self, tx: &mut DB::Connection, pipeline: &str) -> Result<i64, sqlx::Error> {
+        let (last,): (i64,) = sqlx::query_as(checkpoints::LAST_ID)
+            .bind(pipeline)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (floor,): (i64,) = sqlx::query_as(pipelines::CHECKPOINT_FLOOR)
+            .bind(pipeline)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(checkpoints::next_id(last, floor))
+    }
+
+    /// Inserts a checkpoint's state rows, output records and idempotency keys, in chunks.
+    async fn write_contents(
+        &self,
+        tx: &mut DB::Connection,
+        w: &CheckpointWrite<'_>,
+    ) -> Result<(), sqlx::Error> {
+        for chunk in w.rows.chunks(contents::CHUNK) {
+            let sql = contents::values(contents::INSERT_STATE, chunk.len(), 7, "");
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                q = q
+                    .bind(w.pipeline)
+                    .bind(i32::from(row.operator))
+                    .bind(row.key.as_str())
+                    .bind(w.id)
+                    .bind(i32::from(row.key_group))
+                    .bind(row.last_time)
+                    .bind(row.value.as_deref());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in w.outputs.chunks(contents::CHUNK) {
+            let sql = contents::values(contents::INSERT_OUTPUTS, chunk.len(), 4, "");
+            let mut q = sqlx::query(&sql);
+            for output in chunk {
+                q = q
+                    .bind(w.pipeline)
+                    .bind(output.offset)
+                    .bind(w.id)
+                    .bind(output.record.as_str());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in w.idempotency.chunks(contents::CHUNK) {
+            let sql =
+                contents::values(contents::INSERT_KEYS, chunk.len(), 7, contents::UPSERT_KEYS);
+            let mut q = sqlx::query(&sql);
+            for key in chunk {
+                q = q
+                    .bind(w.pipeline)
+                    .bind(key.key.as_str())
+                    .bind(w.id)
+                    .bind(key.created)
+                    .bind(key.accepted)
+                    .bind(key.first_offset)
+                    .bind(key.last_offset);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Prunes up to the `oldest` retained checkpoint: the rows no retained checkpoint reads,
+    /// the checkpoints before it, and outputs and keys beyond what is kept.
+    async fn prune_through(
+        &self,
+        tx: &mut DB::Connection,
+        pipeline: &str,
+        oldest: i64,
+        keep_outputs: i64,
+        keys_since: i64,
+    ) -> Result<(), sqlx::Error> {
+        let (horizon,): (i64,) = sqlx::query_as(pipelines::GC_HORIZON)
+            .bind(pipeline)
+            .fetch_one(&mut *tx)
+            .await?;
+        for delete in [contents::DELETE_SUPERSEDED, contents::DELETE_TOMBSTONES] {
+            sqlx::query(delete)
+                .bind(pipeline)
+                .bind(horizon)
+                .bind(oldest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let by_pipeline = [
+            (checkpoints::DELETE_BEFORE, oldest),
+            (pipelines::SET_GC_HORIZON, oldest),
+            (contents::DELETE_OLD_OUTPUTS, keep_outputs),
+            (contents::DELETE_OLD_KEYS, keys_since),
+        ];
+        for (statement, value) in by_pipeline {
+            sqlx::query(statement)
+                .bind(pipeline)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
