@@ -9,7 +9,7 @@
 //! place ([`Checkpointer::failed`]): counted, logged once, and listed as `failed` — at once,
 //! or, when the store cannot take even that, as soon as it answers again.
 
-use crate::app::now_ms;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::engine::{Counters, EngineError, OutputRecord, Pipeline, Snapshot};
 use crate::spec::PipelineSpec;
