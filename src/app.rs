@@ -75,6 +75,7 @@ fn with_outer_layers(router: Router<AppState>, state: &AppState) -> Router<AppSt
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         // Outside the timeout and the problem rewriting: it sees every answer as sent.
         .layer(middleware::from_fn(mw::record_http))
+        .layer(middleware::from_fn(conventions::close_when_body_unread))
         .layer(TraceLayer::new_for_http().make_span_with(mw::request_span))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
