@@ -217,7 +217,7 @@ async fn create_pipeline(
         detail: e.to_string(),
     })?;
     let spec = PipelineSpec::from_json(&doc).map_err(|errors| ApiError::InvalidSpec { errors })?;
-    // The limit answers before access, as the create call would (it checks again).
+    // The limit answers before the access check, as it always has; `create` checks it again.
     app.ensure_room()?;
     if !may_touch(principal.as_deref(), &spec.name) {
         let detail = format!("the token may not touch pipeline {:?}", spec.name);
