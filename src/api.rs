@@ -8,11 +8,13 @@ pub mod cluster;
 pub mod conventions;
 mod events;
 mod health;
+pub mod middleware;
 mod output;
 pub mod pages;
 mod pipelines;
 pub mod problem;
 mod queries;
+mod state;
 mod token;
 
 pub use checkpoints::{CheckpointDto, CheckpointList, Restored};
@@ -20,9 +22,9 @@ pub use events::{EventsAccepted, WatermarkRequest, WatermarkResponse};
 pub use output::OutputPage;
 pub use pipelines::{PipelineList, PipelineSpecDoc, PipelineStatus};
 pub use queries::{StateItem, StatePage};
+pub use state::AppState;
 pub use token::TokenInfo;
 
-use crate::app::AppState;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 

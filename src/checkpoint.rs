@@ -22,7 +22,7 @@ pub use claim::Claim;
 pub use restore::RepairReport;
 pub use stored::counters;
 
-use crate::app::now_ms;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::engine::EngineError;
 use crate::store::{CheckpointRecord, CheckpointStatus, Store, StoreError};

@@ -2,10 +2,11 @@
 //! keyed operator state on shard threads, and are queried and checkpointed through a REST API.
 //!
 //! Layout (dependencies flow downwards):
-pub mod api; // HTTP handlers, DTOs, problem+json, the OpenAPI document
-pub mod app; // AppState, router and layers, start-up, serving
+pub mod api; // HTTP: AppState, handlers, DTOs, middleware, problem+json, the OpenAPI document
+pub mod app; // the wiring on top: start-up, the router with its layers, serving
 pub mod auth; // API tokens: file format, hashing, scopes
 pub mod checkpoint; // taking, restoring and recovering checkpoints
+pub mod clock; // the wall clock (epoch ms): a leaf every layer may read
 pub mod config; // flags, environment and TOML settings
 pub mod engine; // pipelines: sequencer, shards, operators, output log
 #[doc(hidden)]
@@ -13,6 +14,7 @@ pub mod fuzzing; // entry points of the fuzz targets and the corpus test
 pub mod load; // eddy load: the load generator
 pub mod metrics; // every metric family (name, type, HELP), the recorder, /metrics text
 pub mod replay; // eddy replay: a pipeline over a file through the engine
+pub mod service; // the running service: lifecycle of pipelines, periodic checkpoints, ticker
 pub mod spec; // pipeline specs and their validation
 pub mod state; // keyed state primitives, keyed backend, timers
 pub mod store; // every SQL statement: PostgreSQL and SQLite backends

@@ -1,9 +1,11 @@
 //! The `eddy` binary: settings → telemetry → store → pipelines → serve, or `migrate`/`openapi`.
 
 use clap::Parser;
+use eddy::api::AppState;
 use eddy::app;
 use eddy::checkpoint::{Checkpointer, RepairReport};
 use eddy::config::{Cli, Command, Config, Settings, TokenCommand, WalCommand};
+use eddy::service::{self, Service};
 use eddy::store;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -191,31 +193,31 @@ async fn serve(config: Config, insecure: bool) -> Result<(), BoxError> {
     tokio::spawn(on_signal(shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, database = %store::redact(&config.database_url), "starting");
-    let state = app::open(config, shutdown.clone()).await?;
+    let service = Service::open(config, shutdown.clone()).await?;
     // Serve at once (readyz answers 503) while the pipelines recover.
     let server = tokio::spawn(app::serve(
         listener,
-        state.clone(),
+        AppState::new(service.clone()),
         shutdown.clone().cancelled_owned(),
     ));
-    if let Err(e) = app::recover(&state).await {
+    if let Err(e) = service.recover().await {
         shutdown.cancel();
         let _ = server.await;
         return Err(e.into());
     }
-    let ticker = app::spawn_ticker(&state);
-    tokio::spawn(reload_on_sighup(state.clone()));
+    let ticker = service::spawn_ticker(&service);
+    tokio::spawn(reload_on_sighup(service.clone()));
     tracing::info!("ready");
     server.await??;
     shutdown.cancel();
     ticker.await?;
-    state.checkpoint_all(eddy::store::Trigger::Shutdown).await;
+    service.checkpoint_all(eddy::store::Trigger::Shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Reads the tokens file again on every SIGHUP.
-async fn reload_on_sighup(state: app::AppState) {
+async fn reload_on_sighup(service: Service) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -223,7 +225,7 @@ async fn reload_on_sighup(state: app::AppState) {
             return;
         };
         while hangups.recv().await.is_some() {
-            match state.reload_tokens() {
+            match service.reload_tokens() {
                 Ok(n) => tracing::info!(tokens = n, "tokens file reloaded"),
                 Err(e) => {
                     tracing::error!(reason = %e, next = "the old tokens stay in force until a good file is reloaded (SIGHUP)", "tokens file not reloaded")

@@ -168,7 +168,7 @@ pub async fn replay(args: &ReplayArgs) -> Result<(Totals, f64), ReplayError> {
                 return Ok(());
             };
             pipeline
-                .ingest(events, crate::app::now_ms())
+                .ingest(events, crate::clock::now_ms())
                 .await
                 .map(|_| ())
                 .map_err(ReplayError::from)

@@ -3,8 +3,8 @@
 //! content, computed once) and is revalidated on every load (`Cache-Control: no-cache`), so an
 //! upgraded binary never serves a stale script while an unchanged one costs a 304.
 
+use crate::api::AppState;
 use crate::api::problem::ApiError;
-use crate::app::AppState;
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

@@ -33,7 +33,7 @@ async fn post_until(client: reqwest::Client, url: String, me: usize, until: Inst
 
 async fn concurrent_posts_in_processing_time_are_never_late(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let ticker = eddy::app::spawn_ticker(&s.state);
+    let ticker = eddy::service::spawn_ticker(&s.state);
     let spec = json!({"name": "pt", "key": "/k",
                       "operators": [{"name": "c", "kind": "window", "size": "1s", "functions": ["count"]}]});
     body_json(

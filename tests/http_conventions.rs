@@ -391,7 +391,7 @@ fn every_code_the_server_can_answer_is_documented_in_docs_problems_md() {
     // places a problem's code comes from. A code added to either fails here until documented.
     let mut codes = code_literals(&read("src/api/problem.rs"), "pub fn code(&self)", "=> \"");
     assert!(codes.len() >= 20, "parsed only {codes:?}");
-    let bare = code_literals(&read("src/app.rs"), "fn bare_code(", "=> \"");
+    let bare = code_literals(&read("src/api/middleware.rs"), "fn bare_code(", "=> \"");
     assert!(bare.contains(&"timeout".to_owned()), "parsed only {bare:?}");
     codes.extend(bare);
     let doc = eddy::api::pages::PROBLEMS_MD;

@@ -136,7 +136,7 @@ async fn a_fresh_server_shows_process_and_build_info_and_is_clean_for_promtool()
         "503 reasons are counted from start"
     );
     let started = value(&text, "process_start_time_seconds").unwrap();
-    let now = eddy::app::now_ms() as f64 / 1000.0;
+    let now = eddy::clock::now_ms() as f64 / 1000.0;
     assert!(started <= now + 1.0 && started > now - 3600.0, "{started}");
 }
 
@@ -185,7 +185,7 @@ async fn everything_once_is_clean_and_every_family_is_there(backend: Backend) {
     .await;
     s.post_events(
         "other",
-        &json!({"user_id": "o", "ts": eddy::app::now_ms(), "page": "/o"}),
+        &json!({"user_id": "o", "ts": eddy::clock::now_ms(), "page": "/o"}),
     )
     .await;
     s.post_events("gone", &json!({"user_id": "g", "ts": 5, "page": "/g"}))
@@ -308,7 +308,7 @@ async fn everything_once_is_clean_and_every_family_is_there(backend: Backend) {
     )
     .unwrap();
     assert!(
-        (last - eddy::app::now_ms() as f64 / 1000.0).abs() < 3600.0,
+        (last - eddy::clock::now_ms() as f64 / 1000.0).abs() < 3600.0,
         "{last}"
     );
 }
@@ -376,7 +376,7 @@ async fn a_real_prometheus_scrape_sees_every_family() {
     s.create_seed().await;
     s.post_events(
         "clicks",
-        &json!({"user_id": "u", "ts": eddy::app::now_ms(), "page": "/p"}),
+        &json!({"user_id": "u", "ts": eddy::clock::now_ms(), "page": "/p"}),
     )
     .await;
     s.checkpoint("clicks").await;

@@ -1,8 +1,8 @@
 //! Access control at the edge: which scope each route needs, checked after routing (the matched
 //! route template says which), with the pipeline taken from the path.
 
+use super::AppState;
 use super::problem::ApiError;
-use crate::app::AppState;
 use crate::auth::{Principal, Scope};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
@@ -56,8 +56,7 @@ fn pipeline_of(path: &str) -> Option<&str> {
 /// Refuses requests without the token, scope or pipeline their route needs; hands the
 /// principal to handlers (which filter pipeline lists and check new pipeline names).
 pub async fn require_access(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    let tokens = app.tokens.read().expect("tokens lock").clone();
-    let Some(tokens) = tokens else {
+    let Some(tokens) = app.tokens() else {
         return next.run(req).await;
     };
     let route = req

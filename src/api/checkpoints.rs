@@ -1,9 +1,8 @@
 //! `/v1/pipelines/{name}/checkpoints`: trigger (waits), list (newest first), get, restore.
 
+use super::AppState;
 use super::problem::{ApiError, Problem};
-use crate::app::{AppState, Served};
-use crate::checkpoint::CheckpointError;
-use crate::store::{CheckpointRecord, CheckpointStatus, Trigger};
+use crate::store::{CheckpointRecord, CheckpointStatus};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -109,23 +108,6 @@ pub struct Restored {
     pub discarded_events: u64,
 }
 
-impl From<CheckpointError> for ApiError {
-    fn from(e: CheckpointError) -> ApiError {
-        match e {
-            CheckpointError::Running { id } => ApiError::CheckpointRunning { id },
-            CheckpointError::NotFound { id } => ApiError::CheckpointNotFound { id },
-            CheckpointError::NotRestorable { .. } | CheckpointError::Restoring { .. } => {
-                ApiError::Conflict {
-                    detail: e.to_string(),
-                }
-            }
-            CheckpointError::Engine(e) => e.into(),
-            CheckpointError::Store(e) => e.into(),
-            e @ CheckpointError::Wal(_) => ApiError::internal(&e),
-        }
-    }
-}
-
 /// Take a checkpoint and wait for it
 #[utoipa::path(
     post, path = "/v1/pipelines/{name}/checkpoints", tag = "checkpoints",
@@ -142,13 +124,7 @@ async fn trigger_checkpoint(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<CheckpointDto>), ApiError> {
-    let pipeline = app.pipeline(&name)?;
-    // On its own task: a request that times out or is dropped must not cut a checkpoint short
-    // (its row would stay in_progress and the barrier's changes would not go back).
-    let checkpoints = app.checkpoints.clone();
-    let meta = tokio::spawn(async move { checkpoints.take(&pipeline, Trigger::Manual).await })
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let meta = app.checkpoint_now(&name).await?;
     Ok((StatusCode::CREATED, Json(meta.into())))
 }
 
@@ -165,10 +141,8 @@ async fn list_checkpoints(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<CheckpointList>, ApiError> {
-    app.served(&name)?;
     let items = app
-        .store
-        .checkpoints(&name)
+        .checkpoint_list(&name)
         .await?
         .into_iter()
         .map(Into::into)
@@ -190,12 +164,7 @@ async fn get_checkpoint(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<Json<CheckpointDto>, ApiError> {
-    app.served(&name)?;
-    let meta = app
-        .store
-        .checkpoint(&name, id)
-        .await?
-        .ok_or(ApiError::CheckpointNotFound { id })?;
+    let meta = app.checkpoint_meta(&name, id).await?;
     Ok(Json(meta.into()))
 }
 
@@ -215,16 +184,7 @@ async fn restore_checkpoint(
     Path((name, id)): Path<(String, i64)>,
 ) -> Result<Json<Restored>, ApiError> {
     // A failed pipeline is restored too: that is the operator's way out of the failed state.
-    let (pipeline, discarded_events) = match app.served(&name)? {
-        Served::Running(old) => app.checkpoints.restore(&old, id).await?,
-        Served::Failed(failed) => {
-            app.checkpoints
-                .restore_failed(failed.spec.clone(), id)
-                .await?
-        }
-    };
-    app.launch(pipeline);
-    tracing::info!(pipeline = %name, checkpoint = id, discarded_events, "checkpoint restored");
+    let discarded_events = app.restore(&name, id).await?;
     Ok(Json(Restored {
         restored: id,
         discarded_events,

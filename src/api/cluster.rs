@@ -2,10 +2,11 @@
 //! A single instance (no cluster mode) is the one member: alive, leader and owner of
 //! everything; a partition's applied offset is the pipeline's last event offset.
 
+use super::AppState;
 use super::access::may_touch;
 use super::problem::ApiError;
-use crate::app::{AppState, Served};
 use crate::auth::Principal;
+use crate::service::Served;
 use axum::Json;
 use axum::extract::{Extension, State};
 use serde::Serialize;
@@ -122,7 +123,7 @@ async fn get_cluster(
         node: node.clone(),
         url,
         alive: true,
-        last_seen: super::checkpoints::rfc3339(crate::app::now_ms()),
+        last_seen: super::checkpoints::rfc3339(crate::clock::now_ms()),
     };
     Ok(Json(ClusterView {
         node,

@@ -2,8 +2,8 @@
 //! limit, parsed and validated as one atomic batch, then sequenced. The answer comes once the
 //! batch is applied (and, with the WAL, durable).
 
+use super::AppState;
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
 use crate::engine::{
     Arrival, BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
 };

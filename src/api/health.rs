@@ -1,14 +1,13 @@
 //! Operations: `/healthz` (alive), `/readyz` (store reachable, recovery done), `/metrics`
 //! (Prometheus text: every family is described in `crate::metrics`).
 
+use super::AppState;
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Serialize;
-use std::sync::atomic::Ordering;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -41,29 +40,7 @@ async fn healthz() -> Json<Health> {
         (status = 503, description = "Not ready: recovery is not finished, the store does not answer, or a pipeline failed to start (`pipeline_failed`, naming it)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
-    if !app.ready.load(Ordering::Acquire) {
-        return Err(ApiError::Unavailable {
-            detail: "recovery is not finished".into(),
-        });
-    }
-    let failed = app.engine.failed_list();
-    if let Some(first) = failed.first() {
-        let mut reason = first.reason.clone();
-        if failed.len() > 1 {
-            let others: Vec<&str> = failed[1..].iter().map(|f| f.spec.name.as_str()).collect();
-            reason += &format!(" (failed too: {})", others.join(", "));
-        }
-        return Err(ApiError::PipelineFailed {
-            name: first.spec.name.clone(),
-            reason,
-        });
-    }
-    app.store.ping().await.map_err(|e| {
-        tracing::warn!(reason = %e, next = "readiness answers 503 until the store answers again", "store does not answer");
-        ApiError::Unavailable {
-            detail: "the store does not answer".into(),
-        }
-    })?;
+    app.readiness().await?;
     Ok(Json(Health { status: "ready" }))
 }
 
@@ -73,6 +50,6 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
 async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::app::scrape_metrics(&app).await,
+        app.scrape_metrics().await,
     )
 }

@@ -1,9 +1,9 @@
 //! `GET …/output` (paged, long-polling with `wait`) and `GET …/output/stream` (Server-Sent
 //! Events, resumable with `Last-Event-ID`): closed sessions and windows in offset order.
 
+use super::AppState;
 use super::page_limit;
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
 use crate::engine::{Output, OutputRecord};
 use crate::spec::Span;
 use axum::Json;

@@ -2,8 +2,8 @@
 //! dashboard and the metrics) and `/problems/{code}` (the documentation of one problem type,
 //! taken from docs/problems.md, so that every problem's `type` URI resolves).
 
+use super::AppState;
 use super::problem::ApiError;
-use crate::app::AppState;
 use axum::Router;
 use axum::extract::Path;
 use axum::http::header;

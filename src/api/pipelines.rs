@@ -1,11 +1,12 @@
 //! `/v1/pipelines`: create, list, get (with live status) and delete pipelines.
 
+use super::AppState;
 use super::access::may_touch;
 use super::problem::{ApiError, Problem};
-use crate::app::{AppState, Served};
 use crate::auth::Principal;
 use crate::checkpoint;
 use crate::engine::{FailedPipeline, Pipeline};
+use crate::service::Served;
 use crate::spec::PipelineSpec;
 use crate::store::CheckpointStatus;
 use axum::Json;
@@ -218,27 +219,13 @@ async fn create_pipeline(
         detail: e.to_string(),
     })?;
     let spec = PipelineSpec::from_json(&doc).map_err(|errors| ApiError::InvalidSpec { errors })?;
-    if app.engine.list().len() + app.engine.failed_list().len() >= app.config.max_pipelines {
-        let detail = format!("at most {} pipelines may exist", app.config.max_pipelines);
-        return Err(ApiError::LimitReached { detail });
-    }
+    // The limit answers before the access check, as it always has; `create` checks it again.
+    app.ensure_room()?;
     if !may_touch(principal.as_deref(), &spec.name) {
         let detail = format!("the token may not touch pipeline {:?}", spec.name);
         return Err(ApiError::Forbidden { detail });
     }
-    app.store
-        .insert_pipeline(&spec.name, &spec.document)
-        .await?;
-    let name = spec.name.clone();
-    // A new pipeline recovers nothing, but takes the same path: it opens its WAL.
-    let pipeline = match app.checkpoints.recover(spec).await {
-        Ok(pipeline) => app.launch(pipeline),
-        Err(e) => {
-            let _ = app.store.delete_pipeline(&name).await;
-            return Err(ApiError::internal(&e));
-        }
-    };
-    tracing::info!(pipeline = pipeline.name(), "pipeline created");
+    let pipeline = app.create(spec).await?;
     let location = format!("/v1/pipelines/{}", pipeline.name());
     Ok((
         StatusCode::CREATED,
@@ -296,19 +283,6 @@ async fn delete_pipeline(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.served(&name)?;
-    if !app.store.delete_pipeline(&name).await? {
-        return Err(ApiError::PipelineNotFound { name });
-    }
-    if let Some(pipeline) = app.engine.remove(&name) {
-        pipeline.quiesce().await;
-    }
-    app.engine.remove_failed(&name);
-    let wal = app.checkpoints.wal_dir(&name);
-    if let Err(e) = crate::wal::remove_log(&wal) {
-        tracing::warn!(pipeline = %name, reason = %e, next = "its files stay on disk; delete the directory by hand", wal = %wal.display(), "cannot delete the WAL directory");
-    }
-    crate::metrics::forget_pipeline(&name);
-    tracing::info!(pipeline = %name, "pipeline deleted");
+    app.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

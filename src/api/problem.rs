@@ -1,7 +1,9 @@
 //! The one error type of the HTTP edge: every failure leaves as RFC 9457 problem+json with a
 //! stable `code`. 5xx answers carry a fixed detail; their cause is logged, never sent.
 
+use crate::checkpoint::CheckpointError;
 use crate::engine::{EngineError, EventError};
+use crate::service::ServiceError;
 use crate::spec::FieldError;
 use crate::store::StoreError;
 use axum::Json;
@@ -301,35 +303,83 @@ pub fn problem_response(
 /// The media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> ApiError {
+/// The ONE place service errors become HTTP errors: each keeps its status, code and detail.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
         match e {
-            EngineError::Overloaded { pipeline } => ApiError::Overloaded { pipeline },
-            EngineError::UnknownOperator { pipeline, operator } => {
-                ApiError::OperatorNotFound { pipeline, operator }
+            ServiceError::PipelineNotFound { name } => ApiError::PipelineNotFound { name },
+            ServiceError::PipelineFailed { name, reason } => {
+                ApiError::PipelineFailed { name, reason }
             }
-            e @ (EngineError::Stopped { .. } | EngineError::Failed { .. }) => {
+            e @ ServiceError::TooManyPipelines { .. } => ApiError::LimitReached {
+                detail: e.to_string(),
+            },
+            e @ (ServiceError::Recovering | ServiceError::StoreSilent { .. }) => {
                 ApiError::Unavailable {
                     detail: e.to_string(),
                 }
             }
-            e @ EngineError::Replay { .. } => ApiError::internal(&e),
-            e @ EngineError::KeyLimit { .. } => ApiError::LimitReached {
-                detail: e.to_string(),
-            },
+            e @ (ServiceError::Open { .. } | ServiceError::Task(_)) => ApiError::internal(&e),
+            ServiceError::Store(e) => store_error(e),
+            ServiceError::Engine(e) => engine_error(e),
+            ServiceError::Checkpoint(e) => checkpoint_error(e),
         }
     }
 }
 
+fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::Overloaded { pipeline } => ApiError::Overloaded { pipeline },
+        EngineError::UnknownOperator { pipeline, operator } => {
+            ApiError::OperatorNotFound { pipeline, operator }
+        }
+        e @ (EngineError::Stopped { .. } | EngineError::Failed { .. }) => ApiError::Unavailable {
+            detail: e.to_string(),
+        },
+        e @ EngineError::Replay { .. } => ApiError::internal(&e),
+        e @ EngineError::KeyLimit { .. } => ApiError::LimitReached {
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Duplicate { name } => ApiError::PipelineExists { name },
+        e @ StoreError::Unavailable { store, .. } => ApiError::StoreUnavailable {
+            store,
+            cause: cause_chain(&e),
+        },
+        e => ApiError::internal(&e),
+    }
+}
+
+fn checkpoint_error(e: CheckpointError) -> ApiError {
+    match e {
+        CheckpointError::Running { id } => ApiError::CheckpointRunning { id },
+        CheckpointError::NotFound { id } => ApiError::CheckpointNotFound { id },
+        CheckpointError::NotRestorable { .. } | CheckpointError::Restoring { .. } => {
+            ApiError::Conflict {
+                detail: e.to_string(),
+            }
+        }
+        CheckpointError::Engine(e) => engine_error(e),
+        CheckpointError::Store(e) => store_error(e),
+        e @ CheckpointError::Wal(_) => ApiError::internal(&e),
+    }
+}
+
+/// An engine-handle call's error (a handler's one call may be on the pipeline it got from
+/// the service): the same mapping, through [`ServiceError`].
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        ServiceError::from(e).into()
+    }
+}
+
+/// A store read of an answer's details: the same mapping, through [`ServiceError`].
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        match e {
-            StoreError::Duplicate { name } => ApiError::PipelineExists { name },
-            e @ StoreError::Unavailable { store, .. } => ApiError::StoreUnavailable {
-                store,
-                cause: cause_chain(&e),
-            },
-            e => ApiError::internal(&e),
-        }
+        ServiceError::from(e).into()
     }
 }

@@ -1,8 +1,8 @@
 //! `GET …/operators/{op}/state`: one key's state, or every key's, paged in byte order.
 
+use super::AppState;
 use super::page_limit;
 use super::problem::{ApiError, Problem};
-use crate::app::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};

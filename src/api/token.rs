@@ -2,7 +2,7 @@
 //! what it would be refused, instead of probing every endpoint. It says nothing about other
 //! tokens and never echoes the token itself.
 
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::{Principal, Scope};
 use axum::Json;
 use axum::extract::Extension;

@@ -3,7 +3,7 @@
 //! listed by the next checkpoint that reaches it.
 
 use super::{CheckpointError, Checkpointer, reason};
-use crate::app::now_ms;
+use crate::clock::now_ms;
 use crate::store::{StoreError, Trigger};
 
 /// Failures kept per pipeline while the store cannot take them; beyond it the oldest go

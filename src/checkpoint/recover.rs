@@ -3,7 +3,7 @@
 //! WAL after it reapplied. A WAL that fails its check fails the recovery.
 
 use super::{CheckpointError, Checkpointer, stored};
-use crate::app::now_ms;
+use crate::clock::now_ms;
 use crate::engine::{Counters, OutputRecord, Pipeline, Snapshot};
 use crate::spec::PipelineSpec;
 use crate::store::CheckpointRecord;

@@ -3,7 +3,7 @@
 //! goes to [`Checkpointer::failed`] before it is answered.
 
 use super::{CheckpointError, Checkpointer, stored};
-use crate::app::now_ms;
+use crate::clock::now_ms;
 use crate::engine::{Barrier, EngineError, Pipeline};
 use crate::store::{CheckpointRecord, CheckpointWrite, Trigger};
 use std::time::Duration;

@@ -21,7 +21,6 @@ use crate::spec::PipelineSpec;
 use crate::wal::Wal;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,13 +30,6 @@ use tokio_util::sync::CancellationToken;
 pub(super) struct Locked {
     pub(super) seq: Sequencer,
     pub(super) idempotency: Idempotency,
-}
-
-/// Epoch milliseconds now: the service's one wall clock (a vDSO read, cheap under a lock).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A running pipeline.

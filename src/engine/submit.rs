@@ -6,10 +6,11 @@
 use super::EngineError;
 use super::idempotency::IdempotencyEntry;
 use super::ingest::{BodyFormat, ParsedBatch, parse_batch};
-use super::pipeline::{Locked, Pipeline, now_ms};
+use super::pipeline::{Locked, Pipeline};
 use super::runner::StateRow;
 use super::sequencer::{Ack, Arrival, Mark, Sequencer};
 use super::shard::{Command, Item, ShardBatch};
+use crate::clock::now_ms;
 use crate::wal::Record;
 use bytes::Bytes;
 use std::sync::Arc;

@@ -5,7 +5,8 @@
 
 pub mod pg;
 
-use eddy::app::{self, AppState};
+use eddy::api::AppState;
+use eddy::app;
 use eddy::config::Config;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Response, StatusCode};

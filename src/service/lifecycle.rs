@@ -1,0 +1,105 @@
+//! Start-up: the data dir, the store and its migrations, the tokens file, then recovery of
+//! every stored pipeline (latest checkpoint, then its WAL) before the service is ready.
+
+use super::Service;
+use crate::auth::{Tokens, TokensError};
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use crate::spec::PipelineSpec;
+use crate::store::{self, StoreError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio_util::sync::CancellationToken;
+
+/// Failures of start-up. A wrapped error prints its cause once.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data dir {path}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored pipeline {name:?} is no longer valid: {detail}")]
+    InvalidStoredSpec { name: String, detail: String },
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    #[error("pipeline {name:?} cannot be recovered")]
+    Recovery {
+        name: String,
+        source: CheckpointError,
+    },
+}
+
+impl Service {
+    /// Opens the store and applies migrations: a service that serves, not ready yet.
+    pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Service, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let store = store::connect_with(&config.database_url, config.store_acquire_timeout).await?;
+        store.migrate().await?;
+        let tokens = config
+            .tokens_file
+            .as_deref()
+            .map(Tokens::load)
+            .transpose()?
+            .map(Arc::new);
+        let config = Arc::new(config);
+        crate::metrics::install();
+        Ok(Service {
+            tokens: Arc::new(RwLock::new(tokens)),
+            engine: Arc::new(Engine::default()),
+            checkpoints: Arc::new(Checkpointer::new(store.clone(), config.clone())),
+            store,
+            config,
+            ready: Arc::new(AtomicBool::new(false)),
+            shutdown,
+        })
+    }
+
+    /// Recovers every stored pipeline (latest checkpoint, then its WAL), then marks the
+    /// service ready: until then `/readyz` and the API answer 503. A pipeline whose WAL fails
+    /// its check stays failed (listed, its requests 503 `pipeline_failed`) while the others
+    /// serve.
+    pub async fn recover(&self) -> Result<(), StartError> {
+        for stored in self.store.pipelines().await? {
+            let spec = PipelineSpec::from_json(&stored.spec).map_err(|errors| {
+                StartError::InvalidStoredSpec {
+                    name: stored.name.clone(),
+                    detail: format!("{errors:?}"),
+                }
+            })?;
+            match self.checkpoints.recover(spec.clone()).await {
+                Ok(pipeline) => {
+                    self.launch(pipeline);
+                }
+                Err(e) if fails_only_the_pipeline(&e) => {
+                    let name = &stored.name;
+                    tracing::error!(pipeline = %name, reason = %e, next = "pipeline stays failed until restored or repaired (eddy wal repair)", "pipeline failed to start");
+                    self.engine.fail(spec, e.to_string());
+                }
+                Err(source) => {
+                    return Err(StartError::Recovery {
+                        name: stored.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Whether a recovery failure is the pipeline's own (its WAL or what is logged in it), so
+/// that the others can still serve; a store failure stops start-up instead.
+fn fails_only_the_pipeline(e: &CheckpointError) -> bool {
+    matches!(
+        e,
+        CheckpointError::Wal(_) | CheckpointError::Engine(EngineError::Replay { .. })
+    )
+}

@@ -1,0 +1,116 @@
+//! The lifecycle of one pipeline as the API asks for it: create (with its compensation),
+//! delete (its WAL removed off the async threads), restore a checkpoint (also of a pipeline
+//! that failed to start), take a checkpoint now, and read its checkpoints.
+
+use super::{Served, Service, ServiceError};
+use crate::checkpoint::CheckpointError;
+use crate::engine::Pipeline;
+use crate::spec::PipelineSpec;
+use crate::store::{CheckpointRecord, Trigger};
+use std::sync::Arc;
+
+impl Service {
+    /// Whether one more pipeline may exist (`TooManyPipelines` when not).
+    pub fn ensure_room(&self) -> Result<(), ServiceError> {
+        let limit = self.config.max_pipelines;
+        if self.engine.list().len() + self.engine.failed_list().len() >= limit {
+            return Err(ServiceError::TooManyPipelines { limit });
+        }
+        Ok(())
+    }
+
+    /// Stores `spec`, opens its WAL and serves it; if it cannot be opened, the stored
+    /// definition is taken back and the pipeline never existed.
+    pub async fn create(&self, spec: PipelineSpec) -> Result<Arc<Pipeline>, ServiceError> {
+        self.ensure_room()?;
+        self.store
+            .insert_pipeline(&spec.name, &spec.document)
+            .await?;
+        let name = spec.name.clone();
+        // A new pipeline recovers nothing, but takes the same path: it opens its WAL.
+        let pipeline = match self.checkpoints.recover(spec).await {
+            Ok(pipeline) => self.launch(pipeline),
+            Err(source) => {
+                let _ = self.store.delete_pipeline(&name).await;
+                return Err(ServiceError::Open { name, source });
+            }
+        };
+        tracing::info!(pipeline = pipeline.name(), "pipeline created");
+        Ok(pipeline)
+    }
+
+    /// Deletes the pipeline `name` with its state, checkpoints, output and WAL.
+    pub async fn delete(&self, name: &str) -> Result<(), ServiceError> {
+        self.served(name)?;
+        if !self.store.delete_pipeline(name).await? {
+            let name = name.to_owned();
+            return Err(ServiceError::PipelineNotFound { name });
+        }
+        if let Some(pipeline) = self.engine.remove(name) {
+            pipeline.quiesce().await;
+        }
+        self.engine.remove_failed(name);
+        self.remove_wal(name).await;
+        crate::metrics::forget_pipeline(name);
+        tracing::info!(pipeline = %name, "pipeline deleted");
+        Ok(())
+    }
+
+    /// Removes the WAL directory of a deleted pipeline on a blocking thread; a failure is
+    /// logged (the files stay), the deletion stands.
+    async fn remove_wal(&self, name: &str) {
+        let wal = self.checkpoints.wal_dir(name);
+        let dir = wal.clone();
+        let removed = tokio::task::spawn_blocking(move || crate::wal::remove_log(&dir)).await;
+        let reason = match removed {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(pipeline = %name, reason = %reason, next = "its files stay on disk; delete the directory by hand", wal = %wal.display(), "cannot delete the WAL directory");
+    }
+
+    /// Restores checkpoint `id` of the pipeline `name` and serves the result; a failed
+    /// pipeline is restored too (the operator's way out of the failed state). Answers how
+    /// many events applied after the checkpoint were discarded.
+    pub async fn restore(&self, name: &str, id: i64) -> Result<u64, ServiceError> {
+        let (pipeline, discarded_events) = match self.served(name)? {
+            Served::Running(old) => self.checkpoints.restore(&old, id).await?,
+            Served::Failed(failed) => {
+                self.checkpoints
+                    .restore_failed(failed.spec.clone(), id)
+                    .await?
+            }
+        };
+        self.launch(pipeline);
+        tracing::info!(pipeline = %name, checkpoint = id, discarded_events, "checkpoint restored");
+        Ok(discarded_events)
+    }
+
+    /// Takes a checkpoint of the running pipeline `name` now and waits for it.
+    pub async fn checkpoint_now(&self, name: &str) -> Result<CheckpointRecord, ServiceError> {
+        let pipeline = self.pipeline(name)?;
+        // On its own task: a request that times out or is dropped must not cut a checkpoint
+        // short (its row would stay in_progress and the barrier's changes would not go back).
+        let checkpoints = self.checkpoints.clone();
+        let taken = tokio::spawn(async move { checkpoints.take(&pipeline, Trigger::Manual).await });
+        Ok(taken.await??)
+    }
+
+    /// Every kept checkpoint of the pipeline `name` (running or failed), newest first.
+    pub async fn checkpoint_list(&self, name: &str) -> Result<Vec<CheckpointRecord>, ServiceError> {
+        self.served(name)?;
+        Ok(self.store.checkpoints(name).await?)
+    }
+
+    /// Checkpoint `id` of the pipeline `name` (running or failed).
+    pub async fn checkpoint_meta(
+        &self,
+        name: &str,
+        id: i64,
+    ) -> Result<CheckpointRecord, ServiceError> {
+        self.served(name)?;
+        let meta = self.store.checkpoint(name, id).await?;
+        Ok(meta.ok_or(CheckpointError::NotFound { id })?)
+    }
+}
