@@ -1,7 +1,7 @@
 //! Operations: `/healthz` (alive), `/readyz` (store reachable, recovery done), `/metrics`
 //! (Prometheus text: every family is described in `crate::metrics`).
 
-use super::problem::{ApiError, Problem};
+use super::problem::ApiError;
 use crate::app::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -38,7 +38,7 @@ async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Store reachable and recovery done", body = Health),
-        (status = 503, description = "Not ready: recovery is not finished, the store does not answer, or a pipeline failed to start (`pipeline_failed`, naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not ready: recovery is not finished, the store does not answer, or a pipeline failed to start (`pipeline_failed`, naming it)"),
     ))]
 async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     if !app.ready.load(Ordering::Acquire) {
