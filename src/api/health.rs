@@ -24,14 +24,24 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok` or `ready`.
-    pub status: &'static str,
+    pub status: HealthStatus,
+}
+
+/// What a health answer says: alive (`/healthz`) or ready (`/readyz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Ready,
 }
 
 /// Liveness
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is alive", body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: HealthStatus::Ok,
+    })
 }
 
 /// Readiness
@@ -64,7 +74,9 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
             detail: "the store does not answer".into(),
         }
     })?;
-    Ok(Json(Health { status: "ready" }))
+    Ok(Json(Health {
+        status: HealthStatus::Ready,
+    }))
 }
 
 /// Prometheus metrics
