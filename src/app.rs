@@ -349,6 +349,7 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         // Outside the timeout and the problem rewriting: it sees every answer as sent.
         .layer(middleware::from_fn(record_http))
+        .layer(middleware::from_fn(conventions::close_when_body_unread))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
                 .extensions()

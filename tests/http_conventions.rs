@@ -411,3 +411,87 @@ fn every_code_the_server_can_answer_is_documented_in_docs_problems_md() {
         );
     }
 }
+
+/// One HTTP/1.1 exchange on a kept-alive connection: its status line and headers
+/// (lower-cased), with the body read by its `content-length`.
+async fn exchange(conn: &mut tokio::net::TcpStream, request: &[u8]) -> Option<Vec<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request).await.ok()?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    };
+    let head: Vec<String> = String::from_utf8_lossy(&got[..end])
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let length: usize = head
+        .iter()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |n| n.parse().unwrap());
+    let mut body = got.len() - end - 4;
+    while body < length {
+        body += conn.read(&mut chunk).await.ok()?;
+    }
+    Some(head)
+}
+
+fn says_close(head: &[String]) -> bool {
+    head.iter().any(|l| l == "connection: close")
+}
+
+fn post_head(path: &str, extra: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: eddy\r\ncontent-type: application/json\r\n{extra}content-length: {length}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_says_the_connection_closes_and_others_keep_it() {
+    let s = server().await;
+    s.create_seed().await;
+    let addr = s.url("").trim_start_matches("http://").to_owned();
+    let events = "/v1/pipelines/clicks/events";
+    let body = click_body();
+
+    // Read to its end: the connection stays open for the next request.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let keyed = "idempotency-key: k-1\r\n";
+    let request = post_head(events, keyed, body.len()) + &body;
+    let head = exchange(&mut conn, request.as_bytes()).await.unwrap();
+    assert!(head[0].contains(" 200 "), "{head:?}");
+    assert!(!says_close(&head), "{head:?}");
+    let head = exchange(&mut conn, b"GET /healthz HTTP/1.1\r\nhost: eddy\r\n\r\n").await;
+    assert!(
+        head.unwrap()[0].contains(" 200 "),
+        "the connection was kept"
+    );
+
+    // Answered before its body: a retry by its key, an unknown pipeline, a body over the
+    // limit. Each says so, and the server closes the connection after the answer.
+    let over = s.config.max_body_bytes + 1;
+    let cases = [
+        (events, keyed, body.len(), " 200 "),
+        ("/v1/pipelines/nope/events", "", body.len(), " 404 "),
+        (events, "", over, " 413 "),
+    ];
+    for (path, extra, length, status) in cases {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = post_head(path, extra, length);
+        let head = exchange(&mut conn, head.as_bytes()).await.unwrap();
+        assert!(head[0].contains(status), "{path}: {head:?}");
+        assert!(says_close(&head), "{path}: {head:?}");
+    }
+}
+
+fn click_body() -> String {
+    json!({"user_id": "ann", "ts": 1_000, "page": "/home"}).to_string()
+}

@@ -1,14 +1,20 @@
 //! HTTP conventions around every answer: compression (gzip, br, zstd) of JSON and of the docs
 //! assets, validators and cache lifetimes on the docs assets and the document, and CORS for
-//! the configured origins only. None of it changes what an answer says.
+//! the configured origins only, and `Connection: close` on an answer given before its request's
+//! body was read. None of it changes what an answer says.
 
 use crate::config::CorsOrigins;
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body::{Frame, SizeHint};
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
 use tower_http::compression::predicate::{Predicate, SizeAbove};
@@ -212,5 +218,59 @@ mod tests {
         assert!(!cors.allows(b"https://a.example.evil"));
         assert!(!cors.allows(b"http://a.example"));
         assert!(Cors::new(CorsOrigins::Any).allows(b"https://anyone.example"));
+    }
+}
+
+/// Says `Connection: close` on an answer given before its request's body was read to the end
+/// (a retry answered by its idempotency key, a 404 or 415 before the body, a 413 part way):
+/// the server then closes the connection rather than read the rest, and a keep-alive client
+/// that was not told so would send its next request into a closing connection.
+pub async fn close_when_body_unread(req: Request, next: Next) -> Response {
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let watched = read.clone();
+    let req = req.map(|inner| {
+        Body::new(WatchedBody {
+            inner,
+            read: watched,
+        })
+    });
+    let mut response = next.run(req).await;
+    if !read.load(Ordering::Acquire) {
+        let close = HeaderValue::from_static("close");
+        response.headers_mut().insert(header::CONNECTION, close);
+    }
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct WatchedBody {
+    inner: Body,
+    read: Arc<AtomicBool>,
+}
+
+impl HttpBody for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

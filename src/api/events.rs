@@ -8,7 +8,7 @@ use crate::engine::{
     Ack, Arrival, BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
 };
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -148,6 +148,10 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    // A declared length over the limit is refused before a byte of it is read.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = e
             .into_inner()
