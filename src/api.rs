@@ -76,7 +76,7 @@ pub fn document(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// (an empty requirement beside it): without a tokens file access is open. Said once at the
 /// top rather than per operation, because generators (openapi-python-client) read an
 /// operation's own requirement as "a token is required", whatever its alternatives.
-pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{
         HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
     };
@@ -113,7 +113,7 @@ pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// Every error answer is a problem document (an `ApiError` is the only way a handler fails):
 /// an annotation gives a 4xx or 5xx status its description only, and its body is said here,
 /// once for the whole document.
-pub fn problems(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+fn problems(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::RefOr;
     for operation in operations(&mut doc, "/") {
         for (status, response) in operation.responses.responses.iter_mut() {
