@@ -184,43 +184,6 @@ pub async fn cors(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn if_none_match_compares_weakly_and_takes_lists_and_star() {
-        let etag = etag_of(b"swagger");
-        assert!(none_match(&etag, &etag));
-        assert!(none_match(&etag.replace("W/", ""), &etag));
-        assert!(none_match(&format!("\"other\", {etag}"), &etag));
-        assert!(none_match("*", &etag));
-        assert!(!none_match("\"other\"", &etag));
-        assert!(!none_match(&etag_of(b"swagger!"), &etag));
-    }
-
-    #[test]
-    fn only_docs_answers_get_a_cache_policy() {
-        assert_eq!(cache_policy("/docs/"), Some("no-cache"));
-        assert_eq!(cache_policy("/openapi.json"), Some("no-cache"));
-        assert_eq!(
-            cache_policy("/docs/swagger-ui-bundle.js"),
-            Some("public, max-age=3600")
-        );
-        assert_eq!(cache_policy("/v1/pipelines"), None);
-        assert_eq!(cache_policy("/docsx"), None);
-    }
-
-    #[test]
-    fn exact_origins_are_matched_exactly() {
-        let cors = Cors::new(CorsOrigins::Exact(vec!["https://a.example".into()]));
-        assert!(cors.allows(b"https://a.example"));
-        assert!(!cors.allows(b"https://a.example.evil"));
-        assert!(!cors.allows(b"http://a.example"));
-        assert!(Cors::new(CorsOrigins::Any).allows(b"https://anyone.example"));
-    }
-}
-
 /// Says `Connection: close` on an answer given before its request's body was read to the end
 /// (a retry answered by its idempotency key, a 404 or 415 before the body, a 413 part way):
 /// the server then closes the connection rather than read the rest, and a keep-alive client
@@ -272,5 +235,42 @@ impl HttpBody for WatchedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_lists_and_star() {
+        let etag = etag_of(b"swagger");
+        assert!(none_match(&etag, &etag));
+        assert!(none_match(&etag.replace("W/", ""), &etag));
+        assert!(none_match(&format!("\"other\", {etag}"), &etag));
+        assert!(none_match("*", &etag));
+        assert!(!none_match("\"other\"", &etag));
+        assert!(!none_match(&etag_of(b"swagger!"), &etag));
+    }
+
+    #[test]
+    fn only_docs_answers_get_a_cache_policy() {
+        assert_eq!(cache_policy("/docs/"), Some("no-cache"));
+        assert_eq!(cache_policy("/openapi.json"), Some("no-cache"));
+        assert_eq!(
+            cache_policy("/docs/swagger-ui-bundle.js"),
+            Some("public, max-age=3600")
+        );
+        assert_eq!(cache_policy("/v1/pipelines"), None);
+        assert_eq!(cache_policy("/docsx"), None);
+    }
+
+    #[test]
+    fn exact_origins_are_matched_exactly() {
+        let cors = Cors::new(CorsOrigins::Exact(vec!["https://a.example".into()]));
+        assert!(cors.allows(b"https://a.example"));
+        assert!(!cors.allows(b"https://a.example.evil"));
+        assert!(!cors.allows(b"http://a.example"));
+        assert!(Cors::new(CorsOrigins::Any).allows(b"https://anyone.example"));
     }
 }
