@@ -17,10 +17,11 @@ mod queries;
 mod state;
 mod token;
 
+pub use answers::{PipelineAnswer, PipelineList, PipelineStatus};
 pub use checkpoints::{CheckpointDto, CheckpointList, Restored};
 pub use events::{EventsAccepted, WatermarkRequest, WatermarkResponse};
 pub use output::OutputPage;
-pub use pipelines::{PipelineList, PipelineSpecDoc, PipelineStatus};
+pub use pipelines::PipelineSpecDoc;
 pub use queries::{StateItem, StatePage};
 pub use state::AppState;
 pub use token::TokenInfo;
@@ -42,7 +43,9 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "output", description = "Closed sessions and windows as a feed"),
         (name = "checkpoints", description = "Transactional checkpoints: trigger, list, restore"),
         (name = "operations", description = "Health, readiness and metrics"),
-    )
+    ),
+    // Every error answer's body (see `problems`), whichever operation it comes from.
+    components(schemas(problem::Problem))
 )]
 struct ApiDoc;
 
@@ -61,7 +64,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the API, as generated from the code.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    secured(routes().split_for_parts().1)
+    document(routes().split_for_parts().1)
+}
+
+/// The document of the routes completed with what holds for every operation: the bearer
+/// token ([`secured`]) and the problem documents of the error answers ([`problems`]).
+pub fn document(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    problems(secured(doc))
 }
 
 /// Declares bearer tokens, and their 401 and 403 answers on every `/v1` operation (access is
@@ -69,11 +78,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// (an empty requirement beside it): without a tokens file access is open. Said once at the
 /// top rather than per operation, because generators (openapi-python-client) read an
 /// operation's own requirement as "a token is required", whatever its alternatives.
-pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{
         HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
     };
-    use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+    use utoipa::openapi::{RefOr, ResponseBuilder};
     let components = doc.components.get_or_insert_with(Default::default);
     let scheme = HttpBuilder::new()
         .scheme(HttpAuthScheme::Bearer)
@@ -85,40 +94,72 @@ pub fn secured(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         SecurityRequirement::default(),
     ]);
     let problem = |description: &str| {
-        let content = ContentBuilder::new()
-            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                "Problem",
-            ))))
-            .build();
-        ResponseBuilder::new()
-            .description(description)
-            .content(problem::PROBLEM_JSON, content)
-            .build()
+        let response = ResponseBuilder::new().description(description);
+        RefOr::T(
+            response
+                .content(problem::PROBLEM_JSON, problem_content())
+                .build(),
+        )
     };
-    for (path, item) in doc.paths.paths.iter_mut() {
-        if !path.starts_with("/v1/") {
-            continue;
-        }
-        let operations = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            let responses = &mut operation.responses.responses;
-            responses.insert(
-                "401".into(),
-                RefOr::T(problem("No or an unknown bearer token")),
-            );
-            responses.insert(
-                "403".into(),
-                RefOr::T(problem("The token lacks the scope or the pipeline")),
-            );
+    for operation in operations(&mut doc, "/v1/") {
+        let responses = &mut operation.responses.responses;
+        responses.insert("401".into(), problem("No or an unknown bearer token"));
+        responses.insert(
+            "403".into(),
+            problem("The token lacks the scope or the pipeline"),
+        );
+    }
+    doc
+}
+
+/// Every error answer is a problem document (an `ApiError` is the only way a handler fails):
+/// an annotation gives a 4xx or 5xx status its description only, and its body is said here,
+/// once for the whole document.
+fn problems(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::RefOr;
+    for operation in operations(&mut doc, "/") {
+        for (status, response) in operation.responses.responses.iter_mut() {
+            let error = status.starts_with('4') || status.starts_with('5');
+            if let RefOr::T(response) = response
+                && error
+                && response.content.is_empty()
+            {
+                let content = problem_content();
+                response
+                    .content
+                    .insert(problem::PROBLEM_JSON.into(), content);
+            }
         }
     }
     doc
+}
+
+/// A `Problem` body.
+fn problem_content() -> utoipa::openapi::Content {
+    use utoipa::openapi::{Ref, RefOr, content::ContentBuilder};
+    let schema = RefOr::Ref(Ref::from_schema_name("Problem"));
+    ContentBuilder::new().schema(Some(schema)).build()
+}
+
+/// The operations of the paths starting with `prefix`.
+fn operations<'d>(
+    doc: &'d mut utoipa::openapi::OpenApi,
+    prefix: &'d str,
+) -> impl Iterator<Item = &'d mut utoipa::openapi::path::Operation> {
+    doc.paths
+        .paths
+        .iter_mut()
+        .filter(move |(path, _)| path.starts_with(prefix))
+        .flat_map(|(_, item)| {
+            [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+        })
+        .flatten()
 }
 
 /// Checks `?limit=`: default 100, from 1 to 1000.
@@ -150,6 +191,24 @@ mod tests {
                     op.get("security").is_none(),
                     "{method} {path} overrides the document's optional token"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_answer_is_a_problem_document() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        let schema = &response["content"]["application/problem+json"]["schema"];
+                        assert_eq!(
+                            schema["$ref"], "#/components/schemas/Problem",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
             }
         }
     }

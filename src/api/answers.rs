@@ -1,116 +1,15 @@
-//! OpenAPI descriptions of the answers the engine builds as JSON: an operator's state for one
-//! key and the value of an output record. They only describe (the engine serialises its own
-//! values); `scripts/schemathesis.sh` and the generated-client walkthrough check the real
-//! answers against them. Each shape has a required member no other shape has, so exactly one
-//! of a `oneOf` matches.
-#![allow(dead_code)] // fields are read by utoipa's derive only
+//! The answers of the API as the types that are serialised, so that the OpenAPI document is
+//! derived from what goes on the wire. Handlers build them from engine and store values
+//! (`From` or a constructor); no engine or store type is serialised directly. JSON the engine
+//! or the spec already holds (a key's state, an output record's value, the spec document)
+//! stays JSON inside a typed answer, described by a schema-only type.
 
-use serde_json::Value;
-use utoipa::ToSchema;
+mod checkpoints;
+mod output;
+mod pipelines;
+mod values;
 
-/// The state of one key, by operator kind.
-#[derive(ToSchema)]
-#[serde(untagged)]
-pub enum StateValue {
-    Latest(LatestState),
-    LastN(LastNState),
-    Map(MapState),
-    Sessions(SessionsState),
-    Windows(WindowsState),
-    Aggregate(AggregateState),
-}
-
-/// `latest`: the value of the event with the greatest event time.
-#[derive(ToSchema)]
-pub struct LatestState {
-    /// The value as the event held it (any JSON).
-    value: Value,
-    /// Its event time, epoch ms.
-    time: i64,
-}
-
-/// `last_n`: the `n` most recent values, newest first.
-#[derive(ToSchema)]
-pub struct LastNState {
-    values: Vec<Value>,
-}
-
-/// `map`: the reduced value of each entry key.
-#[derive(ToSchema)]
-pub struct MapState {
-    entries: std::collections::BTreeMap<String, f64>,
-}
-
-/// `session`: the open sessions of the key, by start.
-#[derive(ToSchema)]
-pub struct SessionsState {
-    sessions: Vec<Session>,
-}
-
-/// `window`: the open windows and the newest closed ones, by start.
-#[derive(ToSchema)]
-pub struct WindowsState {
-    windows: Vec<Window>,
-}
-
-/// `aggregate`: the requested functions over the current period.
-#[derive(ToSchema)]
-pub struct AggregateState {
-    /// Start of the period (epoch ms) with `reset`; null without.
-    #[schema(required = true)]
-    period_start: Option<i64>,
-    #[serde(flatten)]
-    functions: Functions,
-}
-
-/// The requested functions of an `aggregate` or a `window` (only those requested are present).
-#[derive(ToSchema)]
-pub struct Functions {
-    count: Option<u64>,
-    sum: Option<f64>,
-    /// Null when no event carried a value.
-    min: Option<f64>,
-    /// Null when no event carried a value.
-    max: Option<f64>,
-    avg: Option<f64>,
-}
-
-/// A session: events of a key whose times are at most `gap` apart, chained.
-#[derive(ToSchema)]
-pub struct Session {
-    /// Time of the first event, epoch ms.
-    start: i64,
-    /// Time of the last event, epoch ms.
-    end: i64,
-    /// `end − start`.
-    duration_ms: i64,
-    /// Events in the session.
-    events: u64,
-}
-
-/// A window `[start, end)`.
-#[derive(ToSchema)]
-pub struct Window {
-    start: i64,
-    end: i64,
-    /// Whether the watermark has reached `end`.
-    closed: bool,
-    #[serde(flatten)]
-    functions: Functions,
-}
-
-/// The value of an output record: a closed session or a closed window.
-#[derive(ToSchema)]
-#[serde(untagged)]
-pub enum OutputValue {
-    Session(Session),
-    Window(Window),
-}
-
-/// What closed.
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputKind {
-    SessionClosed,
-    WindowClosed,
-}
+pub use checkpoints::{CheckpointStatusDto, TriggerDto};
+pub use output::OutputRecordAnswer;
+pub use pipelines::{PipelineAnswer, PipelineList, PipelineState, PipelineStatus};
+pub use values::StateValue;

@@ -1,7 +1,8 @@
 //! `/v1/pipelines/{name}/checkpoints`: trigger (waits), list (newest first), get, restore.
 
 use super::AppState;
-use super::problem::{ApiError, Problem};
+use super::answers::{CheckpointStatusDto, TriggerDto};
+use super::problem::ApiError;
 use crate::store::{CheckpointRecord, CheckpointStatus};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -25,10 +26,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 pub struct CheckpointDto {
     /// Increasing per pipeline, never reused.
     pub id: i64,
-    #[schema(value_type = CheckpointStatusDoc)]
-    pub status: &'static str,
-    #[schema(value_type = TriggerDoc)]
-    pub trigger: &'static str,
+    pub status: CheckpointStatusDto,
+    pub trigger: TriggerDto,
     /// RFC 3339.
     pub started_at: String,
     pub completed_at: Option<String>,
@@ -57,8 +56,8 @@ impl From<CheckpointRecord> for CheckpointDto {
     fn from(c: CheckpointRecord) -> CheckpointDto {
         CheckpointDto {
             id: c.id,
-            status: c.status.as_str(),
-            trigger: c.trigger.as_str(),
+            status: c.status.into(),
+            trigger: c.trigger.into(),
             started_at: rfc3339(c.started_at),
             completed_at: c.completed_at.map(rfc3339),
             duration_ms: c.completed_at.map(|done| done - c.started_at),
@@ -70,28 +69,6 @@ impl From<CheckpointRecord> for CheckpointDto {
             error: c.error.filter(|_| c.status == CheckpointStatus::Failed),
         }
     }
-}
-
-/// Where a checkpoint is.
-#[derive(ToSchema)]
-#[schema(as = CheckpointStatus)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // describes CheckpointStatus::as_str for OpenAPI
-pub enum CheckpointStatusDoc {
-    Completed,
-    Failed,
-    InProgress,
-}
-
-/// What took a checkpoint.
-#[derive(ToSchema)]
-#[schema(as = Trigger)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // describes Trigger::as_str for OpenAPI
-pub enum TriggerDoc {
-    Periodic,
-    Manual,
-    Shutdown,
 }
 
 /// Every checkpoint of a pipeline, newest first.
@@ -114,10 +91,10 @@ pub struct Restored {
     params(("name" = String, Path, description = "Pipeline name")),
     responses(
         (status = 201, description = "The completed checkpoint", body = CheckpointDto),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "One is running (`checkpoint_id`, which GET finds `in_progress`), or a restore is", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "It failed (it is listed as failed)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store cannot be reached (`store_unavailable`, `Retry-After`); the failure is listed once it answers", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline"),
+        (status = 409, description = "One is running (`checkpoint_id`, which GET finds `in_progress`), or a restore is"),
+        (status = 500, description = "It failed (it is listed as failed)"),
+        (status = 503, description = "The store cannot be reached (`store_unavailable`, `Retry-After`); the failure is listed once it answers"),
     )
 )]
 async fn trigger_checkpoint(
@@ -134,7 +111,7 @@ async fn trigger_checkpoint(
     params(("name" = String, Path, description = "Pipeline name")),
     responses(
         (status = 200, description = "Every kept checkpoint", body = CheckpointList),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline"),
     )
 )]
 async fn list_checkpoints(
@@ -156,8 +133,8 @@ async fn list_checkpoints(
     params(("name" = String, Path, description = "Pipeline name"), ("id" = i64, Path, description = "Checkpoint id")),
     responses(
         (status = 200, description = "The checkpoint", body = CheckpointDto),
-        (status = 400, description = "The id is not an integer", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline or checkpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not an integer"),
+        (status = 404, description = "No such pipeline or checkpoint"),
     )
 )]
 async fn get_checkpoint(
@@ -174,9 +151,9 @@ async fn get_checkpoint(
     params(("name" = String, Path, description = "Pipeline name"), ("id" = i64, Path, description = "Checkpoint id")),
     responses(
         (status = 200, description = "The state is the checkpoint's (a failed pipeline runs again)", body = Restored),
-        (status = 400, description = "The id is not an integer", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline or checkpoint", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A checkpoint is running, or this one is not completed", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not an integer"),
+        (status = 404, description = "No such pipeline or checkpoint"),
+        (status = 409, description = "A checkpoint is running, or this one is not completed"),
     )
 )]
 async fn restore_checkpoint(

@@ -3,9 +3,9 @@
 //! batch is applied (and, with the WAL, durable).
 
 use super::AppState;
-use super::problem::{ApiError, Problem};
+use super::problem::ApiError;
 use crate::engine::{
-    Arrival, BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
+    Ack, Arrival, BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
 };
 use axum::Json;
 use axum::body::{Body, Bytes, HttpBody};
@@ -36,16 +36,32 @@ pub struct EventsAccepted {
     pub last_offset: u64,
 }
 
+impl From<Ack> for EventsAccepted {
+    fn from(ack: Ack) -> EventsAccepted {
+        EventsAccepted {
+            accepted: ack.accepted,
+            first_offset: ack.first_offset,
+            last_offset: ack.last_offset,
+        }
+    }
+}
+
 /// An event: a JSON object whose fields the pipeline's pointers address.
 #[derive(ToSchema)]
 #[schema(value_type = Object)]
-#[allow(dead_code)] // describes the document for OpenAPI; the server reads it as JSON
+#[expect(
+    dead_code,
+    reason = "request schema only: the batch is read by the fast scanner"
+)]
 pub struct Event(serde_json::Map<String, Value>);
 
 /// A JSON events body: one event, or an array of them (one atomic batch).
 #[derive(ToSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "request schema only: the batch is read by the fast scanner"
+)]
 pub enum EventsBody {
     One(Event),
     Many(Vec<Event>),
@@ -54,12 +70,15 @@ pub enum EventsBody {
 /// An NDJSON events body: UTF-8 text, one event object per line (blank lines are skipped).
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "request schema only: the batch is read by the fast scanner"
+)]
 pub struct NdjsonEvents(Vec<u8>);
 
 /// A watermark advance.
 #[derive(ToSchema)]
-#[allow(dead_code)] // describes the document for OpenAPI; the server reads it as JSON
+#[expect(dead_code, reason = "request schema only: the body is read as JSON")]
 pub struct WatermarkRequest {
     /// Epoch ms, or `"max"` (end of stream: closes everything).
     time: WatermarkTime,
@@ -67,7 +86,7 @@ pub struct WatermarkRequest {
 
 /// A watermark time: epoch milliseconds, or `"max"`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "request schema only: the body is read as JSON")]
 #[serde(untagged)]
 pub enum WatermarkTime {
     Millis(i64),
@@ -76,7 +95,7 @@ pub enum WatermarkTime {
 
 /// The end of the stream.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "request schema only: the body is read as JSON")]
 #[serde(rename_all = "lowercase")]
 pub enum EndOfStream {
     Max,
@@ -161,12 +180,12 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     ),
     responses(
         (status = 200, description = "The batch is durable and applied (or, with a known Idempotency-Key, its first answer, with `Idempotent-Replayed: true`)", body = EventsAccepted),
-        (status = 400, description = "Invalid events (`errors`) or unparseable body", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body or number of events over the limit", body = Problem, content_type = "application/problem+json"),
-        (status = 507, description = "The pipeline holds as many keys as it may; nothing applied", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Missing or other content type", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded: retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid events (`errors`) or unparseable body"),
+        (status = 404, description = "No such pipeline"),
+        (status = 413, description = "Body or number of events over the limit"),
+        (status = 507, description = "The pipeline holds as many keys as it may; nothing applied"),
+        (status = 415, description = "Missing or other content type"),
+        (status = 503, description = "Overloaded: retry after `Retry-After` seconds"),
     )
 )]
 async fn post_events(
@@ -181,12 +200,7 @@ async fn post_events(
     if let Some(key) = &idempotency_key
         && let Some(ack) = pipeline.first_answer(key).await
     {
-        let mut response = Json(EventsAccepted {
-            accepted: ack.accepted,
-            first_offset: ack.first_offset,
-            last_offset: ack.last_offset,
-        })
-        .into_response();
+        let mut response = Json(EventsAccepted::from(ack)).into_response();
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -221,11 +235,7 @@ async fn post_events(
         let batch = &pipeline.metrics().batch_duration;
         batch.record(started.elapsed().as_secs_f64());
     }
-    let body = Json(EventsAccepted {
-        accepted: ack.accepted,
-        first_offset: ack.first_offset,
-        last_offset: ack.last_offset,
-    });
+    let body = Json(EventsAccepted::from(ack));
     let mut response = body.into_response();
     if replayed {
         response
@@ -258,9 +268,9 @@ fn watermark_time(body: &[u8]) -> Result<i64, ApiError> {
     request_body(content = WatermarkRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The watermark now (a lower time is ignored)", body = WatermarkResponse),
-        (status = 400, description = "Bad body", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad body"),
+        (status = 404, description = "No such pipeline"),
+        (status = 503, description = "Overloaded"),
     )
 )]
 async fn post_watermark(

@@ -2,7 +2,7 @@
 //! (Prometheus text: every family is described in `crate::metrics`).
 
 use super::AppState;
-use super::problem::{ApiError, Problem};
+use super::problem::ApiError;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
@@ -23,25 +23,37 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok` or `ready`.
-    pub status: &'static str,
+    pub status: HealthStatus,
+}
+
+/// What a health answer says: alive (`/healthz`) or ready (`/readyz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Ready,
 }
 
 /// Liveness
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is alive", body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: HealthStatus::Ok,
+    })
 }
 
 /// Readiness
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Store reachable and recovery done", body = Health),
-        (status = 503, description = "Not ready: recovery is not finished, the store does not answer, or a pipeline failed to start (`pipeline_failed`, naming it)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not ready: recovery is not finished, the store does not answer, or a pipeline failed to start (`pipeline_failed`, naming it)"),
     ))]
 async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     app.readiness().await?;
-    Ok(Json(Health { status: "ready" }))
+    Ok(Json(Health {
+        status: HealthStatus::Ready,
+    }))
 }
 
 /// Prometheus metrics

@@ -2,17 +2,18 @@
 //! Events, resumable with `Last-Event-ID`): closed sessions and windows in offset order.
 
 use super::AppState;
+use super::answers::OutputRecordAnswer;
 use super::page_limit;
-use super::problem::{ApiError, Problem};
+use super::problem::ApiError;
 use crate::engine::{Output, OutputRecord};
 use crate::spec::Span;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -47,26 +48,10 @@ pub struct OutputParams {
 
 /// A page of output records.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OutputPage {
-    #[schema(value_type = Vec<OutputRecordDoc>)]
-    pub records: Vec<Arc<OutputRecord>>,
+pub struct OutputPage<'r> {
+    pub records: Vec<OutputRecordAnswer<'r>>,
     /// Pass as `after` to read on.
     pub next: u64,
-}
-
-/// One output record.
-#[derive(ToSchema)]
-#[allow(dead_code)] // describes OutputRecord's JSON for OpenAPI
-pub struct OutputRecordDoc {
-    offset: u64,
-    operator: String,
-    key: String,
-    /// `session_closed` or `window_closed`.
-    #[schema(rename = "type", value_type = super::answers::OutputKind)]
-    kind: String,
-    /// One session, or one window with `"closed": true`.
-    #[schema(value_type = super::answers::OutputValue)]
-    value: Value,
 }
 
 /// Read output records
@@ -75,15 +60,15 @@ pub struct OutputRecordDoc {
     params(("name" = String, Path, description = "Pipeline name"), OutputParams),
     responses(
         (status = 200, description = "Records after `after`", body = OutputPage),
-        (status = 400, description = "Bad limit or wait", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad limit or wait"),
+        (status = 404, description = "No such pipeline"),
     )
 )]
 async fn get_output(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<OutputParams>,
-) -> Result<Json<OutputPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let pipeline = app.pipeline(&name)?;
     let limit = page_limit(params.limit)?;
     let wait = params
@@ -107,7 +92,11 @@ async fn get_output(
         }
         (records, next) = output.read(Some(next), limit);
     }
-    Ok(Json(OutputPage { records, next }))
+    let records = records
+        .iter()
+        .map(|r| OutputRecordAnswer::from(&**r))
+        .collect();
+    Ok(Json(OutputPage { records, next }).into_response())
 }
 
 /// An `after` offset: 0 or more.
@@ -153,8 +142,8 @@ pub struct StreamParams {
     ),
     responses(
         (status = 200, description = "Server-Sent Events: one event per record, `id` its offset, `data` its JSON (an `OutputRecordDoc`); comment lines keep the connection alive. Endless unless `limit` is given.", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Bad Last-Event-ID, after or limit", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad Last-Event-ID, after or limit"),
+        (status = 404, description = "No such pipeline"),
     )
 )]
 async fn stream_output(
@@ -221,7 +210,8 @@ impl Feed {
             }
             if let Some(record) = self.buffered.pop_front() {
                 self.remaining = self.remaining.map(|n| n - 1);
-                let data = serde_json::to_string(&*record).expect("records serialise");
+                let answer = OutputRecordAnswer::from(&*record);
+                let data = serde_json::to_string(&answer).expect("records serialise");
                 let event = Event::default().id(record.offset.to_string()).data(data);
                 return Some((Ok(event), self));
             }

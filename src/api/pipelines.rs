@@ -2,7 +2,9 @@
 
 use super::AppState;
 use super::access::may_touch;
-use super::problem::{ApiError, Problem};
+use super::answers::{PipelineAnswer, PipelineList, PipelineState, PipelineStatus};
+use super::checkpoints::CheckpointDto;
+use super::problem::ApiError;
 use crate::auth::Principal;
 use crate::checkpoint;
 use crate::engine::{FailedPipeline, Pipeline};
@@ -14,9 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,7 +29,10 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 
 /// A pipeline spec (documentation of the accepted document; validation names each bad field).
 #[derive(ToSchema)]
-#[allow(dead_code)] // describes the document for OpenAPI; the server reads it as JSON
+#[expect(
+    dead_code,
+    reason = "schema only: the spec is read (to report every error) and echoed as JSON"
+)]
 pub struct PipelineSpecDoc {
     /// `[a-z0-9_-]{1,64}`.
     name: String,
@@ -49,7 +52,10 @@ pub struct PipelineSpecDoc {
 
 /// Event time of a pipeline.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "schema only: the spec is read (to report every error) and echoed as JSON"
+)]
 pub struct TimeDoc {
     /// JSON pointer to the time field.
     field: String,
@@ -61,7 +67,10 @@ pub struct TimeDoc {
 
 /// One operator; which fields apply depends on `kind`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "schema only: the spec is read (to report every error) and echoed as JSON"
+)]
 pub struct OperatorDoc {
     name: String,
     /// `latest`, `last_n`, `map`, `aggregate`, `session` or `window`.
@@ -91,51 +100,7 @@ pub struct OperatorDoc {
     retain: Option<u32>,
 }
 
-/// Live counters of a pipeline.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PipelineStatus {
-    /// Every accepted event, late ones included.
-    pub events: u64,
-    pub late_events: u64,
-    /// Epoch ms, or null before any event.
-    pub watermark: Option<i64>,
-    /// Offset of the last accepted event, or null.
-    pub wal_offset: Option<u64>,
-    /// Keys with state, per operator.
-    pub keys: BTreeMap<String, usize>,
-    /// The newest checkpoint, or null.
-    pub last_checkpoint: Option<super::checkpoints::CheckpointDto>,
-    /// `running`, or `failed` (it did not start: its WAL failed its check; or its WAL failed
-    /// a write). A failed pipeline's counters are those of its latest completed checkpoint.
-    #[schema(example = "running")]
-    pub state: &'static str,
-    /// Why it failed; null while running.
-    pub error: Option<String>,
-}
-
-/// A pipeline: its spec (with defaults) plus `status`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct PipelineDoc {
-    name: String,
-    key: String,
-    time: Option<TimeDoc>,
-    checkpoint_interval: String,
-    retain_checkpoints: u32,
-    state_ttl: Option<String>,
-    partitions: u16,
-    operators: Vec<OperatorDoc>,
-    status: PipelineStatus,
-}
-
-/// Every pipeline.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct PipelineList {
-    items: Vec<PipelineDoc>,
-}
-
-async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> {
+async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<PipelineAnswer, ApiError> {
     let status = pipeline.status().await?;
     let last = app
         .store
@@ -143,7 +108,7 @@ async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> 
         .await?
         .into_iter()
         .next();
-    let last_checkpoint = last.map(super::checkpoints::CheckpointDto::from);
+    let last_checkpoint = last.map(CheckpointDto::from);
     let error = pipeline.failure();
     let status = PipelineStatus {
         events: status.events,
@@ -152,17 +117,24 @@ async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<Value, ApiError> 
         wal_offset: status.wal_offset,
         keys: status.keys.into_iter().collect(),
         last_checkpoint,
-        state: if error.is_some() { "failed" } else { "running" },
+        state: match error {
+            Some(_) => PipelineState::Failed,
+            None => PipelineState::Running,
+        },
         error,
     };
-    let mut doc = pipeline.spec().map_or(Value::Null, |s| s.document.clone());
-    doc["status"] = serde_json::to_value(status).expect("status serialises");
-    Ok(doc)
+    Ok(PipelineAnswer::new(
+        pipeline.spec().map(|s| &s.document),
+        status,
+    ))
 }
 
 /// The answer for a pipeline that failed to start: its spec, the counters of its latest
 /// completed checkpoint (nothing after it could be read back), no keys counted.
-async fn failed_answer(app: &AppState, failed: &FailedPipeline) -> Result<Value, ApiError> {
+async fn failed_answer(
+    app: &AppState,
+    failed: &FailedPipeline,
+) -> Result<PipelineAnswer, ApiError> {
     let checkpoints = app.store.checkpoints(&failed.spec.name).await?;
     let latest = checkpoints
         .iter()
@@ -179,19 +151,14 @@ async fn failed_answer(app: &AppState, failed: &FailedPipeline) -> Result<Value,
             .iter()
             .map(|op| (op.name.clone(), 0))
             .collect(),
-        last_checkpoint: checkpoints
-            .into_iter()
-            .next()
-            .map(super::checkpoints::CheckpointDto::from),
-        state: "failed",
+        last_checkpoint: checkpoints.into_iter().next().map(CheckpointDto::from),
+        state: PipelineState::Failed,
         error: Some(failed.reason.clone()),
     };
-    let mut doc = failed.spec.document.clone();
-    doc["status"] = serde_json::to_value(status).expect("status serialises");
-    Ok(doc)
+    Ok(PipelineAnswer::new(Some(&failed.spec.document), status))
 }
 
-async fn served_answer(app: &AppState, served: &Served) -> Result<Value, ApiError> {
+async fn served_answer(app: &AppState, served: &Served) -> Result<PipelineAnswer, ApiError> {
     match served {
         Served::Running(pipeline) => answer(app, pipeline).await,
         Served::Failed(failed) => failed_answer(app, failed).await,
@@ -203,11 +170,11 @@ async fn served_answer(app: &AppState, served: &Served) -> Result<Value, ApiErro
     post, path = "/v1/pipelines", tag = "pipelines",
     request_body(content = PipelineSpecDoc, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = PipelineDoc),
-        (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A pipeline of that name exists", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The spec is invalid; `errors` names each field", body = Problem, content_type = "application/problem+json"),
-        (status = 507, description = "As many pipelines exist as may", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Created", body = PipelineAnswer),
+        (status = 400, description = "The body is not JSON"),
+        (status = 409, description = "A pipeline of that name exists"),
+        (status = 422, description = "The spec is invalid; `errors` names each field"),
+        (status = 507, description = "As many pipelines exist as may"),
     )
 )]
 async fn create_pipeline(
@@ -242,7 +209,7 @@ async fn create_pipeline(
 async fn list_pipelines(
     State(app): State<AppState>,
     principal: Option<Extension<Principal>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PipelineList>, ApiError> {
     let served = app.served_list();
     let mut items = Vec::new();
     for (name, pipeline) in &served {
@@ -250,7 +217,7 @@ async fn list_pipelines(
             items.push(served_answer(&app, pipeline).await?);
         }
     }
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(PipelineList { items }))
 }
 
 /// Get a pipeline with its live status
@@ -258,14 +225,14 @@ async fn list_pipelines(
     get, path = "/v1/pipelines/{name}", tag = "pipelines",
     params(("name" = String, Path, description = "Pipeline name")),
     responses(
-        (status = 200, description = "The pipeline (also when failed: `status.state`)", body = PipelineDoc),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The pipeline (also when failed: `status.state`)", body = PipelineAnswer),
+        (status = 404, description = "No such pipeline"),
     )
 )]
 async fn get_pipeline(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PipelineAnswer>, ApiError> {
     let served = app.served(&name)?;
     Ok(Json(served_answer(&app, &served).await?))
 }
@@ -276,7 +243,7 @@ async fn get_pipeline(
     params(("name" = String, Path, description = "Pipeline name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline"),
     )
 )]
 async fn delete_pipeline(

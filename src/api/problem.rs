@@ -28,16 +28,14 @@ pub struct Problem {
     pub code: &'static str,
     /// Spec problems (`invalid_spec`: `field`) or bad events (`invalid_events`: `index`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<ProblemItem>>)]
-    pub errors: Option<serde_json::Value>,
+    pub errors: Option<Vec<ProblemItem>>,
     /// The running checkpoint (`checkpoint_running`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_id: Option<i64>,
 }
 
 /// One item of a problem's `errors`.
-#[derive(ToSchema)]
-#[allow(dead_code)] // describes FieldError's and EventError's JSON for OpenAPI
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum ProblemItem {
     /// A field of a pipeline spec (`invalid_spec`).
@@ -52,6 +50,24 @@ pub enum ProblemItem {
         index: u64,
         detail: String,
     },
+}
+
+impl From<&FieldError> for ProblemItem {
+    fn from(e: &FieldError) -> ProblemItem {
+        ProblemItem::Field {
+            field: e.field.clone(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+impl From<&EventError> for ProblemItem {
+    fn from(e: &EventError) -> ProblemItem {
+        ProblemItem::Event {
+            index: e.index as u64,
+            detail: e.detail.clone(),
+        }
+    }
 }
 
 /// The `type` URI of the problems of `code`: the one place it is derived.
@@ -230,8 +246,8 @@ impl IntoResponse for ApiError {
             tracing::debug!(status = status.as_u16(), code = self.code(), detail = %self, "request refused");
         }
         let errors = match &self {
-            ApiError::InvalidEvents { errors } => serde_json::to_value(errors).ok(),
-            ApiError::InvalidSpec { errors } => serde_json::to_value(errors).ok(),
+            ApiError::InvalidEvents { errors } => Some(errors.iter().map(Into::into).collect()),
+            ApiError::InvalidSpec { errors } => Some(errors.iter().map(Into::into).collect()),
             _ => None,
         };
         let checkpoint_id = match &self {
@@ -278,7 +294,7 @@ pub fn problem_response(
     status: StatusCode,
     code: &'static str,
     detail: String,
-    errors: Option<serde_json::Value>,
+    errors: Option<Vec<ProblemItem>>,
     checkpoint_id: Option<i64>,
 ) -> Response {
     let body = Problem {

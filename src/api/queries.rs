@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::page_limit;
-use super::problem::{ApiError, Problem};
+use super::problem::ApiError;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
@@ -65,8 +65,8 @@ pub enum StateAnswer {
     ),
     responses(
         (status = 200, description = "One key's state, or a page of keys", body = StateAnswer),
-        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such pipeline, operator, or no state for the key", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad limit or cursor"),
+        (status = 404, description = "No such pipeline, operator, or no state for the key"),
     )
 )]
 async fn get_state(

@@ -20,7 +20,7 @@ pub enum BodyFormat {
 }
 
 /// One bad event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EventError {
     /// Position in the batch (NDJSON: line number from 0).
     pub index: usize,
