@@ -101,7 +101,7 @@ pub enum EngineError {
     KeyLimit { pipeline: String, keys: usize },
     /// A logged record or checkpointed state could not be applied again.
     #[error("pipeline {pipeline:?} cannot recover: {detail}")]
-    Replay { pipeline: String, detail: String },
+    Reapply { pipeline: String, detail: String },
 }
 
 /// A stored pipeline that did not start (its WAL failed its check): listed, not served.

@@ -11,6 +11,10 @@
 //! Invariant: LSNs are dense and increasing across segments. At open only a torn tail (an
 //! interrupted write at the end of the newest segment: never acknowledged) is cut; any other
 //! damage fails the open with [`WalError::Corrupt`] and changes nothing (see `scan`).
+//!
+//! Over 400 lines for a reason: the append queue, the one writer thread and the open are one
+//! invariant (dense LSNs in processing order, durable before anything is applied) read best in
+//! one file; framing (`record`), inspection (`scan`) and `repair` are their own files.
 
 mod record;
 mod repair;

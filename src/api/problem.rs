@@ -1,5 +1,8 @@
 //! The one error type of the HTTP edge: every failure leaves as RFC 9457 problem+json with a
 //! stable `code`. 5xx answers carry a fixed detail; their cause is logged, never sent.
+//!
+//! Over 400 lines by a few: the variants, their one mapping from the service's errors, and the
+//! answer they write belong together.
 
 use crate::checkpoint::CheckpointError;
 use crate::engine::{EngineError, EventError};
@@ -352,7 +355,7 @@ fn engine_error(e: EngineError) -> ApiError {
         e @ (EngineError::Stopped { .. } | EngineError::Failed { .. }) => ApiError::Unavailable {
             detail: e.to_string(),
         },
-        e @ EngineError::Replay { .. } => ApiError::internal(&e),
+        e @ EngineError::Reapply { .. } => ApiError::internal(&e),
         e @ EngineError::KeyLimit { .. } => ApiError::LimitReached {
             detail: e.to_string(),
         },

@@ -120,7 +120,7 @@ impl Pipeline {
             answer
                 .await
                 .map_err(|_| self.stopped())?
-                .map_err(|detail| EngineError::Replay {
+                .map_err(|detail| EngineError::Reapply {
                     pipeline: self.name.clone(),
                     detail,
                 })?;

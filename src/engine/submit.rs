@@ -142,7 +142,7 @@ impl Pipeline {
                     BodyFormat::Json
                 };
                 let events = parse_batch(&body, format, &self.extractor).map_err(|e| {
-                    EngineError::Replay {
+                    EngineError::Reapply {
                         pipeline: self.name.clone(),
                         detail: e.to_string(),
                     }

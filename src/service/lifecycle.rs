@@ -100,6 +100,6 @@ impl Service {
 fn fails_only_the_pipeline(e: &CheckpointError) -> bool {
     matches!(
         e,
-        CheckpointError::Wal(_) | CheckpointError::Engine(EngineError::Replay { .. })
+        CheckpointError::Wal(_) | CheckpointError::Engine(EngineError::Reapply { .. })
     )
 }

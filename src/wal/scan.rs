@@ -17,6 +17,9 @@
 //! - Damage that hides only records the last checkpoint covers (LSN <= `covered`) is not
 //!   needed by recovery and is passed over with a warning: those records are never replayed,
 //!   and their segment goes at the next checkpoint like any covered one.
+//!
+//! Over 400 lines for a reason: the judge is about 300 lines; the rest are its unit tests, one
+//! for each kind of damage.
 
 use super::record::{DecodeError, HEADER, MAX_PAYLOAD, Record};
 
