@@ -1,6 +1,9 @@
 //! Checkpoints that fail for real, over real HTTP: a store that refuses writes, a store that is
 //! slow (a table locked from another connection), a store that is stopped, and periodic
 //! checkpoints of several pipelines on SQLite that must not contend.
+//!
+//! Over 400 lines for a reason: four real failures of a store (refusing, slow, stopped, SQLite
+//! contention), each a whole scenario with its check of what is listed and counted.
 
 mod common;
 

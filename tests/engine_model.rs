@@ -5,6 +5,9 @@
 //!
 //! The model recomputes instead of maintaining: sessions are the connected components of a
 //! key's open event times, windows a map of start to counts, TTL a check at every watermark.
+//!
+//! Over 400 lines for a reason: the reference model written from the contract is half of it, and
+//! it must sit beside the property that compares against it.
 
 use eddy::engine::{BodyFormat, EngineConfig, Pipeline, parse_batch};
 use eddy::spec::PipelineSpec;

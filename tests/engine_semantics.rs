@@ -1,5 +1,8 @@
 //! The contract's operator semantics, pinned through the engine's public API (real shard
 //! threads, no HTTP): one test per behaviour that bites.
+//!
+//! Over 400 lines for a reason: one test per semantic point of the contract, each a few lines;
+//! they read best side by side.
 
 use eddy::engine::{BodyFormat, EngineConfig, Pipeline, parse_batch};
 use eddy::spec::PipelineSpec;

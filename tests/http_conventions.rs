@@ -1,6 +1,9 @@
 //! HTTP conventions, on a real server over real HTTP: compression (and what must not be
 //! compressed), validators on the docs assets, CORS for configured origins only, the `/` page,
 //! and problem `type` URIs that name their code and resolve to its documentation.
+//!
+//! Over 400 lines for a reason: one binary for every HTTP convention, one test each, so that the
+//! conventions are read in one place.
 
 mod common;
 

@@ -4,6 +4,9 @@
 //!
 //! promtool and prometheus come from Debian's `prometheus` package (scripts/test.sh installs
 //! it when missing); without them these tests fail, never skip.
+//!
+//! Over 400 lines for a reason: one server that does everything once is checked for every
+//! family of the contract; the list of what it must show is most of the file.
 
 mod common;
 

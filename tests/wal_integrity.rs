@@ -5,6 +5,9 @@
 //! only that pipeline (status, 503 `pipeline_failed`, /readyz) and change no byte on disk,
 //! until the real `eddy wal repair` binary or a restore over the API brings it back, with
 //! offsets above every one ever acknowledged.
+//!
+//! Over 400 lines for a reason: one test per kind of damage, each the whole scenario (post,
+//! stop, damage, start, check against the posted model), on both stores.
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! Test support: a real eddy server on a loopback port, driven by a real HTTP client, on a
 //! fresh SQLite file or a fresh PostgreSQL database. PostgreSQL tests need `DATABASE_URL`
 //! (scripts/test.sh starts a throwaway server); without it they fail, never skip.
+//!
+//! Over 400 lines for a reason: every test binary shares this one harness (server, clients,
+//! feed reader, SSE reader, PostgreSQL databases), and splitting it would make each binary
+//! declare several modules.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod pg;
