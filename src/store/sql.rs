@@ -342,12 +342,13 @@ where
     }
 
     async fn raise_offset_floor(&self, pipeline: &str, offset: i64) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query(pipelines::RAISE_OFFSET_FLOOR)
             .bind(pipeline)
             .bind(offset)
             .execute(&mut *conn)
-            .await?;
+            .await
+            .map_err(|e| self.db(e))?;
         Ok(())
     }
 
