@@ -101,9 +101,8 @@ where
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query("select 1")
-            .execute(&mut *conn)
+            .execute(&self.pool)
             .await
             .map_err(|e| self.db(e))?;
         Ok(())
@@ -114,12 +113,11 @@ where
         name: &str,
         spec: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
         let spec = spec.to_string();
         let done = sqlx::query(self.dialect.insert_pipeline)
             .bind(name)
             .bind(spec.as_str())
-            .execute(&mut *conn)
+            .execute(&self.writer)
             .await;
         match done {
             Ok(_) => Ok(()),
@@ -131,9 +129,8 @@ where
     }
 
     async fn pipelines(&self) -> Result<Vec<StoredPipeline>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
         let rows: Vec<(String, String)> = sqlx::query_as(self.dialect.list_pipelines)
-            .fetch_all(&mut *conn)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| self.db(e))?;
         rows.into_iter()
@@ -142,10 +139,9 @@ where
     }
 
     async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
         let done = sqlx::query(pipelines::DELETE)
             .bind(name)
-            .execute(&mut *conn)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.db(e))?;
         Ok(done.rows() > 0)
@@ -223,34 +219,31 @@ where
         error: &str,
         completed_at: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query(checkpoints::FAIL)
             .bind(pipeline)
             .bind(id)
             .bind(error)
             .bind(completed_at)
-            .execute(&mut *conn)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.db(e))?;
         Ok(())
     }
 
     async fn fail_interrupted(&self, pipeline: &str, at: i64) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query(checkpoints::FAIL_INTERRUPTED)
             .bind(pipeline)
             .bind(at)
-            .execute(&mut *conn)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.db(e))?;
         Ok(())
     }
 
     async fn checkpoints(&self, pipeline: &str) -> Result<Vec<CheckpointRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query_as(checkpoints::LIST)
             .bind(pipeline)
-            .fetch_all(&mut *conn)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| self.db(e))
     }
@@ -260,11 +253,10 @@ where
         pipeline: &str,
         id: i64,
     ) -> Result<Option<CheckpointRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query_as(checkpoints::GET)
             .bind(pipeline)
             .bind(id)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.db(e))
     }
@@ -305,10 +297,9 @@ where
     }
 
     async fn floors(&self, pipeline: &str) -> Result<Floors, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query_as(pipelines::FLOORS)
             .bind(pipeline)
-            .fetch_one(&mut *conn)
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| self.db(e))
     }
@@ -342,21 +333,19 @@ where
     }
 
     async fn raise_offset_floor(&self, pipeline: &str, offset: i64) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query(pipelines::RAISE_OFFSET_FLOOR)
             .bind(pipeline)
             .bind(offset)
-            .execute(&mut *conn)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.db(e))?;
         Ok(())
     }
 
     async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(|e| self.db(e))?;
         sqlx::query(pipelines::CLEAR_DISCARD)
             .bind(pipeline)
-            .execute(&mut *conn)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.db(e))?;
         Ok(())
@@ -369,14 +358,12 @@ where
         keep_outputs: i64,
         keys_since: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
         let oldest: Option<(i64,)> = sqlx::query_as(checkpoints::OLDEST_RETAINED)
             .bind(pipeline)
             .bind(retain - 1)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.db(e))?;
-        drop(conn);
         let Some((oldest,)) = oldest else {
             return Ok(());
         };
