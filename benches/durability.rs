@@ -151,7 +151,7 @@ impl Bench {
             wal_fsync: fsync,
             ..self.config.clone()
         };
-        Checkpointer::new(self.store.clone(), Arc::new(config))
+        Checkpointer::new(self.store.clone(), Arc::new(config), None)
     }
 
     /// A new pipeline with `keys` keys loaded.
@@ -163,7 +163,7 @@ impl Bench {
                 .insert_pipeline(&name, &spec(&name).document)
                 .await
                 .unwrap();
-            let pipeline = checkpointer.recover(spec(&name)).await.unwrap();
+            let pipeline = checkpointer.recover(spec(&name), None).await.unwrap();
             ingest(&pipeline, bodies(0, keys, 1)).await;
             pipeline
         });
@@ -242,7 +242,7 @@ fn durability(c: &mut Criterion) {
             each(iters, || {
                 bench.runtime.block_on(async {
                     let start = Instant::now();
-                    let recovered = checkpointer.recover(spec(&name)).await.unwrap();
+                    let recovered = checkpointer.recover(spec(&name), None).await.unwrap();
                     let status = recovered.status().await.unwrap();
                     let took = start.elapsed();
                     assert_eq!(status.keys[0].1, KEYS);

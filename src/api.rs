@@ -7,6 +7,7 @@ mod checkpoints;
 pub mod cluster;
 pub mod conventions;
 mod events;
+pub mod forward;
 mod health;
 pub mod middleware;
 mod output;

@@ -34,6 +34,11 @@ pub fn router(state: AppState) -> Router {
             state.config.max_concurrent_requests,
         ));
     let router = api_router
+        // Inside the access check (a forwarded request is checked here and at the leader).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api::forward::to_leader,
+        ))
         .layer(shed)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .merge(crate::ui::routes())

@@ -25,6 +25,7 @@ pub use stored::counters;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::engine::EngineError;
+use crate::log::stream::{StreamError, Streams};
 use crate::store::{CheckpointRecord, CheckpointStatus, Store, StoreError};
 use crate::wal::{WalError, WalOptions};
 use claim::Holder;
@@ -55,6 +56,9 @@ pub enum CheckpointError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Wal(#[from] WalError),
+    /// The pipeline's JetStream log failed to open or read.
+    #[error("{0}")]
+    Stream(#[from] StreamError),
 }
 
 /// The longest pause between periodic attempts after failures.
@@ -76,13 +80,20 @@ pub struct Checkpointer {
     /// Pipeline name → failures not yet listed (the store was unreachable), oldest first.
     /// Only the holder of the pipeline's slot touches its entry.
     pending: Mutex<HashMap<String, VecDeque<Failure>>>,
+    /// Cluster mode: the pipelines' logs are JetStream streams, not WALs.
+    streams: Option<Streams>,
 }
 
 impl Checkpointer {
-    pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Checkpointer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        streams: Option<Streams>,
+    ) -> Checkpointer {
         Checkpointer {
             store,
             config,
+            streams,
             running: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         }

@@ -233,6 +233,20 @@ pub struct Settings {
     /// EDDY_LISTEN].
     #[arg(long, env = "EDDY_ADVERTISE_URL", global = true)]
     pub advertise_url: Option<String>,
+    /// Cluster mode: the NATS servers (comma-separated nats:// URLs); needs a PostgreSQL
+    /// DATABASE_URL [default: none, one instance on its own].
+    #[arg(long, env = "EDDY_NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// Replicas of the JetStream streams eddy creates (1 to 5) [default: 1].
+    #[arg(long, env = "EDDY_NATS_REPLICAS", global = true)]
+    pub nats_replicas: Option<usize>,
+    /// How soon a dead instance's leases expire and its pipelines move [default: 5s].
+    #[arg(long, env = "EDDY_LEASE_TIMEOUT", global = true)]
+    pub lease_timeout: Option<String>,
+    /// Prefix of the NATS streams and subjects of this cluster, so that several clusters
+    /// can share NATS servers ([A-Za-z0-9_-]) [default: eddy].
+    #[arg(long, env = "EDDY_CLUSTER_NAME", global = true)]
+    pub cluster_name: Option<String>,
 }
 
 impl Settings {
@@ -264,6 +278,10 @@ impl Settings {
             cors_origins: self.cors_origins.or(file.cors_origins),
             node_id: self.node_id.or(file.node_id),
             advertise_url: self.advertise_url.or(file.advertise_url),
+            nats_url: self.nats_url.or(file.nats_url),
+            nats_replicas: self.nats_replicas.or(file.nats_replicas),
+            lease_timeout: self.lease_timeout.or(file.lease_timeout),
+            cluster_name: self.cluster_name.or(file.cluster_name),
         }
     }
 
@@ -340,6 +358,19 @@ pub struct Config {
     pub node_id: Option<String>,
     /// `EDDY_ADVERTISE_URL`; `None`: derived from the address listened on.
     pub advertise_url: Option<String>,
+    /// Cluster mode (`EDDY_NATS_URL` set), or `None`.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode's settings.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `EDDY_NATS_URL`, comma-separated.
+    pub nats_url: String,
+    pub replicas: usize,
+    pub lease_timeout: Duration,
+    /// `EDDY_CLUSTER_NAME`: the prefix of its streams and subjects.
+    pub name: String,
 }
 
 /// The origins of `EDDY_CORS_ORIGINS`.
@@ -394,7 +425,71 @@ fn check_origin(origin: &str) -> Result<String, String> {
     Ok(origin.to_ascii_lowercase())
 }
 
+/// Cluster mode's settings, when `EDDY_NATS_URL` is set; it needs PostgreSQL.
+fn cluster(s: &Settings, database_url: &str) -> Result<Option<ClusterConfig>, ConfigError> {
+    let invalid = |name, detail: String| ConfigError::Invalid { name, detail };
+    let Some(nats_url) = s.nats_url.clone().filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        return Err(invalid(
+            "DATABASE_URL",
+            "cluster mode (EDDY_NATS_URL) needs a PostgreSQL DATABASE_URL (postgres://…): \
+             leases, definitions and checkpoints live there"
+                .into(),
+        ));
+    }
+    let replicas = s.nats_replicas.unwrap_or(1);
+    if !(1..=5).contains(&replicas) {
+        return Err(invalid(
+            "EDDY_NATS_REPLICAS",
+            format!("must be 1 to 5, not {replicas}"),
+        ));
+    }
+    let lease = s.lease_timeout.as_deref().unwrap_or("5s");
+    let lease = Span::parse(lease).map_err(|e| invalid("EDDY_LEASE_TIMEOUT", e))?;
+    if lease.millis() < 100 {
+        return Err(invalid(
+            "EDDY_LEASE_TIMEOUT",
+            "must be at least 100ms".into(),
+        ));
+    }
+    let name = s.cluster_name.clone().unwrap_or_else(|| "eddy".into());
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(invalid(
+            "EDDY_CLUSTER_NAME",
+            format!("{name:?} must match [A-Za-z0-9_-]{{1,64}}"),
+        ));
+    }
+    Ok(Some(ClusterConfig {
+        nats_url,
+        replicas,
+        lease_timeout: Duration::from_millis(lease.millis() as u64),
+        name,
+    }))
+}
+
 impl Config {
+    /// This instance's id when it listens on `addr`: `EDDY_NODE_ID`, or host name and port.
+    pub fn node_at(&self, addr: SocketAddr) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()))
+    }
+
+    /// Where others reach this instance when it listens on `addr`: `EDDY_ADVERTISE_URL`, or
+    /// `http://addr`.
+    pub fn url_at(&self, addr: SocketAddr) -> String {
+        self.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+    }
+
     /// Resolves settings against the defaults.
     pub fn resolve(s: Settings) -> Result<Config, ConfigError> {
         let invalid = |name, detail: String| ConfigError::Invalid { name, detail };
@@ -402,9 +497,13 @@ impl Config {
         let listen = listen
             .parse()
             .map_err(|e| invalid("EDDY_LISTEN", format!("{listen:?} is not an address: {e}")))?;
-        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let data_dir = s
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./data"));
         let database_url = s
             .database_url
+            .clone()
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("eddy.db").display()));
         let timeout = s.request_timeout.as_deref().unwrap_or("90s");
         let timeout = Span::parse(timeout).map_err(|e| invalid("EDDY_REQUEST_TIMEOUT", e))?;
@@ -416,6 +515,7 @@ impl Config {
                 "must be above 0".into(),
             ));
         }
+        let cluster = cluster(&s, &database_url)?;
         let defaults = EngineConfig::default();
         let positive = |name, value: Option<usize>, default: usize| match value {
             Some(0) => Err(invalid(name, "must be at least 1".into())),
@@ -482,6 +582,7 @@ impl Config {
                 }
                 url => url,
             },
+            cluster,
             cors: match s.cors_origins.as_deref() {
                 Some(text) => {
                     CorsOrigins::parse(text).map_err(|e| invalid("EDDY_CORS_ORIGINS", e))?
@@ -502,6 +603,15 @@ impl Config {
         };
         Config::resolve(settings).expect("test settings are valid")
     }
+}
+
+/// The machine's host name (Linux), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod engine; // pipelines: sequencer, shards, operators, output log
 #[doc(hidden)]
 pub mod fuzzing; // entry points of the fuzz targets and the corpus test
 pub mod load; // eddy load: the load generator
+pub mod log; // the log a sequencer appends to: the WAL, or a JetStream stream (cluster mode)
 pub mod metrics; // every metric family (name, type, HELP), the recorder, /metrics text
 pub mod replay; // eddy replay: a pipeline over a file through the engine
 pub mod service; // the running service: lifecycle of pipelines, periodic checkpoints, ticker

@@ -124,7 +124,7 @@ async fn repair(config: Config, pipeline: String) -> Result<(), BoxError> {
         let url = store::redact(&config.database_url);
         return Err(format!("no pipeline {pipeline:?} is stored in {url}").into());
     }
-    let checkpoints = Checkpointer::new(store, std::sync::Arc::new(config));
+    let checkpoints = Checkpointer::new(store, std::sync::Arc::new(config), None);
     match checkpoints.repair(&pipeline).await? {
         RepairReport::Whole => {
             println!("pipeline {pipeline:?}: the WAL is whole; nothing to repair")
@@ -212,6 +212,7 @@ async fn serve(config: Config, insecure: bool) -> Result<(), BoxError> {
     shutdown.cancel();
     ticker.await?;
     service.checkpoint_all(eddy::store::Trigger::Shutdown).await;
+    service.leave_cluster().await;
     tracing::info!("stopped");
     Ok(())
 }

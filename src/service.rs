@@ -11,6 +11,7 @@
 //! that into HTTP answers (`api::problem`). It may import `checkpoint`, `engine`, `store`,
 //! `config`, `auth`, `metrics`, `spec`, `wal` and `clock`; never `api` or `app`.
 
+pub mod cluster;
 mod health;
 mod lifecycle;
 mod periodic;
@@ -43,6 +44,8 @@ pub struct Service {
     pub checkpoints: Arc<Checkpointer>,
     /// API tokens; `None`: open access. Swapped whole on SIGHUP.
     pub tokens: Arc<RwLock<Option<Arc<Tokens>>>>,
+    /// Cluster mode: this instance's part (leases, streams, routes); `None`: on its own.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// A known pipeline: serving, or failed at start.
@@ -82,6 +85,12 @@ pub enum ServiceError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Cluster mode: the pipeline's leader cannot be reached right now.
+    #[error("pipeline {name:?} has no reachable leader right now")]
+    NoLeader { name: String },
+    /// Cluster mode: the pipeline's stream could not be created or deleted.
+    #[error("the log stream of pipeline {name:?}: {detail}")]
+    Stream { name: String, detail: String },
 }
 
 impl Service {

@@ -11,6 +11,7 @@
 
 mod checkpoints;
 mod contents;
+mod leases;
 mod pipelines;
 mod postgres;
 mod sql;
@@ -18,6 +19,7 @@ mod sqlite;
 
 pub use checkpoints::{CheckpointRecord, CheckpointStatus, Progress, Trigger};
 pub use contents::{CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
+pub use leases::{Fence, Lease, Leases, MemberRow};
 pub use pipelines::Floors;
 pub use postgres::PostgresStore;
 pub use sql::SqlStore;
@@ -64,6 +66,10 @@ pub enum StoreError {
     },
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The lease a write was fenced by is no longer held by its writer (another instance
+    /// took the pipeline over): nothing was written.
+    #[error("pipeline {pipeline:?} is led by another instance now (epoch {epoch} is stale)")]
+    Fenced { pipeline: String, epoch: i64 },
     #[error("stored spec of {name:?} is not valid JSON")]
     Corrupt {
         name: String,
@@ -128,14 +134,17 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a pipeline definition with its checkpoints; false when there was none.
     async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError>;
     /// Records a checkpoint as `in_progress`; its id (above every id the pipeline ever had).
+    /// With a `fence` (cluster mode), only while that lease is still held ([`StoreError::Fenced`]).
     async fn begin_checkpoint(
         &self,
         pipeline: &str,
         trigger: Trigger,
         started_at: i64,
+        fence: Option<&Fence>,
     ) -> Result<i64, StoreError>;
     /// In ONE transaction: the state rows, output records and idempotency keys of a
-    /// checkpoint, and its row marked completed.
+    /// checkpoint, and its row marked completed; with the write's fence, only while that
+    /// lease is still held ([`StoreError::Fenced`], nothing written).
     async fn commit_checkpoint(
         &self,
         write: &CheckpointWrite<'_>,

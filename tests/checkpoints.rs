@@ -270,7 +270,7 @@ async fn only_completed_checkpoints_can_be_restored(backend: Backend) {
     let id = s
         .state
         .store
-        .begin_checkpoint("clicks", eddy::store::Trigger::Manual, 0)
+        .begin_checkpoint("clicks", eddy::store::Trigger::Manual, 0, None)
         .await
         .unwrap();
     s.state

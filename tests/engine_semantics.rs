@@ -459,7 +459,7 @@ fn attach_wal_failing_at_the_second_record(p: &Pipeline, dir: &std::path::Path) 
     };
     let opened = Wal::open(dir, options, 1).unwrap();
     std::os::unix::fs::symlink("/dev/full", dir.join(format!("{:020}.wal", 2))).unwrap();
-    p.attach_wal(opened.wal);
+    p.attach_log(Box::new(opened.wal));
 }
 
 /// A submission of one JSON event, logged as its body.

@@ -77,17 +77,11 @@ async fn get_cluster(
     principal: Option<Extension<Principal>>,
     local: Option<Extension<LocalAddr>>,
 ) -> Result<Json<ClusterView>, ApiError> {
+    if app.cluster.is_some() {
+        return Ok(Json(cluster_view(&app, principal.as_deref()).await?));
+    }
     let addr = local.map_or(app.config.listen, |l| l.0.0);
-    let node = app
-        .config
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
-    let url = app
-        .config
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let (node, url) = (app.config.node_at(addr), app.config.url_at(addr));
     let mut pipelines = Vec::new();
     for served in app.served_list().into_values() {
         let spec = match &served {
@@ -132,11 +126,66 @@ async fn get_cluster(
     }))
 }
 
-/// The machine's host name (Linux), or `localhost`.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+/// Cluster mode: the members and leases as this instance last read them (every fifth of the
+/// lease timeout); a pipeline led here reports its applied offset now, one led elsewhere the
+/// one its leader recorded at its last renewal.
+async fn cluster_view(
+    app: &AppState,
+    principal: Option<&Principal>,
+) -> Result<ClusterView, ApiError> {
+    let cluster = app.cluster.clone().expect("cluster mode");
+    let node = cluster.node().to_owned();
+    let members = cluster
+        .members()
+        .into_iter()
+        .map(|m| Member {
+            node: m.node,
+            url: m.url,
+            alive: m.alive,
+            last_seen: super::checkpoints::rfc3339(m.last_seen),
+        })
+        .collect();
+    let leaders: std::collections::HashMap<String, _> = cluster
+        .leaders()
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
+    let mut pipelines = Vec::new();
+    for stored in app.store.pipelines().await? {
+        if !may_touch(principal, &stored.name) {
+            continue;
+        }
+        let Ok(spec) = crate::spec::PipelineSpec::from_json(&stored.spec) else {
+            continue;
+        };
+        let led_here = app.engine.get(&spec.name);
+        let (leader, applied_offset) = match &led_here {
+            Some(pipeline) if cluster.leads(&spec.name).is_some() => {
+                (node.clone(), pipeline.status().await?.wal_offset)
+            }
+            _ => {
+                let seen = leaders.get(&spec.name);
+                let leader = seen.and_then(|l| l.leader.clone()).unwrap_or_default();
+                (leader, seen.and_then(|l| l.applied).map(|a| a as u64))
+            }
+        };
+        let partitions = (0..spec.partitions)
+            .map(|id| PartitionOwner {
+                id,
+                key_groups: spec.key_groups(id),
+                owner: leader.clone(),
+                applied_offset,
+            })
+            .collect();
+        pipelines.push(PipelineOwners {
+            name: spec.name.clone(),
+            leader,
+            partitions,
+        });
+    }
+    Ok(ClusterView {
+        node,
+        members,
+        pipelines,
+    })
 }

@@ -9,12 +9,13 @@ use crate::auth::Principal;
 use crate::checkpoint;
 use crate::engine::{FailedPipeline, Pipeline};
 use crate::service::Served;
+use crate::service::cluster::Route;
 use crate::spec::PipelineSpec;
 use crate::store::CheckpointStatus;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -209,7 +210,11 @@ async fn create_pipeline(
 async fn list_pipelines(
     State(app): State<AppState>,
     principal: Option<Extension<Principal>>,
-) -> Result<Json<PipelineList>, ApiError> {
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    if app.cluster.is_some() {
+        return Ok(Json(cluster_list(&app, principal.as_deref(), &headers).await?).into_response());
+    }
     let served = app.served_list();
     let mut items = Vec::new();
     for (name, pipeline) in &served {
@@ -217,7 +222,57 @@ async fn list_pipelines(
             items.push(served_answer(&app, pipeline).await?);
         }
     }
-    Ok(Json(PipelineList { items }))
+    Ok(Json(PipelineList { items }).into_response())
+}
+
+/// Cluster mode: every stored pipeline, each answered by its leader (this instance's own
+/// answer for those led here). A pipeline without a reachable leader fails the list with
+/// 503 rather than leave it out.
+async fn cluster_list(
+    app: &AppState,
+    principal: Option<&Principal>,
+    headers: &HeaderMap,
+) -> Result<Value, ApiError> {
+    let cluster = app.cluster.clone().expect("cluster mode");
+    let mut items = Vec::new();
+    for stored in app.store.pipelines().await? {
+        let name = stored.name;
+        if !may_touch(principal, &name) {
+            continue;
+        }
+        let no_leader = || ApiError::NoLeader { name: name.clone() };
+        match cluster.route(&name).await {
+            Route::Here => match app.served(&name) {
+                Ok(served) => items.push(
+                    serde_json::to_value(served_answer(app, &served).await?)
+                        .map_err(|e| ApiError::internal(&e))?,
+                ),
+                // Stored, not led anywhere yet.
+                Err(_) => return Err(no_leader()),
+            },
+            Route::There(url) => {
+                let mut get = cluster.http.get(format!("{url}/v1/pipelines/{name}"));
+                if let Some(auth) = headers.get(header::AUTHORIZATION) {
+                    get = get.header(header::AUTHORIZATION, auth);
+                }
+                let answer = get
+                    .header(super::forward::FORWARDED_BY, cluster.node())
+                    .send()
+                    .await
+                    .map_err(|_| no_leader())?;
+                match answer.status() {
+                    StatusCode::OK => {
+                        items.push(answer.json::<Value>().await.map_err(|_| no_leader())?)
+                    }
+                    // Deleted since the list was read.
+                    StatusCode::NOT_FOUND => {}
+                    _ => return Err(no_leader()),
+                }
+            }
+            Route::Unavailable => return Err(no_leader()),
+        }
+    }
+    Ok(serde_json::json!({ "items": items }))
 }
 
 /// Get a pipeline with its live status

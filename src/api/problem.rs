@@ -151,6 +151,12 @@ pub enum ApiError {
     /// 503: recovery is not finished or the store does not answer.
     #[error("{detail}")]
     Unavailable { detail: String },
+    /// 503 with `Retry-After`: cluster mode, the pipeline's leader is gone or being taken
+    /// over.
+    #[error(
+        "pipeline {name:?} has no reachable leader right now (failover in progress); retry shortly"
+    )]
+    NoLeader { name: String },
     /// 503 with `Retry-After`: the store cannot be reached; the cause is logged.
     #[error("the checkpoint store ({store}) cannot be reached; retry shortly")]
     StoreUnavailable { store: &'static str, cause: String },
@@ -184,6 +190,7 @@ impl ApiError {
             UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Overloaded { .. }
             | Unavailable { .. }
+            | NoLeader { .. }
             | Busy
             | PipelineFailed { .. }
             | StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -217,6 +224,7 @@ impl ApiError {
             Overloaded { .. } => "overloaded",
             Busy => "busy",
             Unavailable { .. } => "unavailable",
+            NoLeader { .. } => "no_leader",
             PipelineFailed { .. } => "pipeline_failed",
             StoreUnavailable { .. } => "store_unavailable",
             Internal { .. } => "internal",
@@ -266,7 +274,10 @@ impl IntoResponse for ApiError {
             );
         }
         let retry_after = match self {
-            ApiError::Overloaded { .. } | ApiError::Busy => Some("1"),
+            ApiError::Overloaded { .. }
+            | ApiError::Busy
+            | ApiError::NoLeader { .. }
+            | ApiError::Unavailable { .. } => Some("1"),
             // An outage outlasts a full queue: a client polling every second helps no one.
             ApiError::StoreUnavailable { .. } => Some("5"),
             _ => None,
@@ -342,6 +353,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Store(e) => store_error(e),
             ServiceError::Engine(e) => engine_error(e),
             ServiceError::Checkpoint(e) => checkpoint_error(e),
+            ServiceError::NoLeader { name } => ApiError::NoLeader { name },
+            e @ ServiceError::Stream { .. } => ApiError::internal(&e),
         }
     }
 }
@@ -365,6 +378,7 @@ fn engine_error(e: EngineError) -> ApiError {
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Duplicate { name } => ApiError::PipelineExists { name },
+        StoreError::Fenced { pipeline, .. } => ApiError::NoLeader { name: pipeline },
         e @ StoreError::Unavailable { store, .. } => ApiError::StoreUnavailable {
             store,
             cause: cause_chain(&e),
@@ -384,7 +398,7 @@ fn checkpoint_error(e: CheckpointError) -> ApiError {
         }
         CheckpointError::Engine(e) => engine_error(e),
         CheckpointError::Store(e) => store_error(e),
-        e @ CheckpointError::Wal(_) => ApiError::internal(&e),
+        e @ (CheckpointError::Wal(_) | CheckpointError::Stream(_)) => ApiError::internal(&e),
     }
 }
 

@@ -95,7 +95,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("eddy.db").display());
         let store = crate::store::connect(&url).await.unwrap();
         let config = Config::for_tests(dir.path().to_owned(), url);
-        (Checkpointer::new(store, Arc::new(config)), dir)
+        (Checkpointer::new(store, Arc::new(config), None), dir)
     }
 
     #[tokio::test]

@@ -34,6 +34,12 @@ impl Checkpointer {
         started_at: i64,
         error: CheckpointError,
     ) -> CheckpointError {
+        if let CheckpointError::Store(StoreError::Fenced { epoch, .. }) = &error {
+            // Not this instance's pipeline any more: it writes nothing, not even a failure
+            // (the new leader's recovery marked any row it had begun as failed).
+            tracing::warn!(pipeline = %name, epoch, trigger = trigger.as_str(), next = "the instance stops leading the pipeline", "checkpoint fenced: another instance leads the pipeline");
+            return error;
+        }
         crate::metrics::checkpoint_failed(name, trigger.as_str());
         let failure = Failure {
             id,

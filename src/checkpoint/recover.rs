@@ -1,41 +1,48 @@
-//! Recovering a pipeline at start: checkpoints a crash interrupted marked failed, an
-//! unfinished restore's WAL cut finished, the latest completed checkpoint loaded, then the
-//! WAL after it reapplied. A WAL that fails its check fails the recovery.
+//! Recovering a pipeline at start (or, in cluster mode, when this instance takes its lease):
+//! checkpoints a crash interrupted marked failed, an unfinished restore's log cut finished,
+//! the latest completed checkpoint loaded, then the log after it reapplied: the local WAL, or
+//! the pipeline's JetStream stream. A log that fails its check fails the recovery.
 
 use super::{CheckpointError, Checkpointer, stored};
 use crate::clock::now_ms;
 use crate::engine::{Counters, OutputRecord, Pipeline, Snapshot};
+use crate::log::Log;
 use crate::spec::PipelineSpec;
 use crate::store::CheckpointRecord;
-use crate::wal::Wal;
+use crate::store::Fence;
+use crate::wal::{Record, Wal};
 
 impl Checkpointer {
     /// Starts `spec`'s pipeline from its latest completed checkpoint and the WAL after it.
     /// A WAL that fails its check fails the recovery ([`WalError::Corrupt`]) before anything
     /// is loaded; only a torn tail is cut.
-    pub async fn recover(&self, spec: PipelineSpec) -> Result<Pipeline, CheckpointError> {
+    ///
+    /// In cluster mode `fence` is the lease just taken: the stream is fenced with it (see
+    /// `log::stream`) and the pipeline's checkpoints are written under it.
+    pub async fn recover(
+        &self,
+        spec: PipelineSpec,
+        fence: Option<Fence>,
+    ) -> Result<Pipeline, CheckpointError> {
         let name = spec.name.clone();
         self.store.fail_interrupted(&name, now_ms()).await?;
         let floors = self.store.floors(&name).await?;
-        let dir = self.wal_dir(&name);
-        if let Some(lsn) = floors.discard_after_lsn {
-            Wal::truncate_after(&dir, lsn as u64)?;
-            self.store.clear_discard(&name).await?;
-        }
         let latest = self.latest(&name).await?;
         if let Some(at) = latest.as_ref().and_then(|c| c.completed_at) {
             crate::metrics::checkpoint_last_completed(&name, at);
         }
         let from = latest.as_ref().map_or(0, |c| c.progress.wal_lsn as u64);
-        let opened = Wal::open(&dir, self.wal_options(), from + 1)?;
-        if let Some((segment, at)) = &opened.cut_at {
-            let reason = format!(
-                "torn tail of {} bytes at byte {at} of {}",
-                opened.cut_bytes,
-                segment.display()
-            );
-            tracing::warn!(pipeline = %name, reason = %reason, next = "the pipeline starts without it: an interrupted write was never acknowledged", "WAL torn tail cut");
-        }
+        let (log, records) = match (&self.streams, &fence) {
+            (Some(streams), Some(fence)) => {
+                let discard = floors.discard_after_lsn.is_some();
+                let opened = streams.open(&name, from + 1, fence, discard).await?;
+                if discard {
+                    self.store.clear_discard(&name).await?;
+                }
+                (Box::new(opened.log) as Box<dyn Log>, opened.records)
+            }
+            _ => self.open_wal(&name, floors.discard_after_lsn, from).await?,
+        };
         let pipeline = Pipeline::from_spec(spec, &self.config.engine);
         let snapshot = match &latest {
             Some(cp) => self.snapshot(&pipeline, cp).await?,
@@ -51,7 +58,7 @@ impl Checkpointer {
         pipeline.restore(snapshot).await?;
         pipeline.output().raise_next_offset(floors.output as u64);
         let mut replayed = 0;
-        for (lsn, record) in opened.records {
+        for (lsn, record) in records {
             if lsn > from {
                 pipeline.reapply(record).await?;
                 replayed += 1;
@@ -60,9 +67,37 @@ impl Checkpointer {
         // After the replay: a repair's floor lies above records that are replayed at the
         // offsets they took (each record raises the offset to its own first one).
         pipeline.raise_next_offset(floors.offset as u64);
-        pipeline.attach_wal(opened.wal);
+        pipeline.attach_log(log);
+        if let Some(fence) = fence {
+            pipeline.set_fence(fence);
+        }
         tracing::info!(pipeline = %name, checkpoint = latest.map(|c| c.id), replayed, "pipeline recovered");
         Ok(pipeline)
+    }
+
+    /// Opens the local WAL after finishing an unfinished restore's cut: the log and its
+    /// records.
+    async fn open_wal(
+        &self,
+        name: &str,
+        discard_after: Option<i64>,
+        from: u64,
+    ) -> Result<(Box<dyn Log>, Vec<(u64, Record)>), CheckpointError> {
+        let dir = self.wal_dir(name);
+        if let Some(lsn) = discard_after {
+            Wal::truncate_after(&dir, lsn as u64)?;
+            self.store.clear_discard(name).await?;
+        }
+        let opened = Wal::open(&dir, self.wal_options(), from + 1)?;
+        if let Some((segment, at)) = &opened.cut_at {
+            let reason = format!(
+                "torn tail of {} bytes at byte {at} of {}",
+                opened.cut_bytes,
+                segment.display()
+            );
+            tracing::warn!(pipeline = %name, reason = %reason, next = "the pipeline starts without it: an interrupted write was never acknowledged", "WAL torn tail cut");
+        }
+        Ok((Box::new(opened.wal), opened.records))
     }
 
     async fn snapshot(

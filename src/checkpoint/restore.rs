@@ -37,10 +37,14 @@ impl Checkpointer {
             discard_after_lsn: Some(cp.progress.wal_lsn),
         };
         self.store.restore_checkpoint(name, id, floors).await?;
-        Wal::truncate_after(&self.wal_dir(name), cp.progress.wal_lsn as u64)?;
-        self.store.clear_discard(name).await?;
+        let fence = old.fence().cloned();
+        if fence.is_none() {
+            Wal::truncate_after(&self.wal_dir(name), cp.progress.wal_lsn as u64)?;
+            self.store.clear_discard(name).await?;
+        }
+        // In cluster mode the recovery cuts the stream (and clears the discard) itself.
         let spec = old.spec().cloned().expect("served pipelines have a spec");
-        let pipeline = self.recover(spec).await?;
+        let pipeline = self.recover(spec, fence).await?;
         Ok((
             pipeline,
             now.events.saturating_sub(cp.progress.events as u64),
@@ -94,7 +98,7 @@ impl Checkpointer {
         self.store.restore_checkpoint(&name, id, floors).await?;
         Wal::truncate_after(&dir, lsn)?;
         self.store.clear_discard(&name).await?;
-        let pipeline = self.recover(spec).await?;
+        let pipeline = self.recover(spec, None).await?;
         Ok((pipeline, loss.events))
     }
 

@@ -5,7 +5,7 @@
 use super::{CheckpointError, Checkpointer, stored};
 use crate::clock::now_ms;
 use crate::engine::{Barrier, EngineError, Pipeline};
-use crate::store::{CheckpointRecord, CheckpointWrite, Trigger};
+use crate::store::{CheckpointRecord, CheckpointStatus, CheckpointWrite, Trigger};
 use std::time::Duration;
 
 impl Checkpointer {
@@ -23,7 +23,12 @@ impl Checkpointer {
         // A store that cannot take the earlier failures cannot take this one: say so at once
         // rather than wait for it twice.
         let begun = match self.list_pending(name).await {
-            Ok(()) => self.store.begin_checkpoint(name, trigger, started_at).await,
+            Ok(()) => {
+                let fence = pipeline.fence();
+                self.store
+                    .begin_checkpoint(name, trigger, started_at, fence)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let id = match begun {
@@ -70,6 +75,7 @@ impl Checkpointer {
             rows: &barrier.rows,
             outputs: &outputs,
             idempotency: &idempotency,
+            fence: pipeline.fence(),
         };
         match self.store.commit_checkpoint(&write).await {
             Ok(meta) => {
@@ -109,11 +115,6 @@ impl Checkpointer {
     }
 
     async fn after_commit(&self, pipeline: &Pipeline, wal_lsn: u64) {
-        if let Some(wal) = pipeline.wal()
-            && let Err(e) = wal.remove_through(wal_lsn)
-        {
-            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint deletes them", "cannot delete old WAL segments");
-        }
         let retain = pipeline
             .spec()
             .map_or(5, |s| i64::from(s.retain_checkpoints));
@@ -125,6 +126,19 @@ impl Checkpointer {
             .await
         {
             tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint prunes them", "cannot prune old checkpoints");
+        }
+        if let Some(log) = pipeline.log() {
+            let oldest = match self.store.checkpoints(pipeline.name()).await {
+                Ok(kept) => kept
+                    .iter()
+                    .filter(|c| c.status == CheckpointStatus::Completed)
+                    .map(|c| c.progress.wal_lsn as u64)
+                    .min()
+                    .unwrap_or(0)
+                    .min(wal_lsn),
+                Err(_) => 0,
+            };
+            log.trim(wal_lsn, oldest);
         }
     }
 }

@@ -12,7 +12,6 @@ use super::sequencer::Counters;
 use super::shard::Command;
 use super::shard_of;
 use crate::state::Key;
-use crate::wal::Wal;
 use tokio::sync::oneshot;
 
 /// Everything a checkpoint takes at its barrier.
@@ -58,7 +57,7 @@ impl Pipeline {
                 Some(senders),
                 None,
             )?;
-            let wal_lsn = self.wal.get().map_or(0, Wal::last_lsn);
+            let wal_lsn = self.wal.get().map_or(0, |log| log.last_lsn());
             (
                 locked.seq.counters,
                 wal_lsn,

@@ -16,9 +16,10 @@ use super::output::Output;
 use super::sequencer::{Counters, Sequencer};
 use super::shard::{Command, Shard};
 use super::{EngineConfig, EngineError};
+use crate::log::Log;
 use crate::metrics::{PipelineMetrics, RECORDS_IN, RECORDS_OUT, operator_counters};
 use crate::spec::PipelineSpec;
-use crate::wal::Wal;
+use crate::store::Fence;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
@@ -44,8 +45,11 @@ pub struct Pipeline {
     pub(super) output: Arc<Output>,
     /// Cancelled when the pipeline is deleted: ends its long polls and streams.
     pub(super) closed: CancellationToken,
-    pub(super) wal: OnceLock<Wal>,
-    /// Why the pipeline stopped accepting (its WAL failed).
+    pub(super) wal: OnceLock<Box<dyn Log>>,
+    /// Cluster mode: the lease this instance leads the pipeline under (its checkpoints
+    /// are written only while it still holds it).
+    pub(super) fence: OnceLock<Fence>,
+    /// Why the pipeline stopped accepting (its log failed).
     pub(super) failure: Arc<OnceLock<String>>,
     /// Keys with state per shard (all operators), published by each shard after a batch.
     pub(super) keys: Arc<[AtomicUsize]>,
@@ -125,6 +129,7 @@ impl Pipeline {
             output,
             closed: CancellationToken::new(),
             wal: OnceLock::new(),
+            fence: OnceLock::new(),
             failure: Arc::new(OnceLock::new()),
             keys,
             max_keys: config.max_keys,
@@ -132,9 +137,19 @@ impl Pipeline {
         }
     }
 
-    /// From now on, every change is logged to `wal` before it is applied.
-    pub fn attach_wal(&self, wal: Wal) {
-        let _ = self.wal.set(wal);
+    /// From now on, every change is logged to `log` before it is applied.
+    pub fn attach_log(&self, log: Box<dyn Log>) {
+        let _ = self.wal.set(log);
+    }
+
+    /// Cluster mode: the lease the pipeline is led under.
+    pub fn set_fence(&self, fence: Fence) {
+        let _ = self.fence.set(fence);
+    }
+
+    /// The lease the pipeline is led under (cluster mode).
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.get()
     }
 
     /// Why the pipeline stopped accepting (its WAL failed a write), if it did.
@@ -142,9 +157,9 @@ impl Pipeline {
         self.failure.get().cloned()
     }
 
-    /// The attached WAL.
-    pub fn wal(&self) -> Option<&Wal> {
-        self.wal.get()
+    /// The attached log.
+    pub fn log(&self) -> Option<&dyn Log> {
+        self.wal.get().map(|log| &**log)
     }
 
     /// Handles on the pipeline's ingest metrics.

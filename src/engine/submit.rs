@@ -157,6 +157,8 @@ impl Pipeline {
             }
             Record::Watermark { time } => self.advance_watermark(time).await.map(|_| ()),
             Record::Tick { now } => self.tick(now).await,
+            // A new leader's mark in the log: nothing changes.
+            Record::Epoch { .. } => Ok(()),
         }
     }
 

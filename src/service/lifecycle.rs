@@ -2,6 +2,7 @@
 //! every stored pipeline (latest checkpoint, then its WAL) before the service is ready.
 
 use super::Service;
+use super::cluster::Cluster;
 use crate::auth::{Tokens, TokensError};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::config::Config;
@@ -26,6 +27,8 @@ pub enum StartError {
     InvalidStoredSpec { name: String, detail: String },
     #[error(transparent)]
     Tokens(#[from] TokensError),
+    #[error("cluster mode cannot start")]
+    Cluster(#[from] super::cluster::ClusterError),
     #[error("pipeline {name:?} cannot be recovered")]
     Recovery {
         name: String,
@@ -35,7 +38,10 @@ pub enum StartError {
 
 impl Service {
     /// Opens the store and applies migrations: a service that serves, not ready yet.
-    pub async fn open(config: Config, shutdown: CancellationToken) -> Result<Service, StartError> {
+    pub async fn open(
+        mut config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Service, StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
@@ -48,12 +54,36 @@ impl Service {
             .map(Tokens::load)
             .transpose()?
             .map(Arc::new);
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let (node, url) = (config.node_at(config.listen), config.url_at(config.listen));
+                let cluster = Cluster::connect(settings, &config.database_url, &node, &url).await?;
+                // A record is one NATS message: a body must fit what the servers take.
+                let fits = cluster
+                    .streams
+                    .max_payload()
+                    .saturating_sub(64 * 1024)
+                    .max(1024);
+                if config.max_body_bytes > fits {
+                    tracing::info!(
+                        max_body_bytes = fits,
+                        "request bodies limited to what one NATS message holds"
+                    );
+                    config.max_body_bytes = fits;
+                }
+                tracing::info!(node = %node, url = %url, "cluster member");
+                Some(Arc::new(cluster))
+            }
+            None => None,
+        };
         let config = Arc::new(config);
         crate::metrics::install();
+        let streams = cluster.as_ref().map(|c| c.streams.clone());
         Ok(Service {
             tokens: Arc::new(RwLock::new(tokens)),
             engine: Arc::new(Engine::default()),
-            checkpoints: Arc::new(Checkpointer::new(store.clone(), config.clone())),
+            checkpoints: Arc::new(Checkpointer::new(store.clone(), config.clone(), streams)),
+            cluster,
             store,
             config,
             ready: Arc::new(AtomicBool::new(false)),
@@ -65,7 +95,14 @@ impl Service {
     /// service ready: until then `/readyz` and the API answer 503. A pipeline whose WAL fails
     /// its check stays failed (listed, its requests 503 `pipeline_failed`) while the others
     /// serve.
+    ///
+    /// In cluster mode the cluster loop starts instead: it takes the leases of pipelines no
+    /// live instance leads and recovers those; the service is ready after its first round.
     pub async fn recover(&self) -> Result<(), StartError> {
+        if let Some(cluster) = &self.cluster {
+            tokio::spawn(self.clone().run_cluster(cluster.clone()));
+            return Ok(());
+        }
         for stored in self.store.pipelines().await? {
             let spec = PipelineSpec::from_json(&stored.spec).map_err(|errors| {
                 StartError::InvalidStoredSpec {
@@ -73,7 +110,7 @@ impl Service {
                     detail: format!("{errors:?}"),
                 }
             })?;
-            match self.checkpoints.recover(spec.clone()).await {
+            match self.checkpoints.recover(spec.clone(), None).await {
                 Ok(pipeline) => {
                     self.launch(pipeline);
                 }

@@ -2,12 +2,14 @@
 //! delete (its WAL removed off the async threads), restore a checkpoint (also of a pipeline
 //! that failed to start), take a checkpoint now, and read its checkpoints.
 
+use super::cluster::Cluster;
 use super::{Served, Service, ServiceError};
 use crate::checkpoint::CheckpointError;
 use crate::engine::Pipeline;
 use crate::spec::PipelineSpec;
-use crate::store::{CheckpointRecord, Trigger};
+use crate::store::{CheckpointRecord, Fence, StoreError, Trigger};
 use std::sync::Arc;
+use std::time::Instant;
 
 impl Service {
     /// Whether one more pipeline may exist (`TooManyPipelines` when not).
@@ -23,12 +25,15 @@ impl Service {
     /// definition is taken back and the pipeline never existed.
     pub async fn create(&self, spec: PipelineSpec) -> Result<Arc<Pipeline>, ServiceError> {
         self.ensure_room()?;
+        if let Some(cluster) = &self.cluster {
+            return self.create_led(cluster, spec).await;
+        }
         self.store
             .insert_pipeline(&spec.name, &spec.document)
             .await?;
         let name = spec.name.clone();
         // A new pipeline recovers nothing, but takes the same path: it opens its WAL.
-        let pipeline = match self.checkpoints.recover(spec).await {
+        let pipeline = match self.checkpoints.recover(spec, None).await {
             Ok(pipeline) => self.launch(pipeline),
             Err(source) => {
                 let _ = self.store.delete_pipeline(&name).await;
@@ -39,7 +44,68 @@ impl Service {
         Ok(pipeline)
     }
 
-    /// Deletes the pipeline `name` with its state, checkpoints, output and WAL.
+    /// Cluster mode: the lease first (so that no other instance takes the new pipeline
+    /// over while it is created), then the definition, the stream, and the pipeline led here.
+    async fn create_led(
+        &self,
+        cluster: &Cluster,
+        spec: PipelineSpec,
+    ) -> Result<Arc<Pipeline>, ServiceError> {
+        let name = spec.name.clone();
+        let duplicate = || StoreError::Duplicate { name: name.clone() };
+        let taken = Instant::now();
+        let Some(epoch) = cluster.leases.acquire(&name).await? else {
+            // Led elsewhere: it exists (or is being created there).
+            return Err(duplicate().into());
+        };
+        let exists = self.store.pipelines().await?.iter().any(|p| p.name == name);
+        let inserted = match exists {
+            true => Err(duplicate()),
+            false => self.store.insert_pipeline(&name, &spec.document).await,
+        };
+        if let Err(e) = inserted {
+            // Another instance's pipeline whose lease had lapsed: its next taker recovers it.
+            let _ = cluster.leases.release(&name, epoch).await;
+            return Err(e.into());
+        }
+        let fence = Fence {
+            node: cluster.node().to_owned(),
+            epoch,
+        };
+        let created = match cluster.streams.create(&name).await {
+            Ok(()) => self
+                .checkpoints
+                .recover(spec, Some(fence))
+                .await
+                .map_err(|source| ServiceError::Open {
+                    name: name.clone(),
+                    source,
+                }),
+            Err(e) => Err(ServiceError::Stream {
+                name: name.clone(),
+                detail: e.to_string(),
+            }),
+        };
+        let pipeline = match created {
+            Ok(pipeline) => self.launch(pipeline),
+            Err(e) => {
+                let _ = self.store.delete_pipeline(&name).await;
+                let _ = cluster.streams.delete(&name).await;
+                let _ = cluster.leases.forget(&name).await;
+                return Err(e);
+            }
+        };
+        cluster.lead(&name, epoch, taken);
+        tracing::info!(
+            pipeline = pipeline.name(),
+            epoch,
+            "pipeline created and led here"
+        );
+        Ok(pipeline)
+    }
+
+    /// Deletes the pipeline `name` with its state, checkpoints, output and WAL (in cluster
+    /// mode: its stream and lease).
     pub async fn delete(&self, name: &str) -> Result<(), ServiceError> {
         self.served(name)?;
         if !self.store.delete_pipeline(name).await? {
@@ -50,7 +116,18 @@ impl Service {
             pipeline.quiesce().await;
         }
         self.engine.remove_failed(name);
-        self.remove_wal(name).await;
+        match &self.cluster {
+            Some(cluster) => {
+                cluster.unlead(name);
+                if let Err(e) = cluster.streams.delete(name).await {
+                    tracing::warn!(pipeline = %name, reason = %e, next = "a pipeline created under its name deletes it first", "cannot delete the log stream");
+                }
+                if let Err(e) = cluster.leases.forget(name).await {
+                    tracing::warn!(pipeline = %name, reason = %e, next = "the cluster loop removes it", "cannot delete the lease");
+                }
+            }
+            None => self.remove_wal(name).await,
+        }
         crate::metrics::forget_pipeline(name);
         tracing::info!(pipeline = %name, "pipeline deleted");
         Ok(())

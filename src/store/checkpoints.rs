@@ -104,6 +104,8 @@ pub(super) struct NewCheckpoint<'a> {
     pub started_at: i64,
     pub completed_at: Option<i64>,
     pub error: Option<&'a str>,
+    /// Cluster mode: the lease the writer must hold.
+    pub fence: Option<&'a super::Fence>,
 }
 
 /// The id a new checkpoint gets: above every id the pipeline had (`last`, or the `floor` a

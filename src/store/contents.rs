@@ -36,6 +36,8 @@ pub struct CheckpointWrite<'a> {
     pub rows: &'a [StateRow],
     pub outputs: &'a [OutputRow],
     pub idempotency: &'a [IdempotencyRow],
+    /// Cluster mode: the lease the writer must still hold, checked in the transaction.
+    pub fence: Option<&'a super::Fence>,
 }
 
 /// A checkpoint's contents, to start a pipeline from.
@@ -171,6 +173,7 @@ mod tests {
             rows: &rows,
             outputs: &outputs,
             idempotency: &[],
+            fence: None,
         };
         assert_eq!(sizes(&write), (1, 1, 5 + 2));
     }

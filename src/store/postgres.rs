@@ -17,6 +17,7 @@ static DIALECT: Dialect = Dialect {
     load_state: "select distinct on (operator, key) operator, key, key_group, last_time, value \
                  from state_rows where pipeline = $1 and checkpoint <= $2 \
                  order by operator, key, checkpoint desc",
+    lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2 for share",
 };
 
 impl SqlStore<Postgres> {

@@ -12,7 +12,7 @@
 use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint, Trigger};
 use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
 use super::pipelines::{self, Floors};
-use super::{Store, StoreError, StoredPipeline};
+use super::{Fence, Store, StoreError, StoredPipeline};
 use crate::state::StateRow;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
@@ -39,6 +39,8 @@ pub(super) struct Dialect {
     /// (operator, key, key_group, last_time, value) of the newest row per key at or before a
     /// checkpoint ($1 pipeline, $2 checkpoint id).
     pub load_state: &'static str,
+    /// (epoch) of the lease ($1 pipeline) while $2 holds it, locked against a takeover.
+    pub lease_epoch: &'static str,
 }
 
 /// How many rows a statement changed: each backend's result type says it its own way.
@@ -152,8 +154,10 @@ where
         pipeline: &str,
         trigger: Trigger,
         started_at: i64,
+        fence: Option<&Fence>,
     ) -> Result<i64, StoreError> {
         let new = NewCheckpoint {
+            fence,
             status: CheckpointStatus::InProgress,
             trigger,
             started_at,
@@ -168,6 +172,7 @@ where
         w: &CheckpointWrite<'_>,
     ) -> Result<CheckpointRecord, StoreError> {
         let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        self.check_fence(&mut *tx, w.pipeline, w.fence).await?;
         self.write_contents(&mut *tx, w)
             .await
             .map_err(|e| self.db(e))?;
@@ -208,6 +213,7 @@ where
             started_at,
             completed_at: Some(completed_at),
             error: Some(error),
+            fence: None,
         };
         self.insert_checkpoint(pipeline, new).await
     }
@@ -411,6 +417,7 @@ where
         new: NewCheckpoint<'_>,
     ) -> Result<i64, StoreError> {
         let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        self.check_fence(&mut *tx, pipeline, new.fence).await?;
         let id = self
             .next_id(&mut *tx, pipeline)
             .await
@@ -428,6 +435,33 @@ where
             .map_err(|e| self.db(e))?;
         tx.commit().await.map_err(|e| self.db(e))?;
         Ok(id)
+    }
+
+    /// Fails with [`StoreError::Fenced`] unless `fence` (when given) is the pipeline's lease
+    /// now: read in `tx` and locked (PostgreSQL: `for share`) so that no takeover commits
+    /// before `tx` does.
+    async fn check_fence(
+        &self,
+        tx: &mut DB::Connection,
+        pipeline: &str,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        let Some(fence) = fence else {
+            return Ok(());
+        };
+        let held: Option<(i64,)> = sqlx::query_as(self.dialect.lease_epoch)
+            .bind(pipeline)
+            .bind(fence.node.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        match held {
+            Some((epoch,)) if epoch == fence.epoch => Ok(()),
+            _ => Err(StoreError::Fenced {
+                pipeline: pipeline.to_owned(),
+                epoch: fence.epoch,
+            }),
+        }
     }
 
     /// The id the pipeline's next checkpoint gets, read in `tx`.

@@ -28,6 +28,7 @@ static DIALECT: Dialect = Dialect {
     load_state: "select operator, key, key_group, last_time, value from (\
                  select operator, key, key_group, last_time, value, max(checkpoint) \
                  from state_rows where pipeline = $1 and checkpoint <= $2 group by operator, key)",
+    lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2",
 };
 
 impl SqlStore<Sqlite> {

@@ -26,6 +26,9 @@ pub enum Record {
     Watermark { time: i64 },
     /// A processing-time tick.
     Tick { now: i64 },
+    /// Cluster mode: a leader took the pipeline over under `epoch` (the first record it
+    /// appends; it changes no state). Records of an older epoch after it are not applied.
+    Epoch { epoch: i64 },
 }
 
 /// Why bytes are not a record.
@@ -86,6 +89,10 @@ impl Record {
             Record::Tick { now } => {
                 framed.push(3);
                 framed.extend_from_slice(&now.to_le_bytes());
+            }
+            Record::Epoch { epoch } => {
+                framed.push(4);
+                framed.extend_from_slice(&epoch.to_le_bytes());
             }
         }
         let payload = &framed[HEADER..];
@@ -168,6 +175,7 @@ fn decode_payload(payload: &[u8]) -> Result<(u64, Record), DecodeError> {
         }
         2 => Record::Watermark { time: r.i64()? },
         3 => Record::Tick { now: r.i64()? },
+        4 => Record::Epoch { epoch: r.i64()? },
         kind => return Err(DecodeError::UnknownKind(kind)),
     };
     match r.0.len() {
@@ -201,6 +209,7 @@ mod tests {
                 }),
             any::<i64>().prop_map(|time| Record::Watermark { time }),
             any::<i64>().prop_map(|now| Record::Tick { now }),
+            any::<i64>().prop_map(|epoch| Record::Epoch { epoch }),
         ]
     }
 
