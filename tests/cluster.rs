@@ -58,7 +58,7 @@ fn batches(tag: &str, seed: u64, n: usize) -> Vec<(String, Vec<u8>)> {
         users: 60,
         pages: 5,
         step_ms: 2_000,
-        disorder_ms: 30_000,
+        disorder_ms: 8_000,
         seed,
         ..ClickStream::default()
     };
