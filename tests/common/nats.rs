@@ -227,6 +227,10 @@ pub fn nats_url() -> String {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let nats = ThrowawayNats::start();
+            let pid = nats.server.child.as_ref().expect("running").id();
+            let _ = PROCESS_WIDE.set((pid, nats._dir.path().to_owned()));
+            // SAFETY: registers a plain `extern "C"` function, once.
+            unsafe { libc::atexit(stop_process_wide) };
             tx.send(nats.url()).expect("send the URL");
             loop {
                 std::thread::park();
@@ -235,6 +239,22 @@ pub fn nats_url() -> String {
         rx.recv().expect("the process-wide nats-server started")
     })
     .clone()
+}
+
+/// The process-wide server's pid and store dir, for [`stop_process_wide`].
+static PROCESS_WIDE: OnceLock<(u32, std::path::PathBuf)> = OnceLock::new();
+
+/// At exit: kills the process-wide server and removes its store (no destructor of the parked
+/// thread that owns it ever runs).
+extern "C" fn stop_process_wide() {
+    if let Some((pid, dir)) = PROCESS_WIDE.get() {
+        // SAFETY: signals and reaps the child this process started.
+        unsafe {
+            libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(*pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A three-server (or n-server) NATS cluster on loopback: routes between all, JetStream on
