@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it: format, clippy (-D warnings), and every test against a real
 # PostgreSQL and SQLite. When DATABASE_URL is not set, a throwaway PostgreSQL is started
-# (initdb into a temp dir, loopback only, a free port) and removed afterwards.
+# (initdb into a temp dir, loopback only, a free port) and removed afterwards. The cluster tests
+# get a throwaway `nats-server -js` (loopback, a free port, a temp store) unless
+# EDDY_TEST_NATS_URL is set; it is stopped and removed afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# One EXIT trap for everything this script starts: the throwaway NATS server, and the throwaway
+# PostgreSQL (or, on a server we did not start, the test databases).
+cleanup() {
+  stop_throwaway_nats
+  if [ -n "${PG_TMP:-}" ]; then
+    stop_throwaway_postgres
+  elif [ -n "${DROP_TEST_DATABASES:-}" ]; then
+    drop_test_databases
+  fi
+}
+trap cleanup EXIT
 
 start_throwaway_postgres() {
   local initdb bindir
@@ -22,7 +40,7 @@ start_throwaway_postgres() {
   fi
   PG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/eddy-pg.XXXXXX")
   local port
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   # PostgreSQL refuses to run as root: run its binaries as the postgres user then.
   local as=()
   if [ "$(id -u)" = 0 ]; then
@@ -30,7 +48,6 @@ start_throwaway_postgres() {
     as=(runuser -u postgres --)
   fi
   PG_CTL=("${as[@]}" "$bindir/pg_ctl" -D "$PG_TMP/data")
-  trap stop_throwaway_postgres EXIT
   "${as[@]}" "$bindir/initdb" -D "$PG_TMP/data" -U postgres --auth=trust --encoding=UTF8 --locale=C --no-sync >"$PG_TMP/initdb.log" 2>&1 \
     || { cat "$PG_TMP/initdb.log" >&2; echo "scripts/test.sh: initdb failed" >&2; exit 1; }
   "${PG_CTL[@]}" -l "$PG_TMP/server.log" -w -t 60 start \
@@ -43,6 +60,57 @@ start_throwaway_postgres() {
 stop_throwaway_postgres() {
   "${PG_CTL[@]}" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$PG_TMP"
+}
+
+# A throwaway `nats-server -js` for tests/cluster.rs: loopback only, a free port, JetStream
+# store in a temp dir; ready once its monitor's /healthz (JetStream included) answers 200.
+start_throwaway_nats() {
+  local bin
+  bin=$(command -v nats-server || true)
+  if [ -z "$bin" ] && [ -x /usr/sbin/nats-server ]; then
+    bin=/usr/sbin/nats-server
+  fi
+  if [ -z "$bin" ]; then
+    echo "scripts/test.sh: nats-server not found (on PATH or in /usr/sbin): the cluster tests need a real NATS server with JetStream." >&2
+    echo "Install it (e.g. apt-get install nats-server, 2.9 or newer) or set EDDY_TEST_NATS_URL=nats://…" >&2
+    exit 1
+  fi
+  NATS_TMP=$(mktemp -d "${TMPDIR:-/tmp}/eddy-nats.XXXXXX")
+  local port monitor
+  port=$(free_port)
+  monitor=$(free_port)
+  "$bin" -js -a 127.0.0.1 -p "$port" -m "$monitor" -sd "$NATS_TMP/store" -l "$NATS_TMP/server.log" &
+  NATS_PID=$!
+  local i
+  for i in $(seq 1 600); do
+    if ! kill -0 "$NATS_PID" 2>/dev/null; then
+      cat "$NATS_TMP/server.log" >&2 || true
+      echo "scripts/test.sh: the throwaway nats-server exited at start" >&2
+      exit 1
+    fi
+    if python3 -c "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$monitor/healthz', timeout=2).status == 200 else 1)" 2>/dev/null; then
+      break
+    fi
+    if [ "$i" = 600 ]; then
+      cat "$NATS_TMP/server.log" >&2 || true
+      echo "scripts/test.sh: the throwaway nats-server was not healthy within a minute" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  export EDDY_TEST_NATS_URL="nats://127.0.0.1:$port"
+  echo "throwaway nats-server on 127.0.0.1:$port (store in $NATS_TMP)"
+}
+
+stop_throwaway_nats() {
+  if [ -n "${NATS_PID:-}" ]; then
+    kill -9 "$NATS_PID" 2>/dev/null || true
+    wait "$NATS_PID" 2>/dev/null || true
+    NATS_PID=
+  fi
+  if [ -n "${NATS_TMP:-}" ]; then
+    rm -rf "$NATS_TMP"
+  fi
 }
 
 say "promtool and prometheus (tests/metrics.rs runs them)"
@@ -78,7 +146,7 @@ drop_test_databases() {
   done
 }
 if [ -z "${PG_TMP:-}" ]; then
-  trap drop_test_databases EXIT
+  DROP_TEST_DATABASES=1
 fi
 
 say "schemathesis (the real server against openapi/openapi.json)"
@@ -89,6 +157,13 @@ scripts/openapi-client.sh
 
 say "browser tests (the dashboard in Debian's chromium)"
 scripts/ui-test.sh
+
+say "NATS (tests/cluster.rs)"
+if [ -z "${EDDY_TEST_NATS_URL:-}" ]; then
+  start_throwaway_nats
+else
+  echo "using EDDY_TEST_NATS_URL from the environment"
+fi
 
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then

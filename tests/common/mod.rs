@@ -7,6 +7,8 @@
 //! declare several modules.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod cluster;
+pub mod nats;
 pub mod pg;
 
 use eddy::api::AppState;

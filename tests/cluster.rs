@@ -1,0 +1,1164 @@
+//! Cluster mode on the real parts: three `eddy serve` child processes on loopback ports sharing
+//! one PostgreSQL database and a real `nats-server -js` (a three-server NATS cluster for R=3),
+//! clients that retry with their idempotency keys at other instances, kill -9, SIGTERM,
+//! SIGSTOP/SIGCONT and wiped data dirs. Every run ends by comparing every key's state of every
+//! operator, the status and the whole output feed with an in-process reference pipeline fed the
+//! acknowledged batches in offset order (or with a single instance fed the same batches):
+//! nothing acknowledged lost, nothing applied twice, no stale leader's work kept.
+//!
+//! Over 400 lines for a reason: one test binary for every cluster scenario of the contract
+//! (they share the reference, the feed follower and the load runner), and the harness's own
+//! checks, so that the suite starts one NATS server per process.
+
+mod common;
+
+use common::cluster::{Ack, Cluster, ClusterClient, DEADLINE, Instance, http_client};
+use common::nats::{NatsCluster, ThrowawayNats, connect, free_port, nats_url};
+use eddy::engine::{BodyFormat, EngineConfig, Pipeline, parse_batch};
+use eddy::spec::PipelineSpec;
+use eddy::workload::ClickStream;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const OPERATORS: [&str; 6] = [
+    "sessions",
+    "last_pages",
+    "cart",
+    "spend",
+    "last_login",
+    "page_views",
+];
+
+/// Events per batch: small batches, many of them, so that kills land between and inside them.
+const BATCH: usize = 20;
+
+/// The contract's example pipeline named `name`, checkpointing every `interval`, without a
+/// wall-clock TTL (so that the reference, fed later, holds the same state).
+fn spec_named(name: &str, interval: &str) -> Value {
+    let mut spec = eddy::workload::seed_spec(name);
+    spec["checkpoint_interval"] = json!(interval);
+    spec["state_ttl"] = Value::Null;
+    spec
+}
+
+fn spec(interval: &str) -> Value {
+    spec_named("clicks", interval)
+}
+
+/// `n` batches of [`BATCH`] seeded clicks (few users and pages: small state, many sessions and
+/// windows closing), keyed `tag-b<i>`.
+fn batches(tag: &str, seed: u64, n: usize) -> Vec<(String, Vec<u8>)> {
+    let stream = ClickStream {
+        users: 60,
+        pages: 5,
+        step_ms: 2_000,
+        disorder_ms: 8_000,
+        seed,
+        ..ClickStream::default()
+    };
+    stream
+        .ndjson_batches(n * BATCH, BATCH)
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| (format!("{tag}-b{i}"), body))
+        .collect()
+}
+
+/// An acknowledged batch.
+#[derive(Clone, Debug)]
+struct Acked {
+    first: u64,
+    last: u64,
+    body: Vec<u8>,
+}
+
+impl Acked {
+    fn new(ack: Ack, body: &[u8]) -> Acked {
+        Acked {
+            first: ack.first,
+            last: ack.last,
+            body: body.to_vec(),
+        }
+    }
+}
+
+/// Posts `batches` one after the other through `client`, starting at instance `start` and
+/// moving one instance on per batch.
+async fn post_all(
+    client: &ClusterClient,
+    pipeline: &str,
+    batches: &[(String, Vec<u8>)],
+    start: usize,
+) -> Vec<Acked> {
+    let mut acked = Vec::new();
+    for (i, (key, body)) in batches.iter().enumerate() {
+        let ack = client.post_batch(pipeline, key, body, start + i).await;
+        acked.push(Acked::new(ack, body));
+    }
+    acked
+}
+
+/// Concurrent clients, each posting its own batches (round-robin over the instances, retrying
+/// at the next one) on a task of its own; `progress` counts acknowledged batches.
+struct Load {
+    tasks: Vec<tokio::task::JoinHandle<Vec<Acked>>>,
+    acked: Vec<Acked>,
+    progress: Arc<AtomicUsize>,
+}
+
+impl Load {
+    fn start(client: &ClusterClient, per_client: Vec<Vec<(String, Vec<u8>)>>) -> Load {
+        let progress = Arc::new(AtomicUsize::new(0));
+        let tasks = per_client
+            .into_iter()
+            .enumerate()
+            .map(|(c, batches)| {
+                let (client, progress) = (client.clone(), progress.clone());
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for (i, (key, body)) in batches.iter().enumerate() {
+                        let ack = client.post_batch("clicks", key, body, c + i).await;
+                        acked.push(Acked::new(ack, body));
+                        progress.fetch_add(1, Ordering::SeqCst);
+                    }
+                    acked
+                })
+            })
+            .collect();
+        Load {
+            tasks,
+            acked: Vec::new(),
+            progress,
+        }
+    }
+
+    /// Collects the clients that are done; one that failed fails the test with its message.
+    async fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.tasks.len() {
+            if self.tasks[i].is_finished() {
+                let task = self.tasks.swap_remove(i);
+                self.acked.extend(join(task).await);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Waits until `target` batches are acknowledged.
+    async fn wait_progress(&mut self, target: usize) {
+        let start = Instant::now();
+        while self.progress.load(Ordering::SeqCst) < target {
+            self.reap().await;
+            assert!(
+                start.elapsed() < DEADLINE,
+                "acknowledged batches stalled at {} (waiting for {target}) for {DEADLINE:?}",
+                self.progress.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for every client to be done; every acknowledged batch.
+    async fn finish(mut self) -> Vec<Acked> {
+        for task in std::mem::take(&mut self.tasks) {
+            self.acked.extend(join(task).await);
+        }
+        self.acked
+    }
+}
+
+async fn join(task: tokio::task::JoinHandle<Vec<Acked>>) -> Vec<Acked> {
+    match task.await {
+        Ok(acked) => acked,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("a client task: {e}"),
+    }
+}
+
+/// The reference: a fresh in-process pipeline fed the acknowledged batches in offset order (the
+/// order the leader applied them in). Checks that the acknowledged ranges never overlap.
+async fn reference(spec: &Value, acked: &[Acked]) -> Pipeline {
+    let mut ordered: Vec<&Acked> = acked.iter().collect();
+    ordered.sort_by_key(|a| a.first);
+    for pair in ordered.windows(2) {
+        assert!(
+            pair[0].last < pair[1].first,
+            "acknowledged offset ranges overlap: {}..{} and {}..{}",
+            pair[0].first,
+            pair[0].last,
+            pair[1].first,
+            pair[1].last
+        );
+    }
+    for a in &ordered {
+        assert_eq!(a.last - a.first + 1, BATCH as u64, "offsets of one batch");
+    }
+    let pipeline = Pipeline::from_spec(
+        PipelineSpec::from_json(spec).unwrap(),
+        &EngineConfig {
+            shards: 1,
+            ..EngineConfig::default()
+        },
+    );
+    for a in ordered {
+        let batch = parse_batch(&a.body, BodyFormat::NdJson, pipeline.extractor()).unwrap();
+        pipeline.ingest(batch, 0).await.unwrap();
+    }
+    pipeline
+}
+
+/// Every item of an operator's state, paged, at the instances of `client` (from `start`).
+async fn all_state(client: &ClusterClient, pipeline: &str, op: &str, start: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/pipelines/{pipeline}/operators/{op}/state?limit=1000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = client.get_ok(&path, start).await;
+        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+/// The fields of a status that must equal a single instance's.
+fn status_fields(status: &Value) -> Value {
+    json!({
+        "events": status["events"],
+        "late_events": status["late_events"],
+        "watermark": status["watermark"],
+        "wal_offset": status["wal_offset"],
+        "keys": status["keys"],
+    })
+}
+
+/// Status, every key's state of every operator and the whole output feed, as answered at the
+/// instances of `client` (status at `start`, each operator at the next one, the feed at each).
+async fn answers_of(client: &ClusterClient, pipeline: &str, start: usize) -> Answers {
+    let status = client
+        .get_ok(&format!("/v1/pipelines/{pipeline}"), start)
+        .await;
+    let mut state = BTreeMap::new();
+    for (i, op) in OPERATORS.iter().enumerate() {
+        state.insert(*op, all_state(client, pipeline, op, start + i).await);
+    }
+    let mut feed = Feed::new(pipeline);
+    feed.catch_up(client, start + 1).await;
+    Answers {
+        status: status_fields(&status["status"]),
+        state,
+        output: feed.records,
+    }
+}
+
+/// What a pipeline answers.
+#[derive(Debug, PartialEq)]
+struct Answers {
+    status: Value,
+    state: BTreeMap<&'static str, Vec<Value>>,
+    output: Vec<Value>,
+}
+
+/// The reference's answers, in the shape of the API's.
+async fn answers_of_reference(reference: &Pipeline) -> Answers {
+    let s = reference.status().await.unwrap();
+    let keys: serde_json::Map<String, Value> = s
+        .keys
+        .iter()
+        .map(|(op, n)| (op.clone(), json!(n)))
+        .collect();
+    let status = json!({
+        "events": s.events,
+        "late_events": s.late_events,
+        "watermark": s.watermark,
+        "wal_offset": s.wal_offset,
+        "keys": keys,
+    });
+    let mut state = BTreeMap::new();
+    for op in OPERATORS {
+        let (items, _) = reference.list_state(op, None, "", 100_000).await.unwrap();
+        let items = items
+            .into_iter()
+            .map(|(k, v)| json!({"key": k.as_str(), "value": v}))
+            .collect();
+        state.insert(op, items);
+    }
+    let (records, _) = reference.output().read(None, usize::MAX);
+    let output = records
+        .iter()
+        .map(|r| serde_json::to_value(&**r).unwrap())
+        .collect();
+    Answers {
+        status,
+        state,
+        output,
+    }
+}
+
+/// `got` equals `expected`, part by part, with the first difference named.
+#[track_caller]
+fn assert_same(got: &Answers, expected: &Answers, what: &str) {
+    assert_same_state(got, expected, what);
+    if let Some((g, e)) = got
+        .output
+        .iter()
+        .zip(&expected.output)
+        .find(|(g, e)| g != e)
+    {
+        panic!("{what}: output differs, first at\n got      {g}\n expected {e}");
+    }
+    assert_eq!(
+        got.output.len(),
+        expected.output.len(),
+        "{what}: output records"
+    );
+}
+
+/// Status and every operator's state equal.
+#[track_caller]
+fn assert_same_state(got: &Answers, expected: &Answers, what: &str) {
+    assert_eq!(got.status, expected.status, "{what}: status");
+    for op in OPERATORS {
+        let (g, e) = (&got.state[op], &expected.state[op]);
+        if let Some((g, e)) = g.iter().zip(e).find(|(g, e)| g != e) {
+            panic!("{what}: {op}: state differs, first at\n got      {g}\n expected {e}");
+        }
+        assert_eq!(g.len(), e.len(), "{what}: {op}: number of keys");
+    }
+}
+
+/// The cluster's answers (at the instances of `client`) equal the reference's for `acked`;
+/// returns the reference's output feed.
+async fn assert_matches_reference(
+    client: &ClusterClient,
+    spec: &Value,
+    acked: &[Acked],
+    start: usize,
+) -> Vec<Value> {
+    let expected = answers_of_reference(&reference(spec, acked).await).await;
+    assert_eq!(
+        expected.status["events"],
+        json!(acked.len() * BATCH),
+        "the reference holds every acknowledged event"
+    );
+    let got = answers_of(client, "clicks", start).await;
+    assert_same(&got, &expected, "cluster vs reference");
+    expected.output
+}
+
+/// A consumer of the output feed that keeps its place across fail-overs: pages after its
+/// `next`, at whichever instance answers.
+struct Feed {
+    pipeline: String,
+    after: u64,
+    records: Vec<Value>,
+}
+
+impl Feed {
+    fn new(pipeline: &str) -> Feed {
+        Feed {
+            pipeline: pipeline.to_owned(),
+            after: 0,
+            records: Vec::new(),
+        }
+    }
+
+    /// Reads pages until one is empty.
+    async fn catch_up(&mut self, client: &ClusterClient, start: usize) {
+        loop {
+            let path = format!(
+                "/v1/pipelines/{}/output?after={}&limit=500",
+                self.pipeline, self.after
+            );
+            let page = client.get_ok(&path, start).await;
+            let records = page["records"].as_array().expect("records").clone();
+            let next = page["next"].as_u64().expect("next");
+            match records.last() {
+                None => {
+                    assert_eq!(next, self.after, "an empty page keeps the position");
+                    return;
+                }
+                Some(last) => assert_eq!(Some(next), last["offset"].as_u64(), "{page}"),
+            }
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(
+                    r["offset"].as_u64(),
+                    Some(self.after + 1 + i as u64),
+                    "output offsets are dense: {r}"
+                );
+            }
+            self.after = next;
+            self.records.extend(records);
+        }
+    }
+}
+
+/// The checkpoint list (newest first) at `client`'s instances; checks that ids strictly
+/// decrease and the completed ones' input offsets never increase down the list (a stale
+/// leader's late checkpoint of older state would break either).
+async fn consistent_checkpoints(client: &ClusterClient, start: usize) -> Vec<Value> {
+    let list = client
+        .get_ok("/v1/pipelines/clicks/checkpoints", start)
+        .await;
+    let items = list["items"].as_array().expect("items").clone();
+    for pair in items.windows(2) {
+        let (newer, older) = (&pair[0], &pair[1]);
+        assert!(
+            newer["id"].as_u64() > older["id"].as_u64(),
+            "checkpoint ids decrease down the list: {newer} then {older}"
+        );
+        if newer["status"] == "completed" && older["status"] == "completed" {
+            assert!(
+                newer["input_offset"].as_u64().unwrap_or(0)
+                    >= older["input_offset"].as_u64().unwrap_or(0),
+                "a newer checkpoint covers no fewer events: {newer} then {older}"
+            );
+        }
+    }
+    items
+}
+
+// ---- the harness itself ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_a_throwaway_nats_server_serves_jetstream() {
+    let mut nats = ThrowawayNats::start();
+    let client = connect(&[nats.url()]).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "harness".to_owned(),
+            subjects: vec!["harness.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create a stream");
+    for i in 0..3 {
+        js.publish("harness.x", format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .expect("acknowledged");
+    }
+    assert_eq!(stream.info().await.unwrap().state.messages, 3);
+    nats.kill();
+    assert!(
+        connect(&[nats.url()]).await.is_err(),
+        "a killed server takes no connections"
+    );
+    // The process-wide server (or the test script's) is up too.
+    assert!(connect(&[nats_url()]).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_a_three_server_nats_cluster_keeps_an_r3_stream_when_one_dies() {
+    let mut nats = NatsCluster::start(3).await;
+    let client = connect(&nats.urls()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "harness3".to_owned(),
+        subjects: vec!["harness3.>".to_owned()],
+        num_replicas: 3,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("create an R=3 stream");
+    let publish = |js: async_nats::jetstream::Context, i: usize| async move {
+        let start = Instant::now();
+        loop {
+            // A message id: a retry of a message that was stored after all is not kept twice.
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(format!("{i}").into())
+                .message_id(format!("m{i}"));
+            if let Ok(ack) = js.send_publish("harness3.x", message).await
+                && ack.await.is_ok()
+            {
+                return;
+            }
+            assert!(start.elapsed() < DEADLINE, "message {i} never acknowledged");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for i in 0..10 {
+        publish(js.clone(), i).await;
+    }
+    let victim = nats.stream_leader("harness3");
+    assert!(victim.is_some(), "the monitor names the stream's leader");
+    let victim = victim.unwrap();
+    nats.kill(victim);
+    for i in 10..20 {
+        publish(js.clone(), i).await;
+    }
+    let survivors: Vec<String> = (0..3)
+        .filter(|&i| i != victim)
+        .map(|i| nats.urls()[i].clone())
+        .collect();
+    let js = async_nats::jetstream::new(connect(&survivors).await.expect("connect"));
+    let start = Instant::now();
+    loop {
+        if let Ok(mut stream) = js.get_stream("harness3").await
+            && let Ok(info) = stream.info().await
+        {
+            assert_eq!(info.state.messages, 20, "every acknowledged message kept");
+            assert_eq!(info.config.num_replicas, 3);
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the stream never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_instances_pause_stop_restart_and_wipe() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let db = format!(
+        "sqlite://{}",
+        dir.path().join("n0").join("eddy.db").display()
+    );
+    let mut node = Instance::new(dir.path(), "n0", &[("DATABASE_URL".to_owned(), db)]);
+    let http = http_client();
+    node.start();
+    node.wait_ready(&http).await;
+    let client = ClusterClient {
+        http: http.clone(),
+        bases: vec![node.base.clone()],
+    };
+    let resp = http
+        .post(format!("{}/v1/pipelines", node.base))
+        .json(&spec("1h"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (key, body) = &batches("h", 1, 1)[0];
+    assert_eq!(client.post_batch("clicks", key, body, 0).await.first, 1);
+
+    node.sigstop();
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        quick
+            .get(format!("{}/healthz", node.base))
+            .send()
+            .await
+            .is_err(),
+        "a paused instance does not answer"
+    );
+    node.sigcont();
+    node.wait_ready(&http).await;
+
+    node.sigterm().await;
+    node.restart();
+    node.wait_ready(&http).await;
+    let again = client.post_batch("clicks", key, body, 0).await;
+    assert!(
+        again.replayed && again.first == 1,
+        "kept over a restart: {again:?}"
+    );
+
+    node.kill9();
+    node.restart();
+    node.wait_ready(&http).await;
+    node.kill9();
+    node.wipe_data_dir();
+    node.restart();
+    node.wait_ready(&http).await;
+    let (status, _) = client.get("/v1/pipelines/clicks", 0).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a wiped SQLite dir holds nothing"
+    );
+}
+
+// ---- the contract ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_with_nats_exits_naming_database_url() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut command = std::process::Command::new(common::cluster::EDDY);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EDDY_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("eddy.db").display()),
+        )
+        .env("EDDY_NATS_URL", nats_url())
+        .env("EDDY_CLUSTER_NAME", common::cluster::unique_name("sqlite"))
+        .env("EDDY_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("EDDY_DATA_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = common::nats::spawn_tied(&mut command).expect("spawn eddy");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "eddy serve with EDDY_NATS_URL and SQLite was still running after a minute:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "exit status {status}; stderr: {stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL"),
+        "stderr names DATABASE_URL: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_created_at_one_instance_is_served_by_every_instance() {
+    let cluster = Cluster::start(3, &nats_url(), &[]).await;
+    cluster.create(0, &spec("10s")).await;
+    // Visible at the others at once: no retry.
+    for i in [1, 2] {
+        let resp = cluster
+            .http
+            .get(format!("{}/v1/pipelines/clicks", cluster.instances[i].base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "at n{i}");
+        let list: Value = cluster
+            .http
+            .get(format!("{}/v1/pipelines", cluster.instances[i].base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["items"][0]["name"], "clicks", "listed at n{i}");
+    }
+    // Ingest at one instance, answers at another.
+    let client = cluster.client();
+    let batch = &batches("b", 3, 1)[0];
+    let ack = client.post_batch("clicks", &batch.0, &batch.1, 1).await;
+    assert_eq!((ack.first, ack.last), (1, BATCH as u64));
+    let status = client.get_ok("/v1/pipelines/clicks", 2).await;
+    assert_eq!(status["status"]["events"], BATCH);
+
+    // Every instance names the same leader (the creator) and three live members.
+    let urls: BTreeMap<String, String> = cluster
+        .instances
+        .iter()
+        .map(|i| (i.node.clone(), i.base.clone()))
+        .collect();
+    let start = Instant::now();
+    for (i, instance) in cluster.instances.iter().enumerate() {
+        loop {
+            let view = cluster.view(i).await.expect("GET /v1/cluster");
+            assert_eq!(view["node"], instance.node.as_str(), "{view}");
+            let members: BTreeMap<String, (String, bool)> = view["members"]
+                .as_array()
+                .expect("members")
+                .iter()
+                .map(|m| {
+                    let node = m["node"].as_str().unwrap().to_owned();
+                    (
+                        node,
+                        (m["url"].as_str().unwrap().to_owned(), m["alive"] == true),
+                    )
+                })
+                .collect();
+            let expected: BTreeMap<String, (String, bool)> = urls
+                .iter()
+                .map(|(n, u)| (n.clone(), (u.clone(), true)))
+                .collect();
+            if members != expected {
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "n{i} never saw all three members alive: {view}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let pipelines = view["pipelines"].as_array().expect("pipelines");
+            assert_eq!(pipelines.len(), 1, "{view}");
+            assert_eq!(pipelines[0]["name"], "clicks");
+            assert_eq!(pipelines[0]["leader"], "n0", "the creator leads: {view}");
+            let partitions = pipelines[0]["partitions"].as_array().unwrap();
+            assert_eq!(partitions.len(), 1, "{view}");
+            assert_eq!(partitions[0]["id"], 0);
+            assert_eq!(partitions[0]["key_groups"], json!([0, 255]));
+            assert_eq!(partitions[0]["owner"], "n0");
+            for m in view["members"].as_array().unwrap() {
+                assert!(m["last_seen"].is_string(), "{m}");
+            }
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_and_results_equal_a_single_instance() {
+    let cluster = Cluster::start(3, &nats_url(), &[]).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let db = format!(
+        "sqlite://{}",
+        dir.path().join("single").join("eddy.db").display()
+    );
+    let mut single = Instance::new(dir.path(), "single", &[("DATABASE_URL".to_owned(), db)]);
+    single.start();
+    single.wait_ready(&cluster.http).await;
+    let alone = ClusterClient {
+        http: cluster.http.clone(),
+        bases: vec![single.base.clone()],
+    };
+    let resp = cluster
+        .http
+        .post(format!("{}/v1/pipelines", single.base))
+        .json(&spec("10s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    cluster.create(0, &spec("10s")).await;
+    // The same pipeline in three partitions: the same answers, whatever the partitions.
+    let mut three = spec_named("clicks3", "10s");
+    three["partitions"] = json!(3);
+    cluster.create(1, &three).await;
+
+    let stream = batches("c", 5, 30);
+    // Read-your-writes checks that found state (not two 404s).
+    let mut found = 0;
+    for (i, (key, body)) in stream.iter().enumerate() {
+        let (a, b) = (i % 3, (i + 1) % 3);
+        let got = cluster
+            .client_of(&[a])
+            .post_batch("clicks", key, body, 0)
+            .await;
+        let got3 = cluster
+            .client_of(&[b])
+            .post_batch("clicks3", key, body, 0)
+            .await;
+        let want = alone.post_batch("clicks", key, body, 0).await;
+        assert_eq!((got.first, got.last), (want.first, want.last), "batch {i}");
+        assert_eq!(
+            (got3.first, got3.last),
+            (want.first, want.last),
+            "batch {i}"
+        );
+        // Read-your-writes at another instance than the one that acknowledged.
+        let last: Value =
+            serde_json::from_slice(body.split(|b| *b == b'\n').nth(BATCH - 1).unwrap())
+                .expect("an event");
+        for (op, key) in [
+            ("last_pages", &last["user_id"]),
+            ("page_views", &last["page"]),
+        ] {
+            let path = |p: &str| {
+                format!(
+                    "/v1/pipelines/{p}/operators/{op}/state?key={}",
+                    key.as_str().unwrap()
+                )
+            };
+            let expected = alone.get(&path("clicks"), 0).await;
+            found += usize::from(expected.0 == StatusCode::OK);
+            let seen = cluster.client_of(&[b]).get(&path("clicks"), 0).await;
+            assert_eq!(
+                seen, expected,
+                "batch {i}: {op} at n{b} right after the ack at n{a}"
+            );
+            let seen3 = cluster.client_of(&[a]).get(&path("clicks3"), 0).await;
+            assert_eq!(seen3, expected, "batch {i}: clicks3 {op} at n{a}");
+        }
+        let status = cluster
+            .client_of(&[(i + 2) % 3])
+            .get_ok("/v1/pipelines/clicks", 0)
+            .await;
+        assert_eq!(status["status"]["events"], (i + 1) * BATCH, "batch {i}");
+    }
+    assert!(found > stream.len(), "{found} state answers with state");
+    // An idempotency key is recognised at any instance.
+    let (key, body) = &stream[0];
+    let again = cluster
+        .client_of(&[2])
+        .post_batch("clicks", key, body, 0)
+        .await;
+    assert!(again.replayed, "replayed at n2: {again:?}");
+    assert_eq!((again.first, again.last), (1, BATCH as u64));
+
+    let expected = answers_of(&alone, "clicks", 0).await;
+    assert!(
+        !expected.output.is_empty(),
+        "the run closes sessions and windows"
+    );
+    for start in 0..3 {
+        let got = answers_of(&cluster.client_of(&[start]), "clicks", 0).await;
+        assert_same(&got, &expected, &format!("cluster at n{start} vs single"));
+    }
+    // Three partitions: same status and state; the same records, each key's in the same
+    // order, offsets dense from 1 (partitions may interleave differently).
+    let got3 = answers_of(&cluster.client(), "clicks3", 2).await;
+    assert_same_state(&got3, &expected, "clicks3 (three partitions) vs single");
+    let by_key = |records: &[Value]| {
+        let mut keyed: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+        for r in records {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("offset");
+            keyed
+                .entry((r["operator"].to_string(), r["key"].to_string()))
+                .or_default()
+                .push(r);
+        }
+        keyed
+    };
+    assert_eq!(
+        by_key(&got3.output),
+        by_key(&expected.output),
+        "clicks3 output per key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_leader_under_load_loses_nothing() {
+    const KILLS: usize = 10;
+    const CLIENTS: usize = 4;
+    const BATCHES: usize = 50;
+    let mut cluster = Cluster::start(3, &nats_url(), &[]).await;
+    let spec = spec("1s");
+    cluster.create(0, &spec).await;
+    let client = cluster.client();
+    let per_client = (0..CLIENTS)
+        .map(|c| batches(&format!("k{c}"), 100 + c as u64, BATCHES))
+        .collect();
+    let mut load = Load::start(&client, per_client);
+    let mut rng = SmallRng::seed_from_u64(13);
+    let mut feed = Feed::new("clicks");
+    let total = CLIENTS * BATCHES;
+    let step = total / (KILLS + 1);
+    let mut kills = 0;
+    for k in 1..=KILLS {
+        // A random moment in the k-th stretch of the run, with a new leader serving by then.
+        load.wait_progress(k * step + rng.random_range(0..step / 2))
+            .await;
+        let leader = cluster.leader_of("clicks").await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+        cluster.instances[leader].kill9();
+        kills += 1;
+        if k % 5 == 0 {
+            // A second fault during fail-over: kill the next leader as soon as it leads.
+            let next = cluster.leader_other_than("clicks", leader).await;
+            cluster.instances[next].kill9();
+            kills += 1;
+            cluster.instances[next].restart();
+        }
+        if k % 3 == 0 {
+            cluster.instances[leader].wipe_data_dir();
+        }
+        cluster.instances[leader].restart();
+        feed.catch_up(&client, k).await;
+    }
+    let acked = load.finish().await;
+    assert!(kills >= 10, "{kills} kills of a leader");
+    assert_eq!(acked.len(), total, "every batch acknowledged");
+    let expected_output = assert_matches_reference(&client, &spec, &acked, 0).await;
+    feed.catch_up(&client, 1).await;
+    assert_eq!(
+        feed.records, expected_output,
+        "a consumer reading across every fail-over saw each record once, offsets stable"
+    );
+    consistent_checkpoints(&client, 2).await;
+    for instance in &mut cluster.instances {
+        assert!(
+            !instance.has_exited(),
+            "{} exited by itself:\n{}",
+            instance.node,
+            instance.log_tail(30)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_over_with_a_shutdown_checkpoint() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[]).await;
+    let spec = spec("1h");
+    cluster.create(0, &spec).await;
+    assert_eq!(cluster.leader_of("clicks").await, 0, "the creator leads");
+    let client = cluster.client();
+    let mut acked = post_all(&client, "clicks", &batches("t1", 21, 15), 0).await;
+    let last = acked.iter().map(|a| a.last).max().unwrap();
+
+    let begun = Instant::now();
+    cluster.instances[0].sigterm().await;
+    let new = cluster.leader_other_than("clicks", 0).await;
+    eprintln!("n{new} leads {:?} after SIGTERM of n0", begun.elapsed());
+    let others = cluster.client_of(&[1, 2]);
+    let checkpoints = consistent_checkpoints(&others, 0).await;
+    assert!(
+        checkpoints.iter().any(|c| c["trigger"] == "shutdown"
+            && c["status"] == "completed"
+            && c["input_offset"] == last),
+        "a completed shutdown checkpoint through offset {last}: {checkpoints:#?}"
+    );
+    acked.extend(post_all(&others, "clicks", &batches("t2", 22, 15), 0).await);
+    cluster.instances[0].restart();
+    cluster.instances[0].wait_ready(&cluster.http).await;
+    acked.extend(post_all(&client, "clicks", &batches("t3", 23, 10), 0).await);
+    assert_matches_reference(&client, &spec, &acked, 0).await;
+    consistent_checkpoints(&client, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_restarted_with_its_data_dir_deleted_loses_nothing() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[]).await;
+    let spec = spec("1h");
+    cluster.create(0, &spec).await;
+    let client = cluster.client();
+    let checkpoint = |client: ClusterClient| async move {
+        let start = Instant::now();
+        loop {
+            let (status, body) = client
+                .post_empty("/v1/pipelines/clicks/checkpoints", 0)
+                .await;
+            if status == StatusCode::CREATED {
+                return body;
+            }
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert!(start.elapsed() < DEADLINE, "no checkpoint: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut acked = post_all(&client, "clicks", &batches("w1", 31, 10), 0).await;
+    checkpoint(client.clone()).await;
+    // Acknowledged after the checkpoint: only in the log.
+    acked.extend(post_all(&client, "clicks", &batches("w2", 32, 10), 1).await);
+
+    let leader = cluster.leader_of("clicks").await;
+    cluster.instances[leader].kill9();
+    cluster.instances[leader].wipe_data_dir();
+    cluster.instances[leader].restart();
+    cluster.instances[leader].wait_ready(&cluster.http).await;
+    acked.extend(post_all(&client, "clicks", &batches("w3", 33, 10), 2).await);
+    checkpoint(client.clone()).await;
+    acked.extend(post_all(&client, "clicks", &batches("w4", 34, 5), 0).await);
+    assert_matches_reference(&client, &spec, &acked, leader).await;
+
+    // Every instance gone at once, every data dir with it: the store and the log hold it all.
+    for instance in &mut cluster.instances {
+        instance.kill9();
+        instance.wipe_data_dir();
+    }
+    for instance in &mut cluster.instances {
+        instance.restart();
+    }
+    for instance in &mut cluster.instances {
+        instance.wait_ready(&cluster.http).await;
+    }
+    assert_matches_reference(&client, &spec, &acked, 1).await;
+    acked.extend(post_all(&client, "clicks", &batches("w5", 35, 5), 2).await);
+    assert_matches_reference(&client, &spec, &acked, 0).await;
+    consistent_checkpoints(&client, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_is_fenced() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "2s")]).await;
+    let spec = spec("1s");
+    cluster.create(0, &spec).await;
+    assert_eq!(cluster.leader_of("clicks").await, 0, "the creator leads");
+    let client = cluster.client();
+    let mut acked = post_all(&client, "clicks", &batches("s1", 41, 10), 0).await;
+
+    cluster.instances[0].sigstop();
+    let new = cluster.leader_other_than("clicks", 0).await;
+    let good = cluster.client_of(&[1, 2]);
+    acked.extend(post_all(&good, "clicks", &batches("s2", 42, 10), new - 1).await);
+    // A checkpoint by the new leader through everything so far: any later one of the stale
+    // leader's older state would go backwards.
+    let begun = Instant::now();
+    let manual = loop {
+        let (status, body) = good.post_empty("/v1/pipelines/clicks/checkpoints", 0).await;
+        if status == StatusCode::CREATED {
+            break body;
+        }
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(begun.elapsed() < DEADLINE, "no checkpoint: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let through = acked.iter().map(|a| a.last).max().unwrap();
+    assert_eq!(manual["input_offset"], through, "{manual}");
+
+    cluster.instances[0].sigcont();
+    let stale = cluster.instances[0].base.clone();
+    let (mut refused, mut unknown, mut answered) = (Vec::new(), Vec::new(), 0);
+    for (i, (key, body)) in batches("s3", 43, 10).into_iter().enumerate() {
+        let sent = cluster
+            .http
+            .post(format!("{stale}/v1/pipelines/clicks/events"))
+            .header("content-type", "application/x-ndjson")
+            .header("Idempotency-Key", &key)
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                let ack: Value = resp.json().await.expect("JSON ack");
+                let ack = Ack {
+                    first: ack["first_offset"].as_u64().unwrap(),
+                    last: ack["last_offset"].as_u64().unwrap(),
+                    replayed: false,
+                    at: 0,
+                };
+                acked.push(Acked::new(ack, &body));
+                answered += 1;
+            }
+            Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(resp.headers().contains_key("retry-after"));
+                refused.push((key, body));
+                answered += 1;
+            }
+            Ok(resp) => panic!(
+                "the woken stale leader answered {} to write {i}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ),
+            Err(_) => unknown.push((key, body)),
+        }
+        // Its reads answer 503 or the truth: every acknowledged event, nothing else.
+        if let Ok(resp) = cluster
+            .http
+            .get(format!("{stale}/v1/pipelines/clicks"))
+            .send()
+            .await
+        {
+            match resp.status() {
+                StatusCode::OK => {
+                    let status: Value = resp.json().await.unwrap();
+                    let events = status["status"]["events"].as_u64().unwrap() as usize;
+                    // Acknowledged: all of them. Unanswered or refused: perhaps applied after
+                    // all (a forward that timed out), never more.
+                    let known = acked.len() * BATCH;
+                    let open = (unknown.len() + refused.len()) * BATCH;
+                    assert!(
+                        events >= known && events <= known + open,
+                        "the woken stale leader answered {events} events, {known} acknowledged"
+                    );
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {}
+                other => panic!("the woken stale leader answered {other} to a read"),
+            }
+        }
+    }
+    assert!(
+        answered > 0,
+        "the woken stale leader never answered a write"
+    );
+    // Writes it refused were not applied; writes whose answer was lost may have been: either
+    // way the key settles it, once, at the live instances.
+    for (key, body) in refused.iter().chain(&unknown) {
+        let ack = good.post_batch("clicks", key, body, 0).await;
+        acked.push(Acked::new(ack, body));
+    }
+    // Let the stale instance run through several checkpoint intervals.
+    let newest = |items: &[Value]| items[0]["id"].as_u64().unwrap();
+    let mut seen = newest(&consistent_checkpoints(&good, 0).await);
+    for round in 0..3 {
+        acked.extend(
+            post_all(
+                &good,
+                "clicks",
+                &batches(&format!("s4-{round}"), 44 + round, 1),
+                0,
+            )
+            .await,
+        );
+        let start = Instant::now();
+        loop {
+            let id = newest(&consistent_checkpoints(&good, 0).await);
+            if id > seen {
+                seen = id;
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no periodic checkpoint after {seen}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // It follows the new leader once awake.
+    let start = Instant::now();
+    loop {
+        let leader = cluster
+            .view(0)
+            .await
+            .and_then(|v| common::cluster::leader_in(&v, "clicks").map(str::to_owned));
+        if leader.as_deref() == Some(cluster.instances[new].node.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the woken instance still names {leader:?} leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    consistent_checkpoints(&client, 0).await;
+    assert_matches_reference(&client, &spec, &acked, 0).await;
+    // Whatever was written survives recovery by everyone from the store and the log.
+    for instance in &mut cluster.instances {
+        instance.kill9();
+    }
+    for instance in &mut cluster.instances {
+        instance.restart();
+    }
+    for instance in &mut cluster.instances {
+        instance.wait_ready(&cluster.http).await;
+    }
+    assert_matches_reference(&client, &spec, &acked, 1).await;
+    consistent_checkpoints(&client, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_server_of_three_killed_under_load_with_r3_loses_nothing() {
+    const CLIENTS: usize = 4;
+    const BATCHES: usize = 30;
+    let mut nats = NatsCluster::start(3).await;
+    let cluster = Cluster::start(3, &nats.url_list(), &[("EDDY_NATS_REPLICAS", "3")]).await;
+    let spec = spec("1s");
+    cluster.create(0, &spec).await;
+    let client = cluster.client();
+    let per_client = (0..CLIENTS)
+        .map(|c| batches(&format!("r{c}"), 200 + c as u64, BATCHES))
+        .collect();
+    let mut load = Load::start(&client, per_client);
+    load.wait_progress(CLIENTS * BATCHES / 3).await;
+    // The server leading the pipeline's stream, if it can be told; else the first.
+    let victim = nats.stream_leader(&cluster.name).unwrap_or(0);
+    nats.kill(victim);
+    let acked = load.finish().await;
+    assert_eq!(acked.len(), CLIENTS * BATCHES);
+    assert_matches_reference(&client, &spec, &acked, 0).await;
+    consistent_checkpoints(&client, 1).await;
+}
