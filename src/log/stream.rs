@@ -76,7 +76,6 @@ impl Streams {
             .map_err(|e| error("*", "parse EDDY_NATS_URL", e))?;
         let client = async_nats::ConnectOptions::new()
             .name("eddy")
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(addrs)
             .await
@@ -94,9 +93,9 @@ impl Streams {
         })
     }
 
-    /// The largest message the servers take.
-    pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+    /// The largest message the server connected to takes (`None` before it said).
+    pub fn max_payload(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload).filter(|&m| m > 0)
     }
 
     fn names(&self, pipeline: &str) -> (String, String) {
@@ -131,7 +130,7 @@ impl Streams {
         let (name, _) = self.names(pipeline);
         match self.js.delete_stream(&name).await {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(error(&name, "delete", e)),
         }
     }
@@ -140,7 +139,7 @@ impl Streams {
     /// LSN `from` to the stream's end, appends the epoch record there (reading on if a stale
     /// leader got a record in first), and starts publishing after it. `discard`: a restore
     /// is unfinished; every record in the stream goes (the checkpoint restored covers what
-    /// is kept). A stream that is missing or ends before `from` is (re)started at `from`.
+    /// is kept). A stream that is missing or ends before `from` fails the open.
     pub async fn open(
         &self,
         pipeline: &str,
@@ -149,29 +148,32 @@ impl Streams {
         discard: bool,
     ) -> Result<Opened, StreamError> {
         let (name, subject) = self.names(pipeline);
+        // A pipeline's stream is created before its definition is stored, so a stored
+        // pipeline without its stream has lost its log: that fails the recovery (the pipeline
+        // is not served, nothing is made up), as a damaged WAL does.
         let mut stream = match self.js.get_stream(&name).await {
             Ok(stream) => stream,
-            Err(_) => {
-                tracing::warn!(pipeline, stream = %name, "log stream missing: created empty, starting after the latest checkpoint");
-                self.create(pipeline).await?;
-                self.stream(&name).await?
+            Err(e) if not_found(&e) => {
+                let detail =
+                    "the stream is missing: the records after the latest checkpoint are lost";
+                return Err(error(&name, "open", detail));
             }
+            Err(e) => return Err(error(&name, "open", e)),
         };
         let last = last_sequence(&mut stream, &name).await?;
+        if last + 1 < from {
+            let detail = format!(
+                "the stream ends at {last}, before the latest checkpoint's LSN {}",
+                from - 1
+            );
+            return Err(error(&name, "open", detail));
+        }
         if discard && last > 0 {
             stream
                 .purge()
                 .sequence(last + 1)
                 .await
                 .map_err(|e| error(&name, "purge (restore)", e))?;
-        }
-        if last + 1 < from {
-            tracing::warn!(pipeline, stream = %name, last, from, "log stream ends before the latest checkpoint: it starts after it");
-            stream
-                .purge()
-                .sequence(from)
-                .await
-                .map_err(|e| error(&name, "advance", e))?;
         }
         let mut records = Vec::new();
         let mut next = from;
@@ -201,13 +203,13 @@ impl Streams {
         let log = StreamLog::start(self.js.clone(), name, subject, next + 1, fence.epoch);
         Ok(Opened { log, records })
     }
+}
 
-    async fn stream(&self, name: &str) -> Result<Stream, StreamError> {
-        self.js
-            .get_stream(name)
-            .await
-            .map_err(|e| error(name, "get", e))
-    }
+/// Whether JetStream said the stream does not exist.
+fn not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 async fn last_sequence(stream: &mut Stream, name: &str) -> Result<u64, StreamError> {

@@ -62,9 +62,10 @@ impl Service {
                 let fits = cluster
                     .streams
                     .max_payload()
-                    .saturating_sub(64 * 1024)
-                    .max(1024);
-                if config.max_body_bytes > fits {
+                    .map(|m| m.saturating_sub(64 * 1024).max(1024));
+                if let Some(fits) = fits
+                    && config.max_body_bytes > fits
+                {
                     tracing::info!(
                         max_body_bytes = fits,
                         "request bodies limited to what one NATS message holds"

@@ -59,33 +59,38 @@ impl Service {
             return Err(duplicate().into());
         };
         let exists = self.store.pipelines().await?.iter().any(|p| p.name == name);
-        let inserted = match exists {
-            true => Err(duplicate()),
-            false => self.store.insert_pipeline(&name, &spec.document).await,
-        };
-        if let Err(e) = inserted {
+        if exists {
             // Another instance's pipeline whose lease had lapsed: its next taker recovers it.
             let _ = cluster.leases.release(&name, epoch).await;
+            return Err(duplicate().into());
+        }
+        // The stream before the definition: a stored pipeline always has its stream (one
+        // left by an earlier pipeline of the name is replaced: the lease keeps others out).
+        let stream = |e: crate::log::stream::StreamError| ServiceError::Stream {
+            name: name.clone(),
+            detail: e.to_string(),
+        };
+        if let Err(e) = cluster.streams.create(&name).await {
+            let _ = cluster.leases.forget(&name).await;
+            return Err(stream(e));
+        }
+        if let Err(e) = self.store.insert_pipeline(&name, &spec.document).await {
+            let _ = cluster.streams.delete(&name).await;
+            let _ = cluster.leases.forget(&name).await;
             return Err(e.into());
         }
         let fence = Fence {
             node: cluster.node().to_owned(),
             epoch,
         };
-        let created = match cluster.streams.create(&name).await {
-            Ok(()) => self
-                .checkpoints
-                .recover(spec, Some(fence))
-                .await
-                .map_err(|source| ServiceError::Open {
-                    name: name.clone(),
-                    source,
-                }),
-            Err(e) => Err(ServiceError::Stream {
+        let created = self
+            .checkpoints
+            .recover(spec, Some(fence))
+            .await
+            .map_err(|source| ServiceError::Open {
                 name: name.clone(),
-                detail: e.to_string(),
-            }),
-        };
+                source,
+            });
         let pipeline = match created {
             Ok(pipeline) => self.launch(pipeline),
             Err(e) => {
