@@ -841,6 +841,92 @@ async fn offsets_and_results_equal_a_single_instance() {
     );
 }
 
+/// Posts each batch at a cluster and at a single instance: the same offsets.
+async fn post_both(cluster: &ClusterClient, alone: &ClusterClient, stream: Vec<(String, Vec<u8>)>) {
+    for (key, body) in stream {
+        let got = cluster.post_batch("clicks", &key, &body, 0).await;
+        let want = alone.post_batch("clicks", &key, &body, 0).await;
+        assert_eq!((got.first, got.last), (want.first, want.last), "{key}");
+    }
+}
+
+/// The same checkpoint, later events, restore and events after it, at a single instance and
+/// at a cluster (each step at another instance); then the cluster's leader is killed and the
+/// next one recovers: answers equal the single instance's all along (offsets of discarded
+/// events are not reused, the discarded ones are gone from the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_through_any_instance_equals_a_single_instances_and_survives_failover() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[]).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let db = format!(
+        "sqlite://{}",
+        dir.path().join("single").join("eddy.db").display()
+    );
+    let mut single = Instance::new(dir.path(), "single", &[("DATABASE_URL".to_owned(), db)]);
+    single.start();
+    single.wait_ready(&cluster.http).await;
+    let alone = ClusterClient {
+        http: cluster.http.clone(),
+        bases: vec![single.base.clone()],
+    };
+    let resp = cluster
+        .http
+        .post(format!("{}/v1/pipelines", single.base))
+        .json(&spec("1h"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    cluster.create(0, &spec("1h")).await;
+    post_both(&cluster.client_of(&[1]), &alone, batches("r1", 71, 8)).await;
+    let (status, cp) = cluster
+        .client_of(&[2])
+        .post_empty("/v1/pipelines/clicks/checkpoints", 0)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cp}");
+    let (status, want_cp) = alone
+        .post_empty("/v1/pipelines/clicks/checkpoints", 0)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{want_cp}");
+    post_both(&cluster.client_of(&[2]), &alone, batches("r2", 72, 5)).await;
+    let restore = |id: &Value| format!("/v1/pipelines/clicks/checkpoints/{id}/restore");
+    let (status, restored) = cluster
+        .client_of(&[1])
+        .post_empty(&restore(&cp["id"]), 0)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    let (status, want) = alone.post_empty(&restore(&want_cp["id"]), 0).await;
+    assert_eq!(status, StatusCode::OK, "{want}");
+    assert_eq!(
+        restored["discarded_events"], want["discarded_events"],
+        "{restored} vs {want}"
+    );
+    assert_eq!(restored["discarded_events"], 5 * BATCH);
+    post_both(&cluster.client_of(&[0]), &alone, batches("r3", 73, 6)).await;
+    let expected = answers_of(&alone, "clicks", 0).await;
+    for at in 0..3 {
+        let got = answers_of(&cluster.client_of(&[at]), "clicks", 0).await;
+        assert_same(&got, &expected, &format!("after the restore, at n{at}"));
+    }
+    // The leader dies; the next one recovers from the restored checkpoint and the stream
+    // after it, which holds none of the discarded records.
+    let leader = cluster.leader_of("clicks").await;
+    cluster.instances[leader].kill9();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let survivors = cluster.client_of(&others);
+    let got = answers_of(&survivors, "clicks", 0).await;
+    assert_same(&got, &expected, "after the failover");
+    post_both(
+        &cluster.client_of(&[others[0]]),
+        &alone,
+        batches("r4", 74, 3),
+    )
+    .await;
+    let expected = answers_of(&alone, "clicks", 0).await;
+    let got = answers_of(&survivors, "clicks", 0).await;
+    assert_same(&got, &expected, "events after the failover");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_leader_under_load_loses_nothing() {
     const KILLS: usize = 10;

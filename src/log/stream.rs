@@ -4,13 +4,18 @@
 //! sequence IS the LSN.
 //!
 //! Fencing without anything home-made: every publish carries `Nats-Expected-Last-Sequence`
-//! (its LSN − 1), so the stream is one chain that only the instance at its tip can extend. A
-//! leader that takes over reads the chain to its end and appends an [`Record::Epoch`] record
-//! there; from then on a stale leader's publishes are refused by JetStream itself (wrong last
-//! sequence), and it fails its pipeline instead of acknowledging. Each message also carries
+//! (its LSN − 1) and `Nats-Expected-Last-Msg-Id` (its own epoch's record LSN − 1), so the
+//! stream is one chain that only the leader at its tip can extend. A leader that takes over
+//! reads the chain to its end and appends an [`Record::Epoch`] record there; from then on a
+//! stale leader's publishes are refused by JetStream itself (the last message is not its
+//! own, whatever its sequence: pipelined publishes cannot slip in behind the mark), and it
+//! fails its pipeline instead of acknowledging. Each message also carries
 //! its epoch (`Eddy-Epoch`) and the reader skips a record older than an epoch record before it
-//! (the chain makes that impossible; the check costs nothing). `Nats-Msg-Id` is the LSN, so a
-//! publish retried inside the duplicate window is stored once.
+//! (the chain makes that impossible; the check costs nothing). `Nats-Msg-Id` is `epoch:LSN`,
+//! so a publish retried inside the duplicate window is stored once. It must name the epoch:
+//! JetStream answers a duplicate id with the first message's ack BEFORE it checks the
+//! expected sequence, so a stale leader publishing LSN n under a bare `n` would be told its
+//! record was stored when the new leader's record n was.
 //!
 //! Pipelining: records queue under a mutex (called under the sequencer lock, like the WAL);
 //! one task publishes everything queued without waiting, a second awaits the acks in order
@@ -179,11 +184,21 @@ impl Streams {
         let mut next = from;
         let mut epoch = 0;
         loop {
-            let last = last_sequence(&mut stream, &name).await?.max(from - 1);
-            read(&stream, &name, next, last, &mut epoch, &mut records).await?;
+            let (first, last) = stored(&mut stream, &name).await?;
+            let last = last.max(from - 1);
+            // What a trim or a restore's discard purged is not waited for.
+            read(
+                &stream,
+                &name,
+                next.max(first),
+                last,
+                &mut epoch,
+                &mut records,
+            )
+            .await?;
             next = last + 1;
             let marker = Record::Epoch { epoch: fence.epoch }.encode(next);
-            let publish = message(marker, next, fence.epoch);
+            let publish = message(marker, next, fence.epoch, true);
             let acked = match self.js.send_publish(subject.clone(), publish).await {
                 Ok(ack) => ack.await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -213,8 +228,18 @@ fn not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
 }
 
 async fn last_sequence(stream: &mut Stream, name: &str) -> Result<u64, StreamError> {
+    Ok(stored(stream, name).await?.1)
+}
+
+/// The (first, last) sequence the stream holds; `first > last` when it holds nothing (a
+/// purge keeps the last sequence).
+async fn stored(stream: &mut Stream, name: &str) -> Result<(u64, u64), StreamError> {
     let info = stream.info().await.map_err(|e| error(name, "info", e))?;
-    Ok(info.state.last_sequence)
+    let state = &info.state;
+    if state.messages == 0 {
+        return Ok((state.last_sequence + 1, state.last_sequence));
+    }
+    Ok((state.first_sequence, state.last_sequence))
 }
 
 /// Reads records `from..=last` (those still stored) into `records`, skipping any older than
@@ -247,7 +272,13 @@ async fn read(
         .messages()
         .await
         .map_err(|e| error(name, "read", e))?;
-    while let Some(message) = messages.next().await {
+    // Every sequence in from..=last is stored (only prefixes are ever purged): a silence this
+    // long is a server that stopped answering, not a gap.
+    let silence = Duration::from_secs(30);
+    while let Some(message) = tokio::time::timeout(silence, messages.next())
+        .await
+        .map_err(|_| error(name, "read", "no message for 30 s"))?
+    {
         let message = message.map_err(|e| error(name, "read", e))?;
         let seq = message
             .info()
@@ -283,12 +314,18 @@ async fn read(
     Ok(())
 }
 
-fn message(bytes: Vec<u8>, lsn: u64, epoch: i64) -> PublishMessage {
-    PublishMessage::build()
+/// The message of record `lsn` under `epoch`: it must follow record `lsn - 1` and, unless it
+/// is the epoch mark (which follows whatever it read), that record must be this epoch's own.
+fn message(bytes: Vec<u8>, lsn: u64, epoch: i64, mark: bool) -> PublishMessage {
+    let message = PublishMessage::build()
         .payload(Bytes::from(bytes))
-        .message_id(lsn.to_string())
+        .message_id(format!("{epoch}:{lsn}"))
         .expected_last_sequence(lsn - 1)
-        .header(EPOCH_HEADER, epoch.to_string().as_str())
+        .header(EPOCH_HEADER, epoch.to_string().as_str());
+    if mark {
+        return message;
+    }
+    message.expected_last_message_id(format!("{epoch}:{}", lsn - 1))
 }
 
 fn error(stream: &str, action: &'static str, e: impl std::fmt::Display) -> StreamError {
@@ -432,7 +469,7 @@ async fn publish(
                 Some(failed) => Pending::Done(Err(failed), after),
                 None if bytes.is_empty() => Pending::Done(Ok(()), after),
                 None => match js
-                    .send_publish(subject.clone(), message(bytes, lsn, epoch))
+                    .send_publish(subject.clone(), message(bytes, lsn, epoch, false))
                     .await
                 {
                     Ok(ack) => Pending::Ack(lsn, ack, after),
@@ -455,6 +492,11 @@ async fn publish(
 async fn await_acks(name: String, shared: Arc<Shared>, mut pending: mpsc::Receiver<Pending>) {
     while let Some(next) = pending.recv().await {
         let (outcome, after) = match next {
+            // An action after a record that failed fails too.
+            Pending::Done(Ok(()), after) => {
+                let failed = shared.queue.lock().expect("log lock").failed.clone();
+                (failed.map_or(Ok(()), Err), after)
+            }
             Pending::Done(outcome, after) => (outcome, after),
             Pending::Ack(lsn, ack, after) => {
                 let failed = shared.queue.lock().expect("log lock").failed.clone();
