@@ -125,6 +125,7 @@ const SIZE_BYTES: &[f64] = &[
 const P: &[&str] = &["pipeline"];
 const PO: &[&str] = &["pipeline", "operator"];
 const PT: &[&str] = &["pipeline", "trigger"];
+const PPK: &[&str] = &["pipeline", "partition", "kind"];
 const HTTP: &[&str] = &["route", "method", "status"];
 
 pub const PROCESS_CPU: Family = family(
@@ -330,6 +331,14 @@ pub const CHECKPOINT_LAST: Family = family(
 );
 
 /// Every family, in the order `/metrics` lists them.
+pub const LEASE_CHANGES: Family = family(
+    "eddy_lease_changes_total",
+    C,
+    PPK,
+    "Cluster mode: changes of a partition's owner seen by this instance: acquired (taken \
+     here), lost (another instance took it), released (given up here).",
+);
+
 pub static FAMILIES: &[&Family] = &[
     &PROCESS_CPU,
     &PROCESS_RSS,
@@ -364,6 +373,7 @@ pub static FAMILIES: &[&Family] = &[
     &CHECKPOINT_KEYS_DELETED,
     &CHECKPOINT_FAILURES,
     &CHECKPOINT_LAST,
+    &LEASE_CHANGES,
 ];
 
 /// The exposition of every family: the process registry's series and `scrape`'s.
@@ -486,6 +496,15 @@ pub fn checkpoint_last_completed(pipeline: &str, completed_at: i64) {
 pub fn checkpoint_failed(pipeline: &str, trigger: &'static str) {
     metrics::counter!(CHECKPOINT_FAILURES.name, "pipeline" => pipeline.to_owned(), "trigger" => trigger)
         .increment(1);
+}
+
+/// Cluster mode: this instance acquired, lost or released the lease of a pipeline of
+/// `partitions` partitions (the leader owns each of them).
+pub fn lease_changed(pipeline: &str, partitions: u16, kind: &'static str) {
+    for partition in 0..partitions {
+        metrics::counter!(LEASE_CHANGES.name, "pipeline" => pipeline.to_owned(), "partition" => partition.to_string(), "kind" => kind)
+            .increment(1);
+    }
 }
 
 /// The route label of a request: its route template, never the raw path (unbounded).

@@ -1009,6 +1009,23 @@ async fn sigterm_hands_over_with_a_shutdown_checkpoint() {
         "a completed shutdown checkpoint through offset {last}: {checkpoints:#?}"
     );
     acked.extend(post_all(&others, "clicks", &batches("t2", 22, 15), 0).await);
+    // The new leader counted the lease it took.
+    let metrics = cluster
+        .http
+        .get(format!("{}/metrics", cluster.instances[new].base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let acquired = metrics.lines().any(|l| {
+        l.starts_with("eddy_lease_changes_total{")
+            && l.contains("kind=\"acquired\"")
+            && l.contains("pipeline=\"clicks\"")
+            && l.ends_with(" 1")
+    });
+    assert!(acquired, "no acquired lease change at n{new}:\n{metrics}");
     cluster.instances[0].restart();
     cluster.instances[0].wait_ready(&cluster.http).await;
     acked.extend(post_all(&client, "clicks", &batches("t3", 23, 10), 0).await);

@@ -261,7 +261,7 @@ impl Service {
             let pipeline = self.engine.get(&name);
             if let Some(reason) = pipeline.as_ref().and_then(|p| p.failure()) {
                 tracing::warn!(pipeline = %name, reason = %reason, next = "it is recovered from its checkpoint and stream", "pipeline failed: giving up its lease");
-                self.give_up(cluster, &name).await;
+                self.give_up(cluster, &name, "released").await;
                 cluster.leases.release(&name, epoch).await?;
                 continue;
             }
@@ -278,7 +278,7 @@ impl Service {
                 cluster.lead(&name, epoch, sent);
             } else {
                 tracing::warn!(pipeline = %name, epoch, "lease lost: another instance leads the pipeline");
-                self.give_up(cluster, &name).await;
+                self.give_up(cluster, &name, "lost").await;
             }
         }
         let recovering: Vec<(String, i64)> = {
@@ -291,11 +291,13 @@ impl Service {
         Ok(())
     }
 
-    /// Stops serving `name` here.
-    async fn give_up(&self, cluster: &Cluster, name: &str) {
+    /// Stops serving `name` here (its lease `kind`: lost or released).
+    async fn give_up(&self, cluster: &Cluster, name: &str, kind: &'static str) {
         cluster.unlead(name);
         if let Some(pipeline) = self.engine.remove(name) {
             pipeline.close();
+            let partitions = pipeline.spec().map_or(1, |s| s.partitions);
+            crate::metrics::lease_changed(name, partitions, kind);
         }
     }
 
@@ -353,6 +355,7 @@ impl Service {
                 .expect("cluster lock")
                 .insert(name.clone(), epoch);
             tracing::info!(pipeline = %name, epoch, "lease taken: recovering the pipeline");
+            crate::metrics::lease_changed(&name, spec.partitions, "acquired");
             let (service, cluster) = (self.clone(), cluster.clone());
             tokio::spawn(async move {
                 service.recover_led(&cluster, spec, epoch, taken).await;
@@ -400,7 +403,13 @@ impl Service {
             return;
         };
         match cluster.leases.leave().await {
-            Ok(()) => tracing::info!("leases released"),
+            Ok(()) => {
+                for pipeline in self.engine.list() {
+                    let partitions = pipeline.spec().map_or(1, |s| s.partitions);
+                    crate::metrics::lease_changed(pipeline.name(), partitions, "released");
+                }
+                tracing::info!("leases released")
+            }
             Err(e) => {
                 tracing::warn!(reason = %e, next = "they expire after the lease timeout", "leases not released")
             }

@@ -101,6 +101,11 @@ impl Service {
             }
         };
         cluster.lead(&name, epoch, taken);
+        crate::metrics::lease_changed(
+            &name,
+            pipeline.spec().map_or(1, |s| s.partitions),
+            "acquired",
+        );
         tracing::info!(
             pipeline = pipeline.name(),
             epoch,
