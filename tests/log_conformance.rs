@@ -58,8 +58,7 @@ async fn append_all(log: &dyn Log, records: &[Record]) -> Vec<(u64, Result<(), W
             .expect("every after-action runs")
             .expect("after-action ran");
     }
-    let seen = seen.lock().unwrap().clone();
-    seen
+    seen.lock().unwrap().clone()
 }
 
 /// The order every log must run actions in: each record's, with the bare action queued after
