@@ -34,7 +34,7 @@ pub use ingest::{
 pub use ingest::{Event, Extractor, FieldKind, Inputs, MAX_KEY_BYTES, OpInput};
 pub use operator::{Context, Emission, Field, Input, Operator, TimeDomain};
 pub use output::{Output, OutputRecord};
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, spec_extractor};
 pub use queries::Status;
 pub use runner::StateRow;
 pub use sequencer::{Ack, Arrival, Counters, is_late};

@@ -841,6 +841,65 @@ async fn offsets_and_results_equal_a_single_instance() {
     );
 }
 
+/// A bad batch posted at an instance that does not lead the pipeline is answered there, as
+/// the leader would answer it, without the leader: it is paused (SIGSTOP) and the answer
+/// still comes at once. Nothing is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_batch_is_refused_where_it_arrives() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "30s")]).await;
+    cluster.create(0, &spec("1h")).await;
+    let client = cluster.client();
+    post_all(&client, "clicks", &batches("v1", 81, 2), 1).await;
+    let http = cluster.http.clone();
+    let bad = |at: String, body: &'static str, content_type: &'static str| {
+        http.post(format!("{at}/v1/pipelines/clicks/events"))
+            .header("content-type", content_type)
+            .body(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+    };
+    let (leader, other) = (
+        cluster.instances[0].base.clone(),
+        cluster.instances[1].base.clone(),
+    );
+    let at_leader = bad(leader, "[{\"user_id\": 5}]", "application/json")
+        .await
+        .unwrap();
+    let (status, leader_answer) = (at_leader.status(), at_leader.text().await.unwrap());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{leader_answer}");
+    cluster.instances[0].sigstop();
+    let cases = [
+        (
+            "[{\"user_id\": 5}]",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("{not json", "application/json", StatusCode::BAD_REQUEST),
+        ("[]", "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ];
+    for (body, content_type, want) in cases {
+        let resp = bad(other.clone(), body, content_type)
+            .await
+            .expect("answered without the leader");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, want, "{body}: {text}");
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        assert!(doc["code"].is_string(), "problem+json: {text}");
+        if body.starts_with("[{") {
+            let leader: Value = serde_json::from_str(&leader_answer).unwrap();
+            assert_eq!(doc, leader, "the same answer as the leader's");
+        }
+    }
+    cluster.instances[0].sigcont();
+    let status = client.get_ok("/v1/pipelines/clicks", 2).await;
+    assert_eq!(
+        status["status"]["events"],
+        2 * BATCH,
+        "nothing of the bad batches applied"
+    );
+}
+
 /// Posts each batch at a cluster and at a single instance: the same offsets.
 async fn post_both(cluster: &ClusterClient, alone: &ClusterClient, stream: Vec<(String, Vec<u8>)>) {
     for (key, body) in stream {

@@ -1,16 +1,20 @@
 //! `POST …/events` and `POST …/watermark`: ingest. The body is read once, under the configured
 //! limit, parsed and validated as one atomic batch, then sequenced. The answer comes once the
-//! batch is applied (and, with the WAL, durable).
+//! batch is applied (and, with the WAL, durable). In cluster mode a batch for a pipeline led
+//! elsewhere is validated here the same way, then handed to its leader.
 
 use super::AppState;
+use super::forward::forward_batch;
 use super::problem::ApiError;
 use crate::engine::{
-    Ack, Arrival, BatchError, BatchLimits, BodyFormat, Ingested, Submission, parse_batch_limited,
+    Ack, Arrival, BatchError, BatchLimits, BodyFormat, Extractor, Ingested, ParsedBatch,
+    Submission, parse_batch_limited,
 };
+use crate::service::cluster::{Cluster, Route};
 use axum::Json;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -191,10 +195,21 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 async fn post_events(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    if let Some(cluster) = app.cluster.clone() {
+        match cluster.route(&name).await {
+            Route::Here => {}
+            Route::There(leader) => {
+                return validate_and_forward(&app, &cluster, &name, &leader, &uri, &headers, body)
+                    .await;
+            }
+            Route::Unavailable => return Err(ApiError::NoLeader { name }),
+        }
+    }
     let pipeline = app.pipeline(&name)?;
     let idempotency_key = idempotency_key(&headers)?;
     if let Some(key) = &idempotency_key
@@ -208,17 +223,7 @@ async fn post_events(
     }
     let format = body_format(&headers)?;
     let bytes = read_body(body, app.config.max_body_bytes).await?;
-    let limits = BatchLimits {
-        max_events: app.config.max_batch_events,
-        max_event_bytes: app.config.max_event_bytes,
-    };
-    let events =
-        parse_batch_limited(&bytes, format, pipeline.extractor(), limits).map_err(|e| match e {
-            BatchError::TooManyEvents { found, limit } => ApiError::TooManyEvents { found, limit },
-            BatchError::Syntax(detail) => ApiError::InvalidJson { detail },
-            BatchError::Empty => ApiError::bad_request(e.to_string()),
-            BatchError::Invalid(errors) => ApiError::InvalidEvents { errors },
-        })?;
+    let events = parse(&app, &bytes, format, pipeline.extractor())?;
     let submission = Submission {
         events,
         // Read by the sequencer when it orders the batch, not here: a time read before its
@@ -243,6 +248,46 @@ async fn post_events(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The events of a body, checked against the limits and the pipeline's fields.
+fn parse(
+    app: &AppState,
+    bytes: &Bytes,
+    format: BodyFormat,
+    extractor: &Extractor,
+) -> Result<ParsedBatch, ApiError> {
+    let limits = BatchLimits {
+        max_events: app.config.max_batch_events,
+        max_event_bytes: app.config.max_event_bytes,
+    };
+    parse_batch_limited(bytes, format, extractor, limits).map_err(|e| match e {
+        BatchError::TooManyEvents { found, limit } => ApiError::TooManyEvents { found, limit },
+        BatchError::Syntax(detail) => ApiError::InvalidJson { detail },
+        BatchError::Empty => ApiError::bad_request(e.to_string()),
+        BatchError::Invalid(errors) => ApiError::InvalidEvents { errors },
+    })
+}
+
+/// Cluster mode, a pipeline led elsewhere: the batch is read and checked here as its leader
+/// would (bad input is answered here and never reaches it), then handed to the leader.
+async fn validate_and_forward(
+    app: &AppState,
+    cluster: &Cluster,
+    name: &str,
+    leader: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    idempotency_key(headers)?;
+    let format = body_format(headers)?;
+    let bytes = read_body(body, app.config.max_body_bytes).await?;
+    // A definition this instance has not read yet is checked by the leader alone.
+    if let Some(extractor) = app.edge(cluster, name).await? {
+        parse(app, &bytes, format, &extractor)?;
+    }
+    Ok(forward_batch(cluster, name, leader, uri, headers, bytes).await)
 }
 
 fn watermark_time(body: &[u8]) -> Result<i64, ApiError> {

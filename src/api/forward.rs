@@ -8,12 +8,14 @@
 
 use super::AppState;
 use super::problem::ApiError;
+use crate::service::cluster::Cluster;
 use crate::service::cluster::Route;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 
 /// The header a forwarded request carries (the forwarding node's id).
 pub const FORWARDED_BY: &str = "eddy-forwarded-by";
@@ -26,6 +28,14 @@ pub async fn to_leader(State(app): State<AppState>, req: Request, next: Next) ->
     let Some(name) = pipeline_of(req.uri().path()) else {
         return next.run(req).await;
     };
+    // A batch of events is validated here first: its handler forwards it (`forward_batch`).
+    let events = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|m| m.as_str() == "/v1/pipelines/{name}/events");
+    if events && req.method() == Method::POST {
+        return next.run(req).await;
+    }
     let name = name.to_owned();
     match cluster.route(&name).await {
         Route::Here => next.run(req).await,
@@ -74,11 +84,64 @@ async fn forward(
     req: Request,
 ) -> Result<Response, reqwest::Error> {
     let (parts, body) = req.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
+    send(
+        http,
+        node,
+        base,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        body,
+    )
+    .await
+}
+
+/// Hands a batch of events, validated here, to the pipeline's leader at `base` (with the
+/// request's own headers: its content type and Idempotency-Key) and answers its answer; a
+/// leader that cannot be reached is 503 `no_leader`.
+pub async fn forward_batch(
+    cluster: &Cluster,
+    name: &str,
+    base: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let sent = send(
+        &cluster.http,
+        cluster.node(),
+        base,
+        &Method::POST,
+        uri,
+        headers,
+        body.into(),
+    )
+    .await;
+    sent.unwrap_or_else(|e| {
+        tracing::info!(pipeline = %name, leader = %base, reason = %e, "leader not reachable");
+        ApiError::NoLeader {
+            name: name.to_owned(),
+        }
+        .into_response()
+    })
+}
+
+/// Sends a request to `base` and passes its answer on, streamed.
+async fn send(
+    http: &reqwest::Client,
+    node: &str,
+    base: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: reqwest::Body,
+) -> Result<Response, reqwest::Error> {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = http
-        .request(parts.method, format!("{base}{target}"))
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    for (name, value) in &parts.headers {
+        .request(method.clone(), format!("{base}{target}"))
+        .body(body);
+    for (name, value) in headers {
         if !hop_by_hop(name) {
             out = out.header(name, value);
         }

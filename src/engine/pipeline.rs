@@ -57,14 +57,37 @@ pub struct Pipeline {
     pub(super) metrics: PipelineMetrics,
 }
 
+/// What reads and checks the events of `spec`'s pipeline (of operators `defs`), routed to
+/// its shards.
+fn extractor_of(spec: &PipelineSpec, defs: &[OperatorDef], config: &EngineConfig) -> Extractor {
+    Extractor::new(
+        spec.key.clone(),
+        spec.time.clone(),
+        defs.iter()
+            .map(|d| (d.name.clone(), d.inputs.clone()))
+            .collect(),
+    )
+    .routed(config.shards)
+}
+
+/// What reads and checks the events of a validated spec's pipeline, without the pipeline:
+/// what an instance that does not lead it validates a batch with before forwarding it.
+pub fn spec_extractor(spec: &PipelineSpec, config: &EngineConfig) -> Extractor {
+    extractor_of(spec, &definitions(spec, config), config)
+}
+
+/// The built-in operators of `spec`.
+fn definitions(spec: &PipelineSpec, config: &EngineConfig) -> Vec<OperatorDef> {
+    spec.operators
+        .iter()
+        .map(|op| super::operators::definition(op, config.max_map_entries))
+        .collect()
+}
+
 impl Pipeline {
     /// Starts the pipeline of a validated spec.
     pub fn from_spec(spec: PipelineSpec, config: &EngineConfig) -> Pipeline {
-        let defs: Vec<OperatorDef> = spec
-            .operators
-            .iter()
-            .map(|op| super::operators::definition(op, config.max_map_entries))
-            .collect();
+        let defs = definitions(&spec, config);
         let mut pipeline = Pipeline::start(&spec, defs, config);
         pipeline.spec = Some(spec);
         pipeline
@@ -74,14 +97,7 @@ impl Pipeline {
     /// (built-in or a crate user's own).
     pub fn start(spec: &PipelineSpec, defs: Vec<OperatorDef>, config: &EngineConfig) -> Pipeline {
         let names: Vec<String> = defs.iter().map(|d| d.name.clone()).collect();
-        let extractor = Extractor::new(
-            spec.key.clone(),
-            spec.time.clone(),
-            defs.iter()
-                .map(|d| (d.name.clone(), d.inputs.clone()))
-                .collect(),
-        )
-        .routed(config.shards);
+        let extractor = extractor_of(spec, &defs, config);
         let output = Arc::new(
             Output::new(
                 names.iter().map(|n| Arc::from(n.as_str())).collect(),

@@ -16,9 +16,10 @@
 
 use super::Service;
 use crate::config::ClusterConfig;
+use crate::engine::{EngineConfig, Extractor};
 use crate::log::stream::Streams;
 use crate::spec::PipelineSpec;
-use crate::store::{Fence, Lease, Leases, MemberRow, StoreError};
+use crate::store::{Fence, Lease, Leases, MemberRow, StoreError, StoredPipeline};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -38,6 +39,9 @@ pub struct Cluster {
     recovering: Mutex<HashMap<String, i64>>,
     /// The leases and members as last read.
     view: RwLock<View>,
+    /// Per stored pipeline (by its spec document), what validates its events here before
+    /// they are forwarded to its leader.
+    edges: RwLock<HashMap<String, (serde_json::Value, Arc<Extractor>)>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -97,6 +101,7 @@ impl Cluster {
             leading: Mutex::default(),
             recovering: Mutex::default(),
             view: RwLock::default(),
+            edges: RwLock::default(),
         })
     }
 
@@ -152,10 +157,17 @@ impl Cluster {
         if self.leads(name).is_some() {
             return Route::Here;
         }
-        let view = self.view.read().expect("cluster lock");
-        match view.leases.get(name) {
-            None => Route::Here,
-            Some(_) => self.remote(name).unwrap_or(Route::Unavailable),
+        // The read lock is let go before `remote` takes it again: a writer waiting between
+        // two read locks of one thread would block both for good.
+        let known = self
+            .view
+            .read()
+            .expect("cluster lock")
+            .leases
+            .contains_key(name);
+        match known {
+            false => Route::Here,
+            true => self.remote(name).unwrap_or(Route::Unavailable),
         }
     }
 
@@ -182,6 +194,28 @@ impl Cluster {
             .collect();
         view.members = members;
         Ok(())
+    }
+
+    /// What validates the events of pipeline `name` here (known once a round has read its
+    /// definition).
+    pub fn edge(&self, name: &str) -> Option<Arc<Extractor>> {
+        let edges = self.edges.read().expect("cluster lock");
+        edges.get(name).map(|(_, e)| e.clone())
+    }
+
+    /// Keeps an extractor per stored pipeline.
+    fn learn(&self, stored: &[StoredPipeline], config: &EngineConfig) {
+        let mut edges = self.edges.write().expect("cluster lock");
+        edges.retain(|name, (doc, _)| stored.iter().any(|p| &p.name == name && &p.spec == doc));
+        for p in stored {
+            if edges.contains_key(&p.name) {
+                continue;
+            }
+            if let Ok(spec) = PipelineSpec::from_json(&p.spec) {
+                let extractor = Arc::new(crate::engine::spec_extractor(&spec, config));
+                edges.insert(p.name.clone(), (p.spec.clone(), extractor));
+            }
+        }
     }
 
     /// The members as last read.
@@ -304,6 +338,7 @@ impl Service {
     /// Takes the lease of every pipeline no live instance leads, and recovers it.
     async fn take_over(&self, cluster: &Arc<Cluster>) -> Result<(), StoreError> {
         let stored = self.store.pipelines().await?;
+        cluster.learn(&stored, &self.config.engine);
         let defined: HashSet<&str> = stored.iter().map(|p| p.name.as_str()).collect();
         let orphans: Vec<String> = {
             let view = cluster.view.read().expect("cluster lock");
@@ -394,6 +429,20 @@ impl Service {
                 let _ = cluster.leases.release(&name, epoch).await;
             }
         }
+    }
+
+    /// What validates the events of pipeline `name` at this instance (cluster mode): the
+    /// definitions are read again when a round has not seen it yet.
+    pub async fn edge(
+        &self,
+        cluster: &Cluster,
+        name: &str,
+    ) -> Result<Option<Arc<Extractor>>, StoreError> {
+        if let Some(edge) = cluster.edge(name) {
+            return Ok(Some(edge));
+        }
+        cluster.learn(&self.store.pipelines().await?, &self.config.engine);
+        Ok(cluster.edge(name))
     }
 
     /// At shutdown, after the final checkpoints: every lease released at once and this

@@ -172,7 +172,6 @@ where
         w: &CheckpointWrite<'_>,
     ) -> Result<CheckpointRecord, StoreError> {
         let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
-        self.check_fence(&mut *tx, w.pipeline, w.fence).await?;
         self.write_contents(&mut *tx, w)
             .await
             .map_err(|e| self.db(e))?;
@@ -195,6 +194,10 @@ where
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.db(e))?;
+        // Last, so that the lease row is locked only while the transaction commits (a lock
+        // held through a long state write held back the leader's own renewals until its
+        // lease expired); a takeover waits for the commit and then recovers from it.
+        self.check_fence(&mut *tx, w.pipeline, w.fence).await?;
         tx.commit().await.map_err(|e| self.db(e))?;
         Ok(record)
     }
