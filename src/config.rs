@@ -69,7 +69,8 @@ pub enum Command {
 /// Options of `eddy load`.
 #[derive(Debug, Args)]
 pub struct LoadOptions {
-    /// The server's base URL.
+    /// The server's base URL, or a comma-separated list of them (cluster mode): connection i
+    /// posts to URL i mod n; the pipeline is created at the first.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// The pipeline to create (the contract's example) and load.
@@ -106,13 +107,13 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// The load to run; the error names a bad duration.
+    /// The load to run; the error names a bad duration or URL list.
     pub fn into_args(self) -> Result<crate::load::LoadArgs, String> {
         let span = |text: &str| Span::parse(text).map(|s| Duration::from_millis(s.millis() as u64));
         Ok(crate::load::LoadArgs {
             duration: span(&self.duration)?,
             checkpoint_every: self.checkpoint_every.as_deref().map(span).transpose()?,
-            url: self.url,
+            urls: crate::load::parse_urls(&self.url)?,
             pipeline: self.pipeline,
             batch: self.batch,
             connections: self.connections,

@@ -19,7 +19,9 @@ use tokio::sync::Mutex;
 /// How to load.
 #[derive(Clone, Debug)]
 pub struct LoadArgs {
-    pub url: String,
+    /// Base URLs (at least one): connection `i` posts to `urls[i % n]`; the pipeline is
+    /// created, queried, polled and checkpointed at the first.
+    pub urls: Vec<String>,
     pub pipeline: String,
     pub duration: Duration,
     pub batch: usize,
@@ -110,6 +112,23 @@ impl Report {
     }
 }
 
+/// The base URLs of a comma-separated list (`--url`), in order, each trimmed; an empty entry
+/// is an error.
+pub fn parse_urls(text: &str) -> Result<Vec<String>, String> {
+    text.split(',')
+        .map(|url| {
+            let url = url.trim();
+            if url.is_empty() {
+                Err(format!(
+                    "--url {text:?}: an empty entry in the list of URLs"
+                ))
+            } else {
+                Ok(url.to_owned())
+            }
+        })
+        .collect()
+}
+
 /// The resident set of a process, from /proc.
 pub fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -167,7 +186,8 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
     };
     let mut spec = seed_spec(&args.pipeline);
     spec["checkpoint_interval"] = serde_json::json!("1h");
-    let created = auth(client.post(format!("{}/v1/pipelines", args.url)))
+    let first = args.urls.first().ok_or("no URL to load")?.clone();
+    let created = auth(client.post(format!("{first}/v1/pipelines")))
         .json(&spec)
         .send()
         .await
@@ -193,16 +213,12 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
     let deadline = started + args.duration;
-    let events_url = format!("{}/v1/pipelines/{}/events", args.url, args.pipeline);
     let mut tasks = Vec::new();
     for c in 0..args.connections {
-        let (client, bodies, shared, url, args) = (
-            client.clone(),
-            bodies.clone(),
-            shared.clone(),
-            events_url.clone(),
-            args.clone(),
-        );
+        let base = &args.urls[c % args.urls.len()];
+        let url = format!("{base}/v1/pipelines/{}/events", args.pipeline);
+        let (client, bodies, shared, args) =
+            (client.clone(), bodies.clone(), shared.clone(), args.clone());
         tasks.push(tokio::spawn(async move {
             let interval = args
                 .rate
@@ -261,7 +277,10 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
     if let Some(every) = args.checkpoint_every {
         let (client, args, shared) = (client.clone(), args.clone(), shared.clone());
         tasks.push(tokio::spawn(async move {
-            let url = format!("{}/v1/pipelines/{}/checkpoints", args.url, args.pipeline);
+            let url = format!(
+                "{}/v1/pipelines/{}/checkpoints",
+                args.urls[0], args.pipeline
+            );
             while Instant::now() + every < deadline {
                 tokio::time::sleep(every).await;
                 send(client.post(&url), &args.token, &shared, |s| {
@@ -275,7 +294,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
         let _ = task.await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let status_url = format!("{}/v1/pipelines/{}", args.url, args.pipeline);
+    let status_url = format!("{first}/v1/pipelines/{}", args.pipeline);
     let pipeline = match send(client.get(status_url), &args.token, &shared, |s| {
         s.is_success()
     })
@@ -358,7 +377,7 @@ async fn query_loop(
         n += 1;
         let url = format!(
             "{}/v1/pipelines/{}/operators/sessions/state?key={user}",
-            args.url, args.pipeline
+            args.urls[0], args.pipeline
         );
         let start = Instant::now();
         if let Some(resp) = send(client.get(url), &args.token, &shared, |s| {
@@ -387,7 +406,7 @@ async fn poll_loop(
     while Instant::now() + Duration::from_secs(2) < deadline {
         let url = format!(
             "{}/v1/pipelines/{}/output?after={after}&limit=1000&wait=1s",
-            args.url, args.pipeline
+            args.urls[0], args.pipeline
         );
         if let Some(resp) = send(client.get(url), &args.token, &shared, |s| s.is_success()).await {
             let page: serde_json::Value = resp.json().await.unwrap_or_default();
@@ -398,7 +417,7 @@ async fn poll_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::{Template, percentile};
+    use super::{Template, parse_urls, percentile};
 
     #[test]
     fn templates_move_every_time_and_nothing_else() {
@@ -412,6 +431,21 @@ mod tests {
             std::str::from_utf8(&moved).unwrap(),
             "{\"user_id\":\"u1\",\"ts\":1700000064000,\"page\":\"/p/1\"}\n{\"ts\":64999,\"user_id\":\"u2\",\"qty\":1}\n"
         );
+    }
+
+    #[test]
+    fn a_url_list_is_split_at_commas_in_order_and_trimmed() {
+        assert_eq!(
+            parse_urls("http://127.0.0.1:8080").unwrap(),
+            ["http://127.0.0.1:8080"]
+        );
+        assert_eq!(
+            parse_urls("http://a:1, http://b:2 ,http://c:3").unwrap(),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert!(parse_urls("").is_err());
+        assert!(parse_urls("http://a:1,,http://b:2").is_err());
+        assert!(parse_urls("http://a:1,").is_err());
     }
 
     #[test]
