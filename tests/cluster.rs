@@ -723,26 +723,7 @@ async fn a_pipeline_created_at_one_instance_is_served_by_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_and_results_equal_a_single_instance() {
     let cluster = Cluster::start(3, &nats_url(), &[]).await;
-    let dir = tempfile::TempDir::new().unwrap();
-    let db = format!(
-        "sqlite://{}",
-        dir.path().join("single").join("eddy.db").display()
-    );
-    let mut single = Instance::new(dir.path(), "single", &[("DATABASE_URL".to_owned(), db)]);
-    single.start();
-    single.wait_ready(&cluster.http).await;
-    let alone = ClusterClient {
-        http: cluster.http.clone(),
-        bases: vec![single.base.clone()],
-    };
-    let resp = cluster
-        .http
-        .post(format!("{}/v1/pipelines", single.base))
-        .json(&spec("10s"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (_dir, _single, alone) = single_with(&cluster, &spec("10s")).await;
     cluster.create(0, &spec("10s")).await;
     // The same pipeline in three partitions: the same answers, whatever the partitions.
     let mut three = spec_named("clicks3", "10s");
@@ -900,6 +881,34 @@ async fn a_bad_batch_is_refused_where_it_arrives() {
     );
 }
 
+/// A single instance (not in cluster mode, on SQLite) with pipeline `spec`, and a client of it.
+async fn single_with(
+    cluster: &Cluster,
+    spec: &Value,
+) -> (tempfile::TempDir, Instance, ClusterClient) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let db = format!(
+        "sqlite://{}",
+        dir.path().join("single").join("eddy.db").display()
+    );
+    let mut single = Instance::new(dir.path(), "single", &[("DATABASE_URL".to_owned(), db)]);
+    single.start();
+    single.wait_ready(&cluster.http).await;
+    let alone = ClusterClient {
+        http: cluster.http.clone(),
+        bases: vec![single.base.clone()],
+    };
+    let resp = cluster
+        .http
+        .post(format!("{}/v1/pipelines", single.base))
+        .json(spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    (dir, single, alone)
+}
+
 /// Posts each batch at a cluster and at a single instance: the same offsets.
 async fn post_both(cluster: &ClusterClient, alone: &ClusterClient, stream: Vec<(String, Vec<u8>)>) {
     for (key, body) in stream {
@@ -916,26 +925,7 @@ async fn post_both(cluster: &ClusterClient, alone: &ClusterClient, stream: Vec<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_through_any_instance_equals_a_single_instances_and_survives_failover() {
     let mut cluster = Cluster::start(3, &nats_url(), &[]).await;
-    let dir = tempfile::TempDir::new().unwrap();
-    let db = format!(
-        "sqlite://{}",
-        dir.path().join("single").join("eddy.db").display()
-    );
-    let mut single = Instance::new(dir.path(), "single", &[("DATABASE_URL".to_owned(), db)]);
-    single.start();
-    single.wait_ready(&cluster.http).await;
-    let alone = ClusterClient {
-        http: cluster.http.clone(),
-        bases: vec![single.base.clone()],
-    };
-    let resp = cluster
-        .http
-        .post(format!("{}/v1/pipelines", single.base))
-        .json(&spec("1h"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (_dir, _single, alone) = single_with(&cluster, &spec("1h")).await;
     cluster.create(0, &spec("1h")).await;
     post_both(&cluster.client_of(&[1]), &alone, batches("r1", 71, 8)).await;
     let (status, cp) = cluster

@@ -99,14 +99,7 @@ async fn get_cluster(
             // Nothing after its latest checkpoint was applied.
             Served::Failed(_) => None,
         };
-        let partitions = (0..spec.partitions)
-            .map(|id| PartitionOwner {
-                id,
-                key_groups: spec.key_groups(id),
-                owner: node.clone(),
-                applied_offset,
-            })
-            .collect();
+        let partitions = partitions(&spec, &node, applied_offset);
         pipelines.push(PipelineOwners {
             name: spec.name.clone(),
             leader: node.clone(),
@@ -169,14 +162,7 @@ async fn cluster_view(
                 (leader, seen.and_then(|l| l.applied).map(|a| a as u64))
             }
         };
-        let partitions = (0..spec.partitions)
-            .map(|id| PartitionOwner {
-                id,
-                key_groups: spec.key_groups(id),
-                owner: leader.clone(),
-                applied_offset,
-            })
-            .collect();
+        let partitions = partitions(&spec, &leader, applied_offset);
         pipelines.push(PipelineOwners {
             name: spec.name.clone(),
             leader,
@@ -188,4 +174,20 @@ async fn cluster_view(
         members,
         pipelines,
     })
+}
+
+/// The partitions of `spec`, all owned by `owner` (the leader), applied through `applied`.
+fn partitions(
+    spec: &crate::spec::PipelineSpec,
+    owner: &str,
+    applied: Option<u64>,
+) -> Vec<PartitionOwner> {
+    (0..spec.partitions)
+        .map(|id| PartitionOwner {
+            id,
+            key_groups: spec.key_groups(id),
+            owner: owner.to_owned(),
+            applied_offset: applied,
+        })
+        .collect()
 }
