@@ -354,12 +354,12 @@ impl Service {
         }
         for stored in stored {
             let name = stored.name.clone();
-            let busy = cluster.leads(&name).is_some()
-                || cluster
-                    .leading
-                    .lock()
-                    .expect("cluster lock")
-                    .contains_key(&name)
+            // Led here (valid or not: its renewal decides) or being recovered here.
+            let busy = cluster
+                .leading
+                .lock()
+                .expect("cluster lock")
+                .contains_key(&name)
                 || cluster
                     .recovering
                     .lock()
