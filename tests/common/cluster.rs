@@ -50,6 +50,20 @@ pub fn http_client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// Whether every thread under `/proc/<pid>/task` is in state T (stopped).
+fn all_stopped(tasks: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(tasks) else {
+        return false;
+    };
+    entries.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name in parentheses, which may hold spaces.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
+}
+
 /// One `eddy serve` child process, its port, data dir and environment, which outlive the
 /// process: `restart` starts the same instance again.
 pub struct Instance {
@@ -176,9 +190,21 @@ impl Instance {
     }
 
     /// SIGSTOP: the process is paused, its leases age.
+    /// SIGSTOP, and waits until every thread of the process is stopped: kill(2) only queues
+    /// the signal, and a thread busy on the other core may still answer a request meanwhile.
     pub fn sigstop(&mut self) {
         self.signal(libc::SIGSTOP);
         self.paused = true;
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_stopped(&tasks) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop",
+                self.node
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT: the paused process runs on.
