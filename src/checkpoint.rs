@@ -15,6 +15,7 @@ mod claim;
 mod failures;
 mod recover;
 mod restore;
+mod sink;
 mod stored;
 mod take;
 
@@ -82,6 +83,8 @@ pub struct Checkpointer {
     pending: Mutex<HashMap<String, VecDeque<Failure>>>,
     /// Cluster mode: the pipelines' logs are JetStream streams, not WALs.
     streams: Option<Streams>,
+    /// Cluster mode: pipeline name → the sink publishing its output records.
+    sinks: Mutex<HashMap<String, sink::Sink>>,
 }
 
 impl Checkpointer {
@@ -96,6 +99,7 @@ impl Checkpointer {
             streams,
             running: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            sinks: Mutex::new(HashMap::new()),
         }
     }
 

@@ -825,6 +825,120 @@ async fn offsets_and_results_equal_a_single_instance() {
 /// A bad batch posted at an instance that does not lead the pipeline is answered there, as
 /// the leader would answer it, without the leader: it is paused (SIGSTOP) and the answer
 /// still comes at once. Nothing is applied.
+/// The output feed is the pipeline's output stream (its sequence the output offset), read at
+/// any instance: right after an answer (read-your-writes), while the pipeline has no leader,
+/// and as Server-Sent Events resumed with `Last-Event-ID`. A missing stream is a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_feed_is_its_stream_read_at_any_instance_even_without_a_leader() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[]).await;
+    let (_dir, _single, alone) = single_with(&cluster, &spec("1h")).await;
+    cluster.create(0, &spec("1h")).await;
+    let mut seen = Feed::new("clicks");
+    let mut want = Feed::new("clicks");
+    for (i, (key, body)) in batches("o", 9, 12).iter().enumerate() {
+        cluster
+            .client_of(&[i % 3])
+            .post_batch("clicks", key, body, 0)
+            .await;
+        alone.post_batch("clicks", key, body, 0).await;
+        // Read at the next instance: every record of the answered batch is there.
+        seen.catch_up(&cluster.client_of(&[(i + 1) % 3]), 0).await;
+        want.catch_up(&alone, 0).await;
+        assert_eq!(seen.records, want.records, "after batch {i}");
+    }
+    assert!(!want.records.is_empty(), "sessions and windows closed");
+    let last = seen.after;
+
+    let nats = connect(&[nats_url()]).await.expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    let stream_name = format!("{}_out_clicks", cluster.name);
+    let mut stream = js
+        .get_stream(&stream_name)
+        .await
+        .expect("the output stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(
+        (info.state.last_sequence, info.state.messages),
+        (last, last),
+        "one message per record, its sequence the offset"
+    );
+
+    // No leader: the feed is still read, at every other instance.
+    let leader = cluster.leader_of("clicks").await;
+    cluster.instances[leader].kill9();
+    for at in (0..3).filter(|&i| i != leader) {
+        let page = cluster
+            .client_of(&[at])
+            .get_ok("/v1/pipelines/clicks/output?after=0&limit=1000", 0)
+            .await;
+        assert_eq!(
+            page["records"].as_array().expect("records"),
+            &want.records,
+            "at n{at} with the leader dead"
+        );
+        // Resumed after the third record, three events: ids and data as the page's.
+        let other = &cluster.instances[at];
+        let sse = cluster
+            .http
+            .get(format!(
+                "{}/v1/pipelines/clicks/output/stream?limit=3",
+                other.base
+            ))
+            .header("Last-Event-ID", "3")
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(sse.status(), StatusCode::OK);
+        let text = sse.text().await.expect("stream text");
+        let events: Vec<(u64, Value)> = text
+            .split("\n\n")
+            .filter(|e| e.contains("data:"))
+            .map(|e| {
+                let field = |name: &str| {
+                    e.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .expect("field")
+                        .trim()
+                        .to_owned()
+                };
+                (
+                    field("id:").parse().expect("id"),
+                    serde_json::from_str(&field("data:")).expect("data"),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, Value)> = want.records[3..6]
+            .iter()
+            .map(|r| (r["offset"].as_u64().unwrap(), r.clone()))
+            .collect();
+        assert_eq!(events, expected, "SSE at n{at}");
+    }
+
+    // The stream gone (damage outside eddy): 503 naming the feed, and the server serves on.
+    js.delete_stream(&stream_name).await.expect("delete");
+    let other = (leader + 1) % 3;
+    let answer = cluster
+        .http
+        .get(format!(
+            "{}/v1/pipelines/clicks/output",
+            cluster.instances[other].base
+        ))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.headers().contains_key("retry-after"));
+    let problem: Value = answer.json().await.expect("problem+json");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("output feed") && d.contains("missing")),
+        "{problem}"
+    );
+    let (status, _) = cluster.client_of(&[other]).get("/v1/cluster", 0).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_batch_is_refused_where_it_arrives() {
     let mut cluster = Cluster::start(3, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "30s")]).await;

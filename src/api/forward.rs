@@ -3,6 +3,9 @@
 //! polls included), and the leader's answer is handed back as it is. While the pipeline has
 //! no reachable leader (failover), the answer is 503 `no_leader` with `Retry-After`.
 //!
+//! Not forwarded: a batch of events (validated here first, then handed over) and the output
+//! feed (read from the pipeline's output stream at any instance).
+//!
 //! A forwarded request carries `Eddy-Forwarded-By`; an instance that is not the leader
 //! either does not forward it again (it answers 503), so a request crosses at most one hop.
 
@@ -28,13 +31,19 @@ pub async fn to_leader(State(app): State<AppState>, req: Request, next: Next) ->
     let Some(name) = pipeline_of(req.uri().path()) else {
         return next.run(req).await;
     };
-    // A batch of events is validated here first: its handler forwards it (`forward_batch`).
-    let events = req
+    let route = req
         .extensions()
         .get::<MatchedPath>()
-        .is_some_and(|m| m.as_str() == "/v1/pipelines/{name}/events");
-    if events && req.method() == Method::POST {
-        return next.run(req).await;
+        .map(|m| m.as_str().to_owned());
+    match (route.as_deref(), req.method()) {
+        // A batch of events is validated here first: its handler forwards it
+        // (`forward_batch`).
+        (Some("/v1/pipelines/{name}/events"), &Method::POST) => return next.run(req).await,
+        // The output feed is read from its stream, here (no leader needed).
+        (Some("/v1/pipelines/{name}/output" | "/v1/pipelines/{name}/output/stream"), _) => {
+            return next.run(req).await;
+        }
+        _ => {}
     }
     let name = name.to_owned();
     match cluster.route(&name).await {

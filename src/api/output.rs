@@ -5,7 +5,9 @@ use super::AppState;
 use super::answers::OutputRecordAnswer;
 use super::page_limit;
 use super::problem::ApiError;
-use crate::engine::{Output, OutputRecord};
+use crate::engine::{Output, OutputRecord, Pipeline};
+use crate::log::outputs::OutputFeed;
+use crate::service::cluster::Cluster;
 use crate::spec::Span;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -14,6 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,7 +72,14 @@ async fn get_output(
     Path(name): Path<String>,
     Query(params): Query<OutputParams>,
 ) -> Result<Response, ApiError> {
-    let pipeline = app.pipeline(&name)?;
+    let cluster = app.cluster.clone();
+    let pipeline = match &cluster {
+        Some(cluster) => {
+            known(&app, cluster, &name).await?;
+            None
+        }
+        None => Some(app.pipeline(&name)?),
+    };
     let limit = page_limit(params.limit)?;
     let wait = params
         .wait
@@ -77,9 +87,13 @@ async fn get_output(
         .map(parse_wait)
         .transpose()?
         .unwrap_or_default();
+    let after = offset_param(params.after)?;
+    let Some(pipeline) = pipeline else {
+        let cluster = cluster.expect("no pipeline: cluster mode");
+        return stream_page(&app, &cluster, &name, after, limit, wait).await;
+    };
     let output = pipeline.output();
     let mut updates = output.subscribe();
-    let after = offset_param(params.after)?;
     let (mut records, mut next) = output.read(after, limit);
     let deadline = tokio::time::Instant::now() + wait;
     let closed = pipeline.closed();
@@ -97,6 +111,101 @@ async fn get_output(
         .map(|r| OutputRecordAnswer::from(&**r))
         .collect();
     Ok(Json(OutputPage { records, next }).into_response())
+}
+
+/// Cluster mode: 404 unless the pipeline is defined (it may be led anywhere).
+async fn known(app: &AppState, cluster: &Cluster, name: &str) -> Result<(), ApiError> {
+    match app.edge(cluster, name).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::PipelineNotFound {
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// A page of records as stored in the output stream (each its record's JSON): the same
+/// document as [`OutputPage`].
+#[derive(Serialize)]
+struct StoredPage {
+    records: Vec<Box<RawValue>>,
+    next: u64,
+}
+
+/// Cluster mode: a page read from the pipeline's output stream, which holds every record
+/// of every batch answered before the request (a batch is answered once its records are
+/// there), whoever leads.
+async fn stream_page(
+    app: &AppState,
+    cluster: &Cluster,
+    name: &str,
+    after: Option<u64>,
+    limit: usize,
+    wait: Duration,
+) -> Result<Response, ApiError> {
+    let mut outputs = cluster.streams.outputs(name).await.map_err(unreadable)?;
+    let mut next = match after {
+        Some(after) => after,
+        None => outputs
+            .stored()
+            .await
+            .map_err(unreadable)?
+            .0
+            .saturating_sub(1),
+    };
+    let mut feed = outputs.feed(after).await.map_err(unreadable)?;
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut first = true;
+    while records.len() < limit {
+        let caught_up = feed.caught_up();
+        if caught_up && (!records.is_empty() || wait.is_zero()) {
+            break;
+        }
+        // Records stored come at once; a silence that long is a server that stopped.
+        let until = match caught_up {
+            true => deadline,
+            false => tokio::time::Instant::now() + STREAM_SILENCE,
+        };
+        let message = tokio::select! {
+            message = tokio::time::timeout_at(until, feed.next()) => message,
+            _ = app.shutdown.cancelled() => break,
+        };
+        let (offset, payload) = match message {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(unreadable(e)),
+            Err(_) if caught_up => break,
+            Err(_) => return Err(unreadable("no record for 30 s")),
+        };
+        if first && after.is_none() {
+            next = offset - 1;
+        }
+        first = false;
+        if let Some(record) = stored_record(payload) {
+            records.push(record);
+            next = offset;
+        }
+    }
+    Ok(Json(StoredPage { records, next }).into_response())
+}
+
+/// How long a read of records the stream holds may wait for the next one.
+const STREAM_SILENCE: Duration = Duration::from_secs(30);
+
+/// A stored message's record (`None`: an offset without a record, or not ours).
+fn stored_record(payload: bytes::Bytes) -> Option<Box<RawValue>> {
+    if payload.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8(payload.to_vec()).ok()?;
+    RawValue::from_string(text).ok()
+}
+
+/// The output stream cannot be read: 503, retry.
+fn unreadable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable {
+        detail: format!("the output feed cannot be read right now ({e}); retry shortly"),
+    }
 }
 
 /// An `after` offset: 0 or more.
@@ -152,7 +261,13 @@ async fn stream_output(
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let pipeline = app.pipeline(&name)?;
+    let origin = match &app.cluster {
+        Some(cluster) => {
+            known(&app, cluster, &name).await?;
+            Origin::Stream(cluster)
+        }
+        None => Origin::Here(app.pipeline(&name)?),
+    };
     let last_id = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
@@ -163,7 +278,12 @@ async fn stream_output(
         None => None,
     };
     let stop = CancellationToken::new();
-    let (shutdown, closed, stop_on) = (app.shutdown.clone(), pipeline.closed(), stop.clone());
+    // In cluster mode the stream of a deleted pipeline goes, which ends the feed.
+    let closed = match &origin {
+        Origin::Here(pipeline) => pipeline.closed(),
+        Origin::Stream(_) => CancellationToken::new(),
+    };
+    let (shutdown, stop_on) = (app.shutdown.clone(), stop.clone());
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => {},
@@ -176,11 +296,21 @@ async fn stream_output(
         Some(0) => return Err(ApiError::bad_request("limit must be at least 1")),
         limit => limit,
     };
+    let after = last_id.or(offset_param(params.after)?);
+    let source = match origin {
+        Origin::Here(pipeline) => Source::Memory {
+            output: pipeline.output_handle(),
+            buffered: VecDeque::new(),
+        },
+        Origin::Stream(cluster) => {
+            let outputs = cluster.streams.outputs(&name).await.map_err(unreadable)?;
+            Source::Stream(Box::new(outputs.feed(after).await.map_err(unreadable)?))
+        }
+    };
     let feed = Feed {
-        output: pipeline.output_handle(),
-        after: last_id.or(offset_param(params.after)?),
+        source,
+        after,
         remaining,
-        buffered: VecDeque::new(),
         stop: stop.clone(),
         _guard: stop.drop_guard(),
     };
@@ -189,42 +319,93 @@ async fn stream_output(
 
 /// The state of one SSE stream.
 struct Feed {
-    output: Arc<Output>,
+    source: Source,
     after: Option<u64>,
     /// Records still to send before the stream ends; `None`: endless.
     remaining: Option<u64>,
-    buffered: VecDeque<Arc<OutputRecord>>,
     /// Cancelled on shutdown or pipeline deletion.
     stop: CancellationToken,
     /// Cancels `stop` when the client goes (the stream is dropped), ending the watcher task.
     _guard: tokio_util::sync::DropGuard,
 }
 
+/// Where a pipeline's output is read: from the pipeline served here, or (cluster mode) from
+/// its output stream.
+enum Origin<'a> {
+    Here(Arc<Pipeline>),
+    Stream(&'a Cluster),
+}
+
+/// Where a feed's records come from.
+enum Source {
+    /// The output log of a pipeline served here.
+    Memory {
+        output: Arc<Output>,
+        buffered: VecDeque<Arc<OutputRecord>>,
+    },
+    /// Cluster mode: the pipeline's output stream, read from `after` on.
+    Stream(Box<OutputFeed>),
+}
+
 impl Feed {
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Feed)> {
+        if self.remaining == Some(0) {
+            return None;
+        }
         let stop = self.stop.clone();
-        let mut updates = self.output.subscribe();
-        loop {
-            if self.remaining == Some(0) {
-                return None;
-            }
-            if let Some(record) = self.buffered.pop_front() {
-                self.remaining = self.remaining.map(|n| n - 1);
+        let (offset, data) = match &mut self.source {
+            Source::Memory { output, buffered } => {
+                let record = next_in_memory(output, buffered, &mut self.after, &stop).await?;
                 let answer = OutputRecordAnswer::from(&*record);
                 let data = serde_json::to_string(&answer).expect("records serialise");
-                let event = Event::default().id(record.offset.to_string()).data(data);
-                return Some((Ok(event), self));
+                (record.offset, data)
             }
-            let (records, next) = self.output.read(self.after, 1_000);
-            self.after = Some(next);
-            if !records.is_empty() {
-                self.buffered.extend(records);
-                continue;
-            }
-            tokio::select! {
-                changed = updates.changed() => if changed.is_err() { return None },
-                _ = stop.cancelled() => return None,
-            }
+            Source::Stream(feed) => loop {
+                let message = tokio::select! {
+                    message = feed.next() => message,
+                    _ = stop.cancelled() => return None,
+                };
+                match message {
+                    Ok(Some((offset, payload))) => {
+                        if let Some(record) = stored_record(payload) {
+                            break (offset, record.get().to_owned());
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::info!(reason = %e, "output stream feed ended");
+                        return None;
+                    }
+                }
+            },
+        };
+        self.remaining = self.remaining.map(|n| n - 1);
+        let event = Event::default().id(offset.to_string()).data(data);
+        Some((Ok(event), self))
+    }
+}
+
+/// The next record after `after` of a pipeline served here; waits for one.
+async fn next_in_memory(
+    output: &Output,
+    buffered: &mut VecDeque<Arc<OutputRecord>>,
+    after: &mut Option<u64>,
+    stop: &CancellationToken,
+) -> Option<Arc<OutputRecord>> {
+    let mut updates = output.subscribe();
+    loop {
+        if let Some(record) = buffered.pop_front() {
+            return Some(record);
+        }
+        let (records, next) = output.read(*after, 1_000);
+        *after = Some(next);
+        if !records.is_empty() {
+            buffered.extend(records);
+            continue;
+        }
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return None },
+            _ = stop.cancelled() => return None,
         }
     }
 }

@@ -69,6 +69,7 @@ impl Checkpointer {
         pipeline.raise_next_offset(floors.offset as u64);
         pipeline.attach_log(log);
         if let Some(fence) = fence {
+            self.start_sink(&pipeline, fence.epoch).await?;
             pipeline.set_fence(fence);
         }
         tracing::info!(pipeline = %name, checkpoint = latest.map(|c| c.id), replayed, "pipeline recovered");

@@ -81,10 +81,36 @@ struct Pending {
     done: Option<oneshot::Sender<u64>>,
 }
 
+/// A batch whose records are in the log but not yet in the output sink (cluster mode).
+struct Unpublished {
+    /// The newest record when the batch was finalised: it waits until the sink has that.
+    newest: u64,
+    seq: u64,
+    done: Option<oneshot::Sender<u64>>,
+    /// What `done` answers (the newest output offset).
+    offset: u64,
+}
+
+impl Unpublished {
+    /// Answers the batch; the sequence number its flush reaches.
+    fn answer(mut self) -> u64 {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(self.offset);
+        }
+        self.seq + 1
+    }
+}
+
 struct Log {
     pending: VecDeque<Pending>,
+    /// Finalised batches waiting for the sink, in sequence order.
+    unpublished: VecDeque<Unpublished>,
     records: VecDeque<Arc<OutputRecord>>,
     next_offset: u64,
+    /// Offset of the newest record appended (0 before any).
+    newest: u64,
+    /// Records up to here are in the output sink; `u64::MAX` without a sink.
+    published: u64,
     /// Records up to here are in a checkpoint; newer ones are never trimmed.
     persisted: u64,
     /// The log can no longer advance (its WAL failed).
@@ -95,7 +121,8 @@ struct Log {
 pub struct Output {
     log: Mutex<Log>,
     last_offset: watch::Sender<u64>,
-    /// Sequence number of the newest batch in the log (+1; 0 before any).
+    /// Sequence number of the newest batch in the log (+1; 0 before any), and in the sink
+    /// when there is one.
     flushed: watch::Sender<u64>,
     operators: Vec<Arc<str>>,
     retain: usize,
@@ -108,8 +135,11 @@ impl Output {
     pub(crate) fn new(operators: Vec<Arc<str>>, retain: usize) -> Output {
         let log = Log {
             pending: VecDeque::new(),
+            unpublished: VecDeque::new(),
             records: VecDeque::new(),
             next_offset: 1,
+            newest: 0,
+            published: u64::MAX,
             persisted: u64::MAX,
             failed: false,
         };
@@ -168,6 +198,7 @@ impl Output {
         let mut log = self.log.lock().expect("output lock");
         log.failed = true;
         log.pending.clear();
+        log.unpublished.clear();
     }
 
     fn flush(&self, log: &mut Log) {
@@ -190,6 +221,7 @@ impl Output {
                     kind: e.kind,
                     value: e.value,
                 };
+                log.newest = log.next_offset;
                 log.next_offset += 1;
                 log.records.push_back(Arc::new(record));
                 appended = true;
@@ -202,10 +234,17 @@ impl Output {
             {
                 log.records.pop_front();
             }
-            if let Some(done) = batch.done.take() {
-                let _ = done.send(log.next_offset - 1);
+            let waiting = Unpublished {
+                newest: log.newest,
+                seq: batch.seq,
+                done: batch.done.take(),
+                offset: log.next_offset - 1,
+            };
+            if log.unpublished.is_empty() && waiting.newest <= log.published {
+                flushed = Some(waiting.answer());
+            } else {
+                log.unpublished.push_back(waiting);
             }
-            flushed = Some(batch.seq + 1);
         }
         if appended {
             self.last_offset.send_replace(log.next_offset - 1);
@@ -213,6 +252,38 @@ impl Output {
         if let Some(seq) = flushed {
             self.flushed.send_replace(seq);
         }
+    }
+
+    /// Cluster mode: from now on a batch is answered once its records are in the output
+    /// sink, which holds every record up to `published` so far.
+    pub fn attach_sink(&self, published: u64) {
+        self.log.lock().expect("output lock").published = 0;
+        self.set_published(published);
+    }
+
+    /// The output sink holds every record up to `offset`: the batches waiting for them are
+    /// answered.
+    pub fn set_published(&self, offset: u64) {
+        let mut log = self.log.lock().expect("output lock");
+        log.published = log.published.max(offset);
+        let mut flushed = None;
+        while log
+            .unpublished
+            .front()
+            .is_some_and(|u| u.newest <= log.published)
+        {
+            let waiting = log.unpublished.pop_front().expect("checked");
+            flushed = Some(waiting.answer());
+        }
+        drop(log);
+        if let Some(seq) = flushed {
+            self.flushed.send_replace(seq);
+        }
+    }
+
+    /// Offset of the newest record appended (0 before any): what a sink must hold.
+    pub fn newest(&self) -> u64 {
+        self.log.lock().expect("output lock").newest
     }
 
     /// Waits until batch `seq` is in the log.
@@ -242,6 +313,7 @@ impl Output {
     pub(crate) fn restore(&self, records: Vec<OutputRecord>, next_offset: u64) {
         let mut log = self.log.lock().expect("output lock");
         log.records = records.into_iter().map(Arc::new).collect();
+        log.newest = log.records.back().map_or(0, |r| r.offset);
         log.next_offset = next_offset;
         log.persisted = next_offset - 1;
         self.last_offset.send_replace(next_offset - 1);
@@ -370,6 +442,40 @@ mod tests {
         assert_eq!(read(Some(7), 3), (vec![], 7));
         let range: Vec<_> = out.range(2, 6).iter().map(|r| r.offset).collect();
         assert_eq!(range, [5, 6]);
+    }
+
+    #[test]
+    fn with_a_sink_a_batch_is_answered_once_its_records_are_published_in_order() {
+        let out = output(10);
+        out.register(0, 1);
+        out.complete(0, vec![emission(0, 0, "k")]);
+        out.attach_sink(1);
+        let mut first = out.register(1, 1);
+        let mut empty = out.register(2, 1);
+        let mut last = out.register(3, 1);
+        out.complete(1, vec![emission(0, 0, "a"), emission(1, 0, "b")]);
+        out.complete(2, vec![]);
+        out.complete(3, vec![emission(2, 0, "c")]);
+        // The records are in the log (a checkpoint barrier would wait), the answers are not.
+        assert_eq!(out.last_offset(), 4);
+        assert_eq!(out.newest(), 4);
+        assert!(first.try_recv().is_err() && empty.try_recv().is_err());
+        out.set_published(2);
+        assert!(first.try_recv().is_err(), "offset 3 is not published yet");
+        out.set_published(3);
+        assert_eq!(first.try_recv().ok(), Some(3));
+        // A batch without records waits for the records before it: answers keep their order.
+        assert_eq!(empty.try_recv().ok(), Some(3));
+        assert!(last.try_recv().is_err());
+        out.set_published(1);
+        assert!(last.try_recv().is_err(), "published never goes back");
+        out.set_published(4);
+        assert_eq!(last.try_recv().ok(), Some(4));
+        // Published before it was flushed: answered at once.
+        let mut later = out.register(4, 1);
+        out.set_published(5);
+        out.complete(4, vec![emission(3, 0, "d")]);
+        assert_eq!(later.try_recv().ok(), Some(5));
     }
 
     #[test]

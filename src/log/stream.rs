@@ -103,6 +103,18 @@ impl Streams {
         Some(self.client.server_info().max_payload).filter(|&m| m > 0)
     }
 
+    pub(super) fn js(&self) -> &Context {
+        &self.js
+    }
+
+    pub(super) fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub(super) fn replicas(&self) -> usize {
+        self.replicas
+    }
+
     fn names(&self, pipeline: &str) -> (String, String) {
         let cluster = &self.cluster;
         (
@@ -111,10 +123,11 @@ impl Streams {
         )
     }
 
-    /// Creates the (empty) stream of a new pipeline; one left by an earlier pipeline of the
-    /// same name is deleted first.
+    /// Creates the (empty) log and output streams of a new pipeline; streams left by an
+    /// earlier pipeline of the same name are deleted first.
     pub async fn create(&self, pipeline: &str) -> Result<(), StreamError> {
         self.delete(pipeline).await?;
+        self.create_outputs(pipeline).await?;
         let (name, subject) = self.names(pipeline);
         self.js
             .create_stream(Config {
@@ -130,14 +143,16 @@ impl Streams {
         Ok(())
     }
 
-    /// Deletes the stream of a deleted pipeline (none is fine).
+    /// Deletes the log and output streams of a deleted pipeline (none is fine).
     pub async fn delete(&self, pipeline: &str) -> Result<(), StreamError> {
-        let (name, _) = self.names(pipeline);
-        match self.js.delete_stream(&name).await {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(error(&name, "delete", e)),
+        for (name, _) in [self.names(pipeline), self.output_names(pipeline)] {
+            match self.js.delete_stream(&name).await {
+                Ok(_) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(error(&name, "delete", e)),
+            }
         }
+        Ok(())
     }
 
     /// Opens the log of `pipeline` as the leader holding `fence`: reads every record from
@@ -221,7 +236,7 @@ impl Streams {
 }
 
 /// Whether JetStream said the stream does not exist.
-fn not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+pub(super) fn not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
     use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::GetStreamErrorKind;
     matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
@@ -233,7 +248,7 @@ async fn last_sequence(stream: &mut Stream, name: &str) -> Result<u64, StreamErr
 
 /// The (first, last) sequence the stream holds; `first > last` when it holds nothing (a
 /// purge keeps the last sequence).
-async fn stored(stream: &mut Stream, name: &str) -> Result<(u64, u64), StreamError> {
+pub(super) async fn stored(stream: &mut Stream, name: &str) -> Result<(u64, u64), StreamError> {
     let info = stream.info().await.map_err(|e| error(name, "info", e))?;
     let state = &info.state;
     if state.messages == 0 {
@@ -328,7 +343,7 @@ fn message(bytes: Vec<u8>, lsn: u64, epoch: i64, mark: bool) -> PublishMessage {
     message.expected_last_message_id(format!("{epoch}:{}", lsn - 1))
 }
 
-fn error(stream: &str, action: &'static str, e: impl std::fmt::Display) -> StreamError {
+pub(super) fn error(stream: &str, action: &'static str, e: impl std::fmt::Display) -> StreamError {
     StreamError {
         stream: stream.to_owned(),
         action,

@@ -198,11 +198,7 @@ impl Instance {
         let tasks = format!("/proc/{}/task", self.pid());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !all_stopped(&tasks) {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop",
-                self.node
-            );
+            assert!(Instant::now() < deadline, "{} did not stop", self.node);
             std::thread::sleep(Duration::from_millis(1));
         }
     }
