@@ -15,7 +15,7 @@ use crate::wal::{Record, Wal};
 impl Checkpointer {
     /// Starts `spec`'s pipeline from its latest completed checkpoint and the WAL after it.
     /// A WAL that fails its check fails the recovery ([`WalError::Corrupt`]) before anything
-    /// is loaded; only a torn tail is cut.
+    /// is restored; only a torn tail is cut.
     ///
     /// In cluster mode `fence` is the lease just taken: the stream is fenced with it (see
     /// `log::stream`) and the pipeline's checkpoints are written under it.
@@ -25,6 +25,7 @@ impl Checkpointer {
         fence: Option<Fence>,
     ) -> Result<Pipeline, CheckpointError> {
         let name = spec.name.clone();
+        let started = std::time::Instant::now();
         self.store.fail_interrupted(&name, now_ms()).await?;
         let floors = self.store.floors(&name).await?;
         let latest = self.latest(&name).await?;
@@ -32,29 +33,36 @@ impl Checkpointer {
             crate::metrics::checkpoint_last_completed(&name, at);
         }
         let from = latest.as_ref().map_or(0, |c| c.progress.wal_lsn as u64);
-        let (log, records) = match (&self.streams, &fence) {
-            (Some(streams), Some(fence)) => {
-                let discard = floors.discard_after_lsn.is_some();
-                let opened = streams.open(&name, from + 1, fence, discard).await?;
-                if discard {
-                    self.store.clear_discard(&name).await?;
-                }
-                (Box::new(opened.log) as Box<dyn Log>, opened.records)
-            }
-            _ => self.open_wal(&name, floors.discard_after_lsn, from).await?,
-        };
         let pipeline = Pipeline::from_spec(spec, &self.config.engine);
-        let snapshot = match &latest {
-            Some(cp) => self.snapshot(&pipeline, cp).await?,
-            None => Snapshot {
-                counters: Counters {
-                    next_offset: 1,
-                    ..Counters::default()
-                },
-                next_output_offset: 1,
-                ..Snapshot::default()
-            },
+        // The log is read while the checkpoint loads: both are only read until the restore.
+        let open_log = async {
+            match (&self.streams, &fence) {
+                (Some(streams), Some(fence)) => {
+                    let discard = floors.discard_after_lsn.is_some();
+                    let opened = streams.open(&name, from + 1, fence, discard).await?;
+                    if discard {
+                        self.store.clear_discard(&name).await?;
+                    }
+                    Ok::<_, CheckpointError>((Box::new(opened.log) as Box<dyn Log>, opened.records))
+                }
+                _ => self.open_wal(&name, floors.discard_after_lsn, from).await,
+            }
         };
+        let load = async {
+            match &latest {
+                Some(cp) => self.snapshot(&pipeline, cp).await,
+                None => Ok(Snapshot {
+                    counters: Counters {
+                        next_offset: 1,
+                        ..Counters::default()
+                    },
+                    next_output_offset: 1,
+                    ..Snapshot::default()
+                }),
+            }
+        };
+        let ((log, records), snapshot) = tokio::try_join!(open_log, load)?;
+        let read_ms = started.elapsed().as_millis() as u64;
         pipeline.restore(snapshot).await?;
         pipeline.output().raise_next_offset(floors.output as u64);
         let mut replayed = 0;
@@ -72,7 +80,14 @@ impl Checkpointer {
             self.start_sink(&pipeline, fence.epoch).await?;
             pipeline.set_fence(fence);
         }
-        tracing::info!(pipeline = %name, checkpoint = latest.map(|c| c.id), replayed, "pipeline recovered");
+        tracing::info!(
+            pipeline = %name,
+            checkpoint = latest.map(|c| c.id),
+            replayed,
+            read_ms,
+            took_ms = started.elapsed().as_millis() as u64,
+            "pipeline recovered"
+        );
         Ok(pipeline)
     }
 

@@ -105,6 +105,8 @@ impl Pipeline {
         for row in snapshot.rows {
             per_shard[shard_of(u32::from(row.key_group), self.shards.len())].push(row);
         }
+        // Every shard restores its rows at once (decoding the values is most of the work).
+        let mut answers = Vec::with_capacity(per_shard.len());
         for (shard, rows) in per_shard.into_iter().enumerate() {
             let (reply, answer) = oneshot::channel();
             self.send(
@@ -116,6 +118,9 @@ impl Pipeline {
                 },
             )
             .await?;
+            answers.push(answer);
+        }
+        for answer in answers {
             answer
                 .await
                 .map_err(|_| self.stopped())?

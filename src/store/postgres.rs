@@ -14,9 +14,6 @@ static DIALECT: Dialect = Dialect {
     backend: "postgres",
     insert_pipeline: "insert into pipelines (name, spec) values ($1, $2::jsonb)",
     list_pipelines: "select name, spec::text from pipelines order by name",
-    load_state: "select distinct on (operator, key) operator, key, key_group, last_time, value \
-                 from state_rows where pipeline = $1 and checkpoint <= $2 \
-                 order by operator, key, checkpoint desc",
     lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2 for share",
 };
 

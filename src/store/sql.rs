@@ -13,7 +13,7 @@ use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint
 use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
 use super::pipelines::{self, Floors};
 use super::{Fence, Store, StoreError, StoredPipeline};
-use crate::state::StateRow;
+use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
@@ -36,9 +36,6 @@ pub(super) struct Dialect {
     pub insert_pipeline: &'static str,
     /// (name, spec as text), by name.
     pub list_pipelines: &'static str,
-    /// (operator, key, key_group, last_time, value) of the newest row per key at or before a
-    /// checkpoint ($1 pipeline, $2 checkpoint id).
-    pub load_state: &'static str,
     /// (epoch) of the lease ($1 pipeline) while $2 holds it, locked against a takeover.
     pub lease_epoch: &'static str,
 }
@@ -59,9 +56,6 @@ impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
         self.rows_affected()
     }
 }
-
-/// A state row as loaded: (operator, key, key_group, last_time, value).
-type LoadedRow = (i32, String, i32, i64, Option<Vec<u8>>);
 
 impl<DB: Database> SqlStore<DB> {
     /// A sqlx error of this backend, classified.
@@ -277,12 +271,16 @@ where
         outputs: i64,
     ) -> Result<LoadedCheckpoint, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
-        let state: Vec<LoadedRow> = sqlx::query_as(self.dialect.load_state)
-            .bind(pipeline)
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| self.db(e))?;
+        let mut latest = contents::Latest::default();
+        {
+            let mut state = sqlx::query_as::<_, contents::LoadedRow>(contents::LOAD_STATE)
+                .bind(pipeline)
+                .bind(id)
+                .fetch(&mut *conn);
+            while let Some(row) = state.try_next().await.map_err(|e| self.db(e))? {
+                latest.push(row);
+            }
+        }
         let mut outputs: Vec<OutputRow> = sqlx::query_as(contents::LOAD_OUTPUTS)
             .bind(pipeline)
             .bind(id)
@@ -297,9 +295,8 @@ where
             .fetch_all(&mut *conn)
             .await
             .map_err(|e| self.db(e))?;
-        let rows = state.into_iter().filter_map(state_row).collect();
         Ok(LoadedCheckpoint {
-            rows,
+            rows: latest.rows(),
             outputs,
             idempotency,
         })
@@ -383,18 +380,6 @@ where
         tx.commit().await.map_err(|e| self.db(e))?;
         Ok(())
     }
-}
-
-/// A loaded state row, unless it records a deletion.
-fn state_row((operator, key, key_group, last_time, value): LoadedRow) -> Option<StateRow> {
-    value.as_ref()?;
-    Some(StateRow {
-        operator: operator as u16,
-        key: key.into(),
-        key_group: key_group as u16,
-        last_time,
-        value,
-    })
 }
 
 /// The steps several [`Store`] methods share. The bounds are those of the [`Store`] impl

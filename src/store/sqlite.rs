@@ -25,9 +25,6 @@ static DIALECT: Dialect = Dialect {
     insert_pipeline: "insert into pipelines (name, spec) values ($1, $2)",
     list_pipelines: "select name, spec from pipelines order by name",
     // SQLite takes the bare columns of a max() aggregate from the row holding the maximum.
-    load_state: "select operator, key, key_group, last_time, value from (\
-                 select operator, key, key_group, last_time, value, max(checkpoint) \
-                 from state_rows where pipeline = $1 and checkpoint <= $2 group by operator, key)",
     lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2",
 };
 
