@@ -11,6 +11,7 @@
 
 mod checkpoints;
 mod contents;
+mod copy;
 mod leases;
 mod pipelines;
 mod postgres;

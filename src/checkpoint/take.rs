@@ -61,7 +61,9 @@ impl Checkpointer {
         id: i64,
     ) -> Result<CheckpointRecord, CheckpointError> {
         let name = pipeline.name();
+        let started = std::time::Instant::now();
         let barrier = self.barrier(pipeline).await?;
+        let barrier_ms = started.elapsed().as_millis() as u64;
         let outputs = pipeline
             .output()
             .range(pipeline.output().persisted() + 1, barrier.output_offset);
@@ -70,7 +72,6 @@ impl Checkpointer {
         let write = CheckpointWrite {
             pipeline: name,
             id,
-            completed_at: now_ms(),
             progress: stored::progress(&barrier),
             rows: &barrier.rows,
             outputs: &outputs,
@@ -79,6 +80,7 @@ impl Checkpointer {
         };
         match self.store.commit_checkpoint(&write).await {
             Ok(meta) => {
+                let committed = started.elapsed();
                 pipeline.output().mark_persisted(barrier.output_offset);
                 self.after_commit(pipeline, barrier.wal_lsn).await;
                 tracing::info!(
@@ -86,6 +88,9 @@ impl Checkpointer {
                     checkpoint = id,
                     keys_written = meta.keys_written,
                     duration_ms = meta.completed_at.unwrap_or(0) - meta.started_at,
+                    barrier_ms,
+                    write_ms = committed.as_millis() as u64 - barrier_ms,
+                    prune_ms = (started.elapsed() - committed).as_millis() as u64,
                     "checkpoint completed"
                 );
                 Ok(meta)

@@ -26,11 +26,10 @@ pub struct IdempotencyRow {
 }
 
 /// Everything one checkpoint writes, in one transaction: its contents, and its row marked
-/// completed with the progress of its barrier.
+/// completed (at the time its contents are written) with the progress of its barrier.
 pub struct CheckpointWrite<'a> {
     pub pipeline: &'a str,
     pub id: i64,
-    pub completed_at: i64,
     pub progress: Progress,
     /// Every key changed since the previous checkpoint.
     pub rows: &'a [StateRow],
@@ -303,7 +302,6 @@ mod tests {
         let write = CheckpointWrite {
             pipeline: "p",
             id: 1,
-            completed_at: 0,
             progress: Progress::default(),
             rows: &rows,
             outputs: &outputs,

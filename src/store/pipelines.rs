@@ -21,6 +21,11 @@ pub struct Floors {
 /// $1 name.
 pub(super) const DELETE: &str = "delete from pipelines where name = $1";
 
+/// $1 name: the pipeline's state rows (no foreign key takes them with it). Run after
+/// [`DELETE`] in its transaction, so that it sees the rows of a checkpoint that committed
+/// while [`DELETE`] waited for it.
+pub(super) const DELETE_STATE: &str = "delete from state_rows where pipeline = $1";
+
 /// $1 name.
 pub(super) const FLOORS: &str = "select offset_floor, output_floor, checkpoint_floor, \
      discard_after_lsn from pipelines where name = $1";

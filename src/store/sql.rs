@@ -11,11 +11,13 @@
 
 use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint, Trigger};
 use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
+use super::copy;
 use super::pipelines::{self, Floors};
 use super::{Fence, Store, StoreError, StoredPipeline};
 use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+use std::any::Any;
 
 /// A store on one backend: readers, and the writer every write goes through.
 #[derive(Debug)]
@@ -82,6 +84,7 @@ where
     for<'q> Option<&'q [u8]>: Encode<'q, DB>,
     DB::QueryResult: RowsAffected,
     usize: ColumnIndex<DB::Row>,
+    DB::Connection: Any,
     for<'r> CheckpointRecord: sqlx::FromRow<'r, DB::Row>,
     for<'r> OutputRow: sqlx::FromRow<'r, DB::Row>,
     for<'r> IdempotencyRow: sqlx::FromRow<'r, DB::Row>,
@@ -135,11 +138,18 @@ where
     }
 
     async fn delete_pipeline(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
         let done = sqlx::query(pipelines::DELETE)
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(|e| self.db(e))?;
+        sqlx::query(pipelines::DELETE_STATE)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(|e| self.db(e))?;
         Ok(done.rows() > 0)
     }
 
@@ -174,7 +184,7 @@ where
         let record: CheckpointRecord = sqlx::query_as(checkpoints::COMPLETE)
             .bind(w.pipeline)
             .bind(w.id)
-            .bind(w.completed_at)
+            .bind(crate::clock::now_ms())
             .bind(p.events)
             .bind(p.late_events)
             .bind(p.watermark)
@@ -397,6 +407,7 @@ where
     for<'q> Option<&'q str>: Encode<'q, DB>,
     for<'q> Option<&'q [u8]>: Encode<'q, DB>,
     usize: ColumnIndex<DB::Row>,
+    DB::Connection: Any,
 {
     /// Writes a checkpoint's first row with the next id (the ONE place ids are taken); its id.
     async fn insert_checkpoint(
@@ -465,8 +476,8 @@ where
         Ok(checkpoints::next_id(last, floor))
     }
 
-    /// Inserts a checkpoint's state rows, output records and idempotency keys, in chunks.
-    async fn write_contents(
+    /// Inserts a checkpoint's state rows in chunks of multi-row inserts (SQLite).
+    async fn insert_state(
         &self,
         tx: &mut DB::Connection,
         w: &CheckpointWrite<'_>,
@@ -485,6 +496,20 @@ where
                     .bind(row.value.as_deref());
             }
             q.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint's state rows (PostgreSQL: one COPY), output records and idempotency
+    /// keys (in chunks).
+    async fn write_contents(
+        &self,
+        tx: &mut DB::Connection,
+        w: &CheckpointWrite<'_>,
+    ) -> Result<(), sqlx::Error> {
+        match (&mut *tx as &mut dyn Any).downcast_mut::<sqlx::PgConnection>() {
+            Some(pg) => copy_state(pg, w).await?,
+            None => self.insert_state(&mut *tx, w).await?,
         }
         for chunk in w.outputs.chunks(contents::CHUNK) {
             let sql = contents::values(contents::INSERT_OUTPUTS, chunk.len(), 4, "");
@@ -554,4 +579,21 @@ where
         }
         Ok(())
     }
+}
+
+/// PostgreSQL: a checkpoint's state rows in one `COPY` (see `copy`).
+async fn copy_state(
+    pg: &mut sqlx::PgConnection,
+    w: &CheckpointWrite<'_>,
+) -> Result<(), sqlx::Error> {
+    let mut copy = pg.copy_in_raw(copy::COPY_STATE).await?;
+    let mut data = copy::header();
+    for chunk in w.rows.chunks(copy::ROWS_PER_MESSAGE) {
+        copy::state_rows(&mut data, w.pipeline, w.id, chunk);
+        copy.send(std::mem::take(&mut data)).await?;
+    }
+    data.extend_from_slice(&copy::trailer());
+    copy.send(data).await?;
+    copy.finish().await?;
+    Ok(())
 }
