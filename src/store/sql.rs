@@ -282,13 +282,18 @@ where
     ) -> Result<LoadedCheckpoint, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
         let mut latest = contents::Latest::default();
-        {
-            let mut state = sqlx::query_as::<_, contents::LoadedRow>(contents::LOAD_STATE)
-                .bind(pipeline)
-                .bind(id)
-                .fetch(&mut *conn);
-            while let Some(row) = state.try_next().await.map_err(|e| self.db(e))? {
-                latest.push(row);
+        match (&mut *conn as &mut dyn Any).downcast_mut::<sqlx::PgConnection>() {
+            Some(pg) => copy_state_out(pg, pipeline, id, &mut latest)
+                .await
+                .map_err(|e| self.db(e))?,
+            None => {
+                let mut state = sqlx::query_as::<_, contents::LoadedRow>(contents::LOAD_STATE)
+                    .bind(pipeline)
+                    .bind(id)
+                    .fetch(&mut *conn);
+                while let Some(row) = state.try_next().await.map_err(|e| self.db(e))? {
+                    latest.push(row);
+                }
             }
         }
         let mut outputs: Vec<OutputRow> = sqlx::query_as(contents::LOAD_OUTPUTS)
@@ -596,4 +601,21 @@ async fn copy_state(
     copy.send(data).await?;
     copy.finish().await?;
     Ok(())
+}
+
+/// PostgreSQL: the state rows at checkpoint `id`, newest checkpoint first, in one `COPY`.
+async fn copy_state_out(
+    pg: &mut sqlx::PgConnection,
+    pipeline: &str,
+    id: i64,
+    latest: &mut contents::Latest,
+) -> Result<(), sqlx::Error> {
+    let mut chunks = pg.copy_out_raw(&copy::copy_state_out(pipeline, id)).await?;
+    let mut reader = copy::RowReader::default();
+    while let Some(chunk) = chunks.try_next().await? {
+        reader
+            .feed(&chunk, |row| latest.push(row))
+            .map_err(sqlx::Error::Protocol)?;
+    }
+    reader.finish().map_err(sqlx::Error::Protocol)
 }
