@@ -72,14 +72,7 @@ async fn get_output(
     Path(name): Path<String>,
     Query(params): Query<OutputParams>,
 ) -> Result<Response, ApiError> {
-    let cluster = app.cluster.clone();
-    let pipeline = match &cluster {
-        Some(cluster) => {
-            known(&app, cluster, &name).await?;
-            None
-        }
-        None => Some(app.pipeline(&name)?),
-    };
+    let origin = origin(&app, &name).await?;
     let limit = page_limit(params.limit)?;
     let wait = params
         .wait
@@ -88,9 +81,11 @@ async fn get_output(
         .transpose()?
         .unwrap_or_default();
     let after = offset_param(params.after)?;
-    let Some(pipeline) = pipeline else {
-        let cluster = cluster.expect("no pipeline: cluster mode");
-        return stream_page(&app, &cluster, &name, after, limit, wait).await;
+    let pipeline = match origin {
+        Origin::Here(pipeline) => pipeline,
+        Origin::Stream(cluster) => {
+            return stream_page(&app, cluster, &name, after, limit, wait).await;
+        }
     };
     let output = pipeline.output();
     let mut updates = output.subscribe();
@@ -113,10 +108,14 @@ async fn get_output(
     Ok(Json(OutputPage { records, next }).into_response())
 }
 
-/// Cluster mode: 404 unless the pipeline is defined (it may be led anywhere).
-async fn known(app: &AppState, cluster: &Cluster, name: &str) -> Result<(), ApiError> {
+/// Where `name`'s output is read; 404 unless the pipeline is here or (cluster mode) defined,
+/// wherever it is led.
+async fn origin<'a>(app: &'a AppState, name: &str) -> Result<Origin<'a>, ApiError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(Origin::Here(app.pipeline(name)?));
+    };
     match app.edge(cluster, name).await? {
-        Some(_) => Ok(()),
+        Some(_) => Ok(Origin::Stream(cluster)),
         None => Err(ApiError::PipelineNotFound {
             name: name.to_owned(),
         }),
@@ -261,13 +260,7 @@ async fn stream_output(
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let origin = match &app.cluster {
-        Some(cluster) => {
-            known(&app, cluster, &name).await?;
-            Origin::Stream(cluster)
-        }
-        None => Origin::Here(app.pipeline(&name)?),
-    };
+    let origin = origin(&app, &name).await?;
     let last_id = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
