@@ -24,7 +24,7 @@ mod sequencer;
 mod shard;
 mod submit;
 
-pub use barrier::{Barrier, Snapshot};
+pub use barrier::{Barrier, Restoring, Snapshot};
 pub use definition::OperatorDef;
 pub use idempotency::{IdempotencyEntry, KEEP_KEYS, KEEP_MS};
 pub use ingest::{

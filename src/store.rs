@@ -19,7 +19,7 @@ mod sql;
 mod sqlite;
 
 pub use checkpoints::{CheckpointRecord, CheckpointStatus, Progress, Trigger};
-pub use contents::{CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
+pub use contents::{CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow, RowSink};
 pub use leases::{Fence, Lease, Leases, MemberRow};
 pub use pipelines::Floors;
 pub use postgres::PostgresStore;
@@ -178,12 +178,14 @@ pub trait Store: Send + Sync + 'static {
         pipeline: &str,
         id: i64,
     ) -> Result<Option<CheckpointRecord>, StoreError>;
-    /// The state, the newest `outputs` output records and the idempotency keys at a checkpoint.
+    /// The newest `outputs` output records and the idempotency keys at a checkpoint; its
+    /// state goes to `rows` as it is read (so that it is restored meanwhile).
     async fn load_checkpoint(
         &self,
         pipeline: &str,
         id: i64,
         outputs: i64,
+        rows: RowSink,
     ) -> Result<LoadedCheckpoint, StoreError>;
     /// What offsets and ids a pipeline must stay above.
     async fn floors(&self, pipeline: &str) -> Result<Floors, StoreError>;

@@ -138,6 +138,59 @@ async fn a_checkpoint_plus_the_wal_after_it_restores_everything(backend: Backend
     check_feed(&s, &mut fresh, &reference).await;
 }
 
+/// Enough keys that a checkpoint's state is read and restored in many chunks, over two
+/// checkpoints (the second rewrites a part of the keys): every key comes back as the reference
+/// has it, and the key counts are what was posted.
+async fn many_keys_over_two_checkpoints_restore_every_key(backend: Backend) {
+    const USERS: usize = 30_000;
+    const UPDATED: usize = 2_500;
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    let reference = Reference::new();
+    // Every event within a few seconds of event time: no session or window closes.
+    let post = |users: std::ops::Range<usize>, ts: i64| {
+        let events: Vec<Value> = users
+            .map(|u| {
+                click(
+                    &format!("u{u}"),
+                    ts + u as i64 % 1_000,
+                    &format!("/p{}", u % 7),
+                )
+            })
+            .collect();
+        Value::Array(events)
+    };
+    for first in (0..USERS).step_by(1_000) {
+        let events = post(first..first + 1_000, 1_000_000);
+        s.post_events("clicks", &events).await;
+        reference.post(&events).await;
+    }
+    s.checkpoint("clicks").await;
+    let events = post(0..UPDATED, 1_002_000);
+    s.post_events("clicks", &events).await;
+    reference.post(&events).await;
+    s.checkpoint("clicks").await;
+    let s = s.restart().await;
+    let keys = &s.status("clicks").await["keys"];
+    for operator in ["sessions", "spend", "last_pages"] {
+        assert_eq!(keys[operator], USERS, "{operator}: every key restored");
+    }
+    let sample = (0..50)
+        .chain((0..USERS).step_by(97))
+        .chain(UPDATED - 5..UPDATED + 5);
+    for u in sample {
+        let user = format!("u{u}");
+        for operator in ["sessions", "spend", "last_pages"] {
+            let expected = reference.0.state(operator, &user).await.unwrap();
+            assert_eq!(
+                s.state_of("clicks", operator, &user).await,
+                expected.unwrap_or(Value::Null),
+                "{operator} of {user}"
+            );
+        }
+    }
+}
+
 async fn a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
@@ -360,6 +413,7 @@ async fn deleting_a_pipeline_removes_its_wal(backend: Backend) {
 backend_tests!(
     a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state,
     a_checkpoint_plus_the_wal_after_it_restores_everything,
+    many_keys_over_two_checkpoints_restore_every_key,
     a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives,
     idempotency_keys_survive_restarts_from_the_wal_and_from_a_checkpoint,
     a_store_failure_mid_checkpoint_keeps_the_previous_one_and_loses_nothing,

@@ -104,9 +104,13 @@ async fn checkpoint(
 
 /// (operator, key, value) of the state at checkpoint `id`, in that order.
 async fn state_at(store: &dyn Store, pipeline: &str, id: i64) -> Vec<(u16, String, String)> {
-    let loaded = store.load_checkpoint(pipeline, id, 10).await.unwrap();
-    let mut state: Vec<_> = loaded
-        .rows
+    let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+    store.load_checkpoint(pipeline, id, 10, sink).await.unwrap();
+    let mut rows = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        rows.extend(chunk);
+    }
+    let mut state: Vec<_> = rows
         .into_iter()
         .map(|r| {
             let value = String::from_utf8(r.value.expect("loaded rows have values")).unwrap();

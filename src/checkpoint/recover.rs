@@ -8,8 +8,8 @@ use crate::clock::now_ms;
 use crate::engine::{Counters, OutputRecord, Pipeline, Snapshot};
 use crate::log::Log;
 use crate::spec::PipelineSpec;
-use crate::store::CheckpointRecord;
 use crate::store::Fence;
+use crate::store::{CheckpointRecord, RowSink};
 use crate::wal::{Record, Wal};
 
 impl Checkpointer {
@@ -48,9 +48,11 @@ impl Checkpointer {
                 _ => self.open_wal(&name, floors.discard_after_lsn, from).await,
             }
         };
+        // The checkpoint's state rows are restored by the shards as they are read.
+        let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
         let load = async {
             match &latest {
-                Some(cp) => self.snapshot(&pipeline, cp).await,
+                Some(cp) => self.snapshot(&pipeline, cp, sink).await,
                 None => Ok(Snapshot {
                     counters: Counters {
                         next_offset: 1,
@@ -61,9 +63,19 @@ impl Checkpointer {
                 }),
             }
         };
-        let ((log, records), snapshot) = tokio::try_join!(open_log, load)?;
+        let watermark = latest
+            .as_ref()
+            .and_then(|cp| stored::counters(&cp.progress).watermark);
+        let restore_rows = async {
+            let mut restoring = pipeline.restoring(watermark);
+            while let Some(rows) = chunks.recv().await {
+                restoring.rows(rows).await?;
+            }
+            Ok::<_, CheckpointError>(restoring)
+        };
+        let ((log, records), snapshot, restoring) = tokio::try_join!(open_log, load, restore_rows)?;
         let read_ms = started.elapsed().as_millis() as u64;
-        pipeline.restore(snapshot).await?;
+        restoring.finish(snapshot).await?;
         pipeline.output().raise_next_offset(floors.output as u64);
         let mut replayed = 0;
         for (lsn, record) in records {
@@ -116,10 +128,12 @@ impl Checkpointer {
         Ok((Box::new(opened.wal), opened.records))
     }
 
+    /// Everything of checkpoint `cp` but its state rows, which go to `rows` as they are read.
     async fn snapshot(
         &self,
         pipeline: &Pipeline,
         cp: &CheckpointRecord,
+        rows: RowSink,
     ) -> Result<Snapshot, CheckpointError> {
         let loaded = self
             .store
@@ -127,6 +141,7 @@ impl Checkpointer {
                 pipeline.name(),
                 cp.id,
                 self.config.engine.output_retain as i64,
+                rows,
             )
             .await?;
         let output = loaded
@@ -136,7 +151,7 @@ impl Checkpointer {
             .collect();
         Ok(Snapshot {
             counters: stored::counters(&cp.progress),
-            rows: loaded.rows,
+            rows: Vec::new(),
             output,
             next_output_offset: cp.progress.output_offset as u64 + 1,
             idempotency: loaded

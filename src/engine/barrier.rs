@@ -28,6 +28,69 @@ pub struct Barrier {
     pub idempotency: Vec<IdempotencyEntry>,
 }
 
+/// A restore under way: the shards decode the rows handed to them while more are read.
+pub struct Restoring<'a> {
+    pipeline: &'a Pipeline,
+    watermark: Option<i64>,
+    answers: Vec<oneshot::Receiver<Result<(), String>>>,
+}
+
+impl Restoring<'_> {
+    /// Hands `rows` to their shards, which restore them at once, in the background.
+    pub async fn rows(&mut self, rows: Vec<StateRow>) -> Result<(), EngineError> {
+        let pipeline = self.pipeline;
+        let shards = pipeline.shards.len();
+        let mut per_shard: Vec<Vec<StateRow>> = (0..shards).map(|_| Vec::new()).collect();
+        for row in rows {
+            per_shard[shard_of(u32::from(row.key_group), shards)].push(row);
+        }
+        for (shard, rows) in per_shard.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let watermark = self.watermark;
+            pipeline
+                .send(
+                    shard,
+                    Command::Restore {
+                        rows,
+                        watermark,
+                        reply,
+                    },
+                )
+                .await?;
+            self.answers.push(answer);
+        }
+        Ok(())
+    }
+
+    /// Waits until every row is restored, then puts the rest of `snapshot` in (its rows too,
+    /// if it has any).
+    pub async fn finish(mut self, mut snapshot: Snapshot) -> Result<(), EngineError> {
+        self.rows(std::mem::take(&mut snapshot.rows)).await?;
+        let pipeline = self.pipeline;
+        for answer in self.answers {
+            answer
+                .await
+                .map_err(|_| pipeline.stopped())?
+                .map_err(|detail| EngineError::Reapply {
+                    pipeline: pipeline.name.clone(),
+                    detail,
+                })?;
+        }
+        pipeline
+            .output
+            .restore(snapshot.output, snapshot.next_output_offset.max(1));
+        let mut locked = pipeline.sequencer.lock().expect("sequencer lock");
+        locked.seq.counters = snapshot.counters;
+        for entry in snapshot.idempotency {
+            locked.idempotency.restore(entry);
+        }
+        Ok(())
+    }
+}
+
 /// A checkpoint to start a pipeline from.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -100,45 +163,22 @@ impl Pipeline {
 
     /// Starts the pipeline from a checkpoint. Call before any other batch.
     pub async fn restore(&self, snapshot: Snapshot) -> Result<(), EngineError> {
-        let watermark = snapshot.counters.watermark;
-        let mut per_shard: Vec<Vec<StateRow>> = self.shards.iter().map(|_| Vec::new()).collect();
-        for row in snapshot.rows {
-            per_shard[shard_of(u32::from(row.key_group), self.shards.len())].push(row);
-        }
-        // Every shard restores its rows at once (decoding the values is most of the work).
-        let mut answers = Vec::with_capacity(per_shard.len());
-        for (shard, rows) in per_shard.into_iter().enumerate() {
-            let (reply, answer) = oneshot::channel();
-            self.send(
-                shard,
-                Command::Restore {
-                    rows,
-                    watermark,
-                    reply,
-                },
-            )
-            .await?;
-            answers.push(answer);
-        }
-        for answer in answers {
-            answer
-                .await
-                .map_err(|_| self.stopped())?
-                .map_err(|detail| EngineError::Reapply {
-                    pipeline: self.name.clone(),
-                    detail,
-                })?;
-        }
-        self.output
-            .restore(snapshot.output, snapshot.next_output_offset.max(1));
-        let mut locked = self.sequencer.lock().expect("sequencer lock");
-        locked.seq.counters = snapshot.counters;
-        for entry in snapshot.idempotency {
-            locked.idempotency.restore(entry);
-        }
-        Ok(())
+        self.restoring(snapshot.counters.watermark)
+            .finish(snapshot)
+            .await
     }
 
+    /// Starts the pipeline from a checkpoint whose state rows arrive in chunks (as they are
+    /// read from the store): [`Restoring::rows`] for each, then [`Restoring::finish`]. Every
+    /// row is the newest version of its key; `watermark` is the checkpoint's. Call before any
+    /// other batch.
+    pub fn restoring(&self, watermark: Option<i64>) -> Restoring<'_> {
+        Restoring {
+            pipeline: self,
+            watermark,
+            answers: Vec::new(),
+        }
+    }
     /// Stops accepting (the pipeline is closed) and waits until everything sequenced before
     /// is durable and applied; answers the counters then.
     pub async fn quiesce(&self) -> Counters {

@@ -39,10 +39,10 @@ pub struct CheckpointWrite<'a> {
     pub fence: Option<&'a super::Fence>,
 }
 
-/// A checkpoint's contents, to start a pipeline from.
+/// A checkpoint's contents besides its state (which goes to a [`RowSink`] as it is read), to
+/// start a pipeline from.
 #[derive(Debug, Default)]
 pub struct LoadedCheckpoint {
-    pub rows: Vec<StateRow>,
     /// The newest output records, oldest first.
     pub outputs: Vec<OutputRow>,
     pub idempotency: Vec<IdempotencyRow>,
@@ -111,41 +111,55 @@ pub(super) const LOAD_STATE: &str = "select operator, key, key_group, last_time,
 /// A state row as loaded: (operator, key, key_group, last_time, value, checkpoint).
 pub(super) type LoadedRow = (i32, String, i32, i64, Option<Vec<u8>>, i64);
 
+/// $1 pipeline, $2 checkpoint: the oldest checkpoint with rows at or before it (null: none).
+pub(super) const OLDEST_STATE: &str =
+    "select min(checkpoint) from state_rows where pipeline = $1 and checkpoint <= $2";
+
+/// Where a checkpoint's state goes as it is read: in chunks of rows, each the newest version
+/// of its key at the checkpoint, deletions left out. A receiver that is gone is no error of
+/// the load (whoever dropped it failed, and says why).
+pub type RowSink = tokio::sync::mpsc::UnboundedSender<Vec<StateRow>>;
+
+/// Rows per chunk sent to a [`RowSink`].
+const ROWS_PER_CHUNK: usize = 8_192;
+
 /// The state at a checkpoint, from its rows read newest checkpoint first: per (operator, key)
-/// the first version read wins, a deletion (no value) included. One checkpoint writes a key
-/// once, so only the keys of the newer checkpoints are remembered, and only once an older
-/// checkpoint's rows follow: a state written by one checkpoint costs no set at all.
-#[derive(Default)]
+/// the first version read wins, a deletion (no value) included. Every row accepted is final
+/// when it is read, so it goes to the sink at once. One checkpoint writes a key once, so only
+/// the keys of checkpoints newer than the oldest one are remembered: a state written by one
+/// checkpoint costs no set at all.
 pub(super) struct Latest {
-    rows: Vec<StateRow>,
-    /// The checkpoint of the rows being read, and where its first row is in `rows`.
-    current: Option<(i64, usize)>,
-    /// Rows of newer checkpoints are in `rows[..]` up to here, their keys in `newer`.
-    remembered: usize,
-    newer: std::collections::HashSet<(u16, crate::state::Key)>,
+    sink: RowSink,
+    chunk: Vec<StateRow>,
+    /// The oldest checkpoint with rows: nothing older follows its rows.
+    oldest: i64,
+    /// The checkpoint of the rows being read.
+    current: Option<i64>,
+    newer: rustc_hash::FxHashSet<(u16, crate::state::Key)>,
 }
 
 impl Latest {
+    pub(super) fn new(sink: RowSink, oldest: i64) -> Latest {
+        Latest {
+            sink,
+            chunk: Vec::with_capacity(ROWS_PER_CHUNK),
+            oldest,
+            current: None,
+            newer: Default::default(),
+        }
+    }
+
     pub(super) fn push(
         &mut self,
         (operator, key, key_group, last_time, value, checkpoint): LoadedRow,
     ) {
-        match self.current {
-            Some((current, _)) if current == checkpoint => {}
-            Some((current, _)) if current < checkpoint => {
-                panic!(
-                    "state rows must come newest checkpoint first ({current} before {checkpoint})"
-                )
-            }
-            Some(_) => {
-                for row in &self.rows[self.remembered..] {
-                    self.newer.insert((row.operator, row.key.clone()));
-                }
-                self.remembered = self.rows.len();
-                self.current = Some((checkpoint, self.rows.len()));
-            }
-            None => self.current = Some((checkpoint, 0)),
+        if let Some(current) = self.current {
+            assert!(
+                checkpoint <= current,
+                "state rows must come newest checkpoint first ({current} before {checkpoint})"
+            );
         }
+        self.current = Some(checkpoint);
         let row = StateRow {
             operator: operator as u16,
             key: key.into(),
@@ -153,16 +167,30 @@ impl Latest {
             last_time,
             value,
         };
-        if self.newer.is_empty() || !self.newer.contains(&(row.operator, row.key.clone())) {
-            self.rows.push(row);
+        if !self.newer.is_empty() && self.newer.contains(&(row.operator, row.key.clone())) {
+            return;
+        }
+        if checkpoint > self.oldest {
+            self.newer.insert((row.operator, row.key.clone()));
+        }
+        if row.value.is_some() {
+            self.chunk.push(row);
+            if self.chunk.len() == ROWS_PER_CHUNK {
+                self.flush();
+            }
         }
     }
 
-    /// The state: the rows with a value.
-    pub(super) fn rows(self) -> Vec<StateRow> {
-        let mut rows = self.rows;
-        rows.retain(|row| row.value.is_some());
-        rows
+    fn flush(&mut self) {
+        let rows = std::mem::replace(&mut self.chunk, Vec::with_capacity(ROWS_PER_CHUNK));
+        let _ = self.sink.send(rows);
+    }
+
+    /// Sends what is left.
+    pub(super) fn finish(mut self) {
+        if !self.chunk.is_empty() {
+            self.flush();
+        }
     }
 }
 
@@ -207,6 +235,16 @@ pub(super) const DELETE_OLD_KEYS: &str =
 mod tests {
     use super::*;
 
+    /// Every row `latest` sent, in order.
+    fn sent(mut rows: tokio::sync::mpsc::UnboundedReceiver<Vec<StateRow>>) -> Vec<StateRow> {
+        let mut all = Vec::new();
+        while let Ok(chunk) = rows.try_recv() {
+            assert!(!chunk.is_empty(), "no empty chunk is sent");
+            all.extend(chunk);
+        }
+        all
+    }
+
     #[test]
     fn the_newest_version_of_each_key_wins_a_deletion_included() {
         let row = |operator, key: &str, value: Option<&str>, checkpoint| {
@@ -219,7 +257,8 @@ mod tests {
                 checkpoint,
             )
         };
-        let mut latest = Latest::default();
+        let (sink, rows) = tokio::sync::mpsc::unbounded_channel();
+        let mut latest = Latest::new(sink, 1);
         for r in [
             row(0, "a", Some("a3"), 3),
             row(0, "gone", None, 3),
@@ -233,8 +272,8 @@ mod tests {
         ] {
             latest.push(r);
         }
-        let mut state: Vec<_> = latest
-            .rows()
+        latest.finish();
+        let mut state: Vec<_> = sent(rows)
             .into_iter()
             .map(|r| {
                 (
@@ -260,19 +299,28 @@ mod tests {
     }
 
     #[test]
-    fn one_checkpoints_rows_are_all_kept_without_a_set() {
-        let mut latest = Latest::default();
-        for i in 0..100 {
+    fn one_checkpoints_rows_are_all_sent_in_chunks_without_a_set() {
+        let (sink, mut rows) = tokio::sync::mpsc::unbounded_channel();
+        let mut latest = Latest::new(sink, 5);
+        let n = ROWS_PER_CHUNK + 100;
+        for i in 0..n {
             latest.push((0, format!("k{i}"), 0, 0, Some(vec![1]), 5));
         }
         assert!(latest.newer.is_empty());
-        assert_eq!(latest.rows().len(), 100);
+        assert_eq!(
+            rows.try_recv().unwrap().len(),
+            ROWS_PER_CHUNK,
+            "a full chunk goes at once"
+        );
+        latest.finish();
+        assert_eq!(sent(rows).len(), 100);
     }
 
     #[test]
     #[should_panic(expected = "newest checkpoint first")]
     fn rows_out_of_order_are_a_bug() {
-        let mut latest = Latest::default();
+        let (sink, _rows) = tokio::sync::mpsc::unbounded_channel();
+        let mut latest = Latest::new(sink, 1);
         latest.push((0, "a".into(), 0, 0, None, 1));
         latest.push((0, "a".into(), 0, 0, None, 2));
     }
