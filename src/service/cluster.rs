@@ -3,7 +3,8 @@
 //! the pipeline exactly as a single instance does, with its JetStream stream as the log
 //! (`log::stream`). Every other instance forwards the pipeline's requests to it (`api::forward`).
 //!
-//! One loop per instance, every fifth of the lease timeout: heartbeat; renew every lease it
+//! One loop per instance, every fifth of the lease timeout (sooner when a lease another
+//! instance holds expires before then, just after it expires): heartbeat; renew every lease it
 //! holds (a lease it can no longer renew is given up at once: the pipeline stops being served
 //! here); take over every pipeline whose lease is free or expired (recover it from its latest
 //! checkpoint and its stream, on its own task, renewing the lease meanwhile); give up a
@@ -23,6 +24,10 @@ use crate::store::{Fence, Lease, Leases, MemberRow, StoreError, StoredPipeline};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+/// How long after another instance's lease expires the round that may take it over runs
+/// (the database's clock decides; this covers the time the expiry was read in).
+const EXPIRY_MARGIN: Duration = Duration::from_millis(25);
 
 /// This instance's part in the cluster.
 pub struct Cluster {
@@ -239,6 +244,12 @@ impl Cluster {
         leaders
     }
 
+    /// How soon the first lease another instance holds expires, as last read.
+    fn next_expiry(&self) -> Option<Duration> {
+        let view = self.view.read().expect("cluster lock");
+        first_expiry(view.leases.values(), self.node())
+    }
+
     /// The URL of member `node`, as last read.
     pub fn url_of(&self, node: &str) -> Option<String> {
         let view = self.view.read().expect("cluster lock");
@@ -247,6 +258,15 @@ impl Cluster {
             .find(|m| m.node == node)
             .map(|m| m.url.clone())
     }
+}
+
+/// How soon the first live lease that `node` does not hold expires.
+fn first_expiry<'a>(leases: impl Iterator<Item = &'a Lease>, node: &str) -> Option<Duration> {
+    leases
+        .filter(|l| l.live && l.holder.as_deref() != Some(node))
+        .filter_map(|l| l.expires_in_ms)
+        .min()
+        .map(|ms| Duration::from_millis(ms.max(0) as u64))
 }
 
 /// Why cluster mode could not start.
@@ -270,9 +290,14 @@ impl Service {
                 tracing::warn!(reason = %e, next = "the next round tries again; leases not renewed lapse", "cluster round failed");
             }
             self.ready.store(true, std::sync::atomic::Ordering::Release);
+            // The next round comes early when another instance's lease expires before it, so
+            // that a dead leader's pipelines are taken over at once, not up to a round late.
+            let pause = cluster
+                .next_expiry()
+                .map_or(round, |e| round.min(e + EXPIRY_MARGIN));
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(round) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -463,5 +488,41 @@ impl Service {
                 tracing::warn!(reason = %e, next = "they expire after the lease timeout", "leases not released")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, live: bool, expires_in_ms: Option<i64>) -> Lease {
+        Lease {
+            pipeline: "p".into(),
+            holder: holder.map(str::to_owned),
+            epoch: 1,
+            live,
+            url: None,
+            applied: None,
+            expires_in_ms,
+        }
+    }
+
+    #[test]
+    fn the_first_expiry_is_of_a_live_lease_held_elsewhere() {
+        let leases = [
+            lease(Some("me"), true, Some(100)),
+            lease(Some("other"), true, Some(800)),
+            lease(Some("third"), true, Some(300)),
+            lease(Some("dead"), false, Some(-50)),
+            lease(None, false, None),
+        ];
+        assert_eq!(
+            first_expiry(leases.iter(), "me"),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(first_expiry(leases[..1].iter(), "me"), None);
+        // Read just as it expired: at once.
+        let expiring = [lease(Some("other"), true, Some(-1))];
+        assert_eq!(first_expiry(expiring.iter(), "me"), Some(Duration::ZERO));
     }
 }

@@ -32,6 +32,8 @@ pub struct Lease {
     pub url: Option<String>,
     /// The holder's applied offset at its last renewal.
     pub applied: Option<i64>,
+    /// Milliseconds until it expires, by the database's clock (held leases only).
+    pub expires_in_ms: Option<i64>,
 }
 
 /// One instance as the database has it.
@@ -63,7 +65,9 @@ const MEMBERS: &str = "select node, url, \
      from cluster_members where last_seen > now() - $2 * interval '1 millisecond' order by node";
 
 const LEASES: &str = "select l.pipeline, l.holder, l.epoch, \
-     (l.holder is not null and l.expires_at > now()) as live, m.url, l.applied \
+     (l.holder is not null and l.expires_at > now()) as live, m.url, l.applied, \
+     case when l.holder is not null \
+     then (extract(epoch from (l.expires_at - now())) * 1000)::bigint end as expires_in_ms \
      from cluster_leases l left join cluster_members m on m.node = l.holder order by l.pipeline";
 
 const ACQUIRE: &str = "insert into cluster_leases (pipeline, holder, epoch, expires_at) \
