@@ -718,6 +718,42 @@ async fn a_pipeline_created_at_one_instance_is_served_by_every_instance() {
             break;
         }
     }
+
+    // Deleted at an instance that does not lead it: gone everywhere, its streams too; a new
+    // pipeline of the same name starts from nothing.
+    let resp = cluster
+        .http
+        .delete(format!("{}/v1/pipelines/clicks", cluster.instances[1].base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    for (i, instance) in cluster.instances.iter().enumerate() {
+        let resp = cluster
+            .http
+            .get(format!("{}/v1/pipelines/clicks", instance.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "at n{i}");
+    }
+    let js = async_nats::jetstream::new(connect(&[nats_url()]).await.expect("connect"));
+    for kind in ["log", "out"] {
+        let name = format!("{}_{kind}_clicks", cluster.name);
+        assert!(js.get_stream(&name).await.is_err(), "{name} deleted");
+    }
+    cluster.create(2, &spec("10s")).await;
+    let ack = client.post_batch("clicks", &batch.0, &batch.1, 0).await;
+    assert_eq!(
+        (ack.first, ack.last),
+        (1, BATCH as u64),
+        "offsets from 1 again"
+    );
+    let status = client.get_ok("/v1/pipelines/clicks", 0).await;
+    assert_eq!(
+        status["status"]["events"], BATCH,
+        "nothing of the old pipeline"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,14 @@ impl Checkpointer {
             .insert(name, Sink { stop, task });
         Ok(())
     }
+
+    /// Stops and forgets the sink of a deleted pipeline.
+    pub async fn forget_sink(&self, name: &str) {
+        let sink = self.sinks.lock().expect("sinks lock").remove(name);
+        if let Some(sink) = sink {
+            sink.stop().await;
+        }
+    }
 }
 
 /// The sink's start: what the stream holds beyond the recovered records goes (a restore

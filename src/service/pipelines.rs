@@ -129,6 +129,7 @@ impl Service {
         match &self.cluster {
             Some(cluster) => {
                 cluster.unlead(name);
+                self.checkpoints.forget_sink(name).await;
                 if let Err(e) = cluster.streams.delete(name).await {
                     tracing::warn!(pipeline = %name, reason = %e, next = "a pipeline created under its name deletes it first", "cannot delete the log stream");
                 }
