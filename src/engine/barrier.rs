@@ -38,6 +38,12 @@ pub struct Restoring<'a> {
 impl Restoring<'_> {
     /// Hands `rows` to their shards, which restore them at once, in the background.
     pub async fn rows(&mut self, rows: Vec<StateRow>) -> Result<(), EngineError> {
+        self.send(rows, false).await
+    }
+
+    /// Sends each shard its part of `rows`; with `every`, also the shards with no part (each
+    /// shard takes the checkpoint's watermark from a restore command, rows or not).
+    async fn send(&mut self, rows: Vec<StateRow>, every: bool) -> Result<(), EngineError> {
         let pipeline = self.pipeline;
         let shards = pipeline.shards.len();
         let mut per_shard: Vec<Vec<StateRow>> = (0..shards).map(|_| Vec::new()).collect();
@@ -45,7 +51,7 @@ impl Restoring<'_> {
             per_shard[shard_of(u32::from(row.key_group), shards)].push(row);
         }
         for (shard, rows) in per_shard.into_iter().enumerate() {
-            if rows.is_empty() {
+            if rows.is_empty() && !every {
                 continue;
             }
             let (reply, answer) = oneshot::channel();
@@ -68,7 +74,7 @@ impl Restoring<'_> {
     /// Waits until every row is restored, then puts the rest of `snapshot` in (its rows too,
     /// if it has any).
     pub async fn finish(mut self, mut snapshot: Snapshot) -> Result<(), EngineError> {
-        self.rows(std::mem::take(&mut snapshot.rows)).await?;
+        self.send(std::mem::take(&mut snapshot.rows), true).await?;
         let pipeline = self.pipeline;
         for answer in self.answers {
             answer
