@@ -8,8 +8,7 @@ use crate::clock::now_ms;
 use crate::engine::{Counters, OutputRecord, Pipeline, Snapshot};
 use crate::log::Log;
 use crate::spec::PipelineSpec;
-use crate::store::Fence;
-use crate::store::{CheckpointRecord, RowSink};
+use crate::store::{CheckpointRecord, Fence, RowSink};
 use crate::wal::{Record, Wal};
 
 impl Checkpointer {

@@ -185,6 +185,7 @@ impl Pipeline {
             answers: Vec::new(),
         }
     }
+
     /// Stops accepting (the pipeline is closed) and waits until everything sequenced before
     /// is durable and applied; answers the counters then.
     pub async fn quiesce(&self) -> Counters {

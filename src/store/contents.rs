@@ -167,11 +167,14 @@ impl Latest {
             last_time,
             value,
         };
-        if !self.newer.is_empty() && self.newer.contains(&(row.operator, row.key.clone())) {
+        // A key already in `newer` has a newer version (one checkpoint writes a key once).
+        let newer = if checkpoint > self.oldest {
+            !self.newer.insert((row.operator, row.key.clone()))
+        } else {
+            !self.newer.is_empty() && self.newer.contains(&(row.operator, row.key.clone()))
+        };
+        if newer {
             return;
-        }
-        if checkpoint > self.oldest {
-            self.newer.insert((row.operator, row.key.clone()));
         }
         if row.value.is_some() {
             self.chunk.push(row);
