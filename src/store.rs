@@ -2,16 +2,16 @@
 //! PostgreSQL (production) and an embedded SQLite file (the zero-setup default).
 //!
 //! Rooms: `pipelines` (definitions and floors), `checkpoints` (the checkpoint record),
-//! `contents` (state rows, output records, idempotency keys) hold the SQL and the stored
-//! shapes; `sql` runs them on either backend; `postgres` and `sqlite` only connect. The store
+//! `contents` (state chunks, output records, idempotency keys) hold the SQL and the stored
+//! shapes, `chunks` the layout of a chunk of state rows; `sql` runs them on either backend; `postgres` and `sqlite` only connect. The store
 //! imports no engine module: it stores plain rows, and `checkpoint` converts.
 //!
 //! Invariant: both backends pass the same conformance suite (`tests/store_conformance.rs`);
 //! a behaviour one of them cannot give is not part of the trait.
 
 mod checkpoints;
+mod chunks;
 mod contents;
-mod copy;
 mod leases;
 mod pipelines;
 mod postgres;
@@ -71,6 +71,18 @@ pub enum StoreError {
     /// took the pipeline over): nothing was written.
     #[error("pipeline {pipeline:?} is led by another instance now (epoch {epoch} is stale)")]
     Fenced { pipeline: String, epoch: i64 },
+    /// A stored chunk of state fails its checks (CRC, row count, layout): the checkpoint
+    /// cannot be read, and nothing of it is used.
+    #[error(
+        "the stored state of pipeline {pipeline:?} at checkpoint {checkpoint}, key group \
+         {key_group}, is damaged: {reason}"
+    )]
+    DamagedState {
+        pipeline: String,
+        checkpoint: i64,
+        key_group: i32,
+        reason: String,
+    },
     #[error("stored spec of {name:?} is not valid JSON")]
     Corrupt {
         name: String,

@@ -71,25 +71,25 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl
     panic!("timed out waiting for {what}");
 }
 
-/// A trigger refusing every insert into `state_rows`: the checkpoint's write fails for real.
-async fn break_state_rows(backend: Backend, url: &str) {
+/// A trigger refusing every insert into `state_chunks`: the checkpoint's write fails for real.
+async fn break_state_chunks(backend: Backend, url: &str) {
     let statements: &[&str] = match backend {
-        Backend::Sqlite => &["create trigger refuse before insert on state_rows \
-             begin select raise(abort, 'state_rows refuses writes'); end"],
+        Backend::Sqlite => &["create trigger refuse before insert on state_chunks \
+             begin select raise(abort, 'state_chunks refuses writes'); end"],
         Backend::Postgres => &[
             "create function refuse() returns trigger language plpgsql as \
-             $$ begin raise exception 'state_rows refuses writes'; end $$",
-            "create trigger refuse before insert on state_rows \
+             $$ begin raise exception 'state_chunks refuses writes'; end $$",
+            "create trigger refuse before insert on state_chunks \
              for each row execute function refuse()",
         ],
     };
     execute(backend, url, statements).await;
 }
 
-async fn repair_state_rows(backend: Backend, url: &str) {
+async fn repair_state_chunks(backend: Backend, url: &str) {
     let statement = match backend {
         Backend::Sqlite => "drop trigger refuse",
-        Backend::Postgres => "drop trigger refuse on state_rows",
+        Backend::Postgres => "drop trigger refuse on state_chunks",
     };
     execute(backend, url, &[statement]).await;
 }
@@ -116,7 +116,7 @@ async fn a_failed_manual_checkpoint_is_listed_counted_and_keeps_its_changes(back
     create(&s, "clicks", "1h").await;
     s.post_events("clicks", &json!([click("a", 1_000), click("b", 2_000)]))
         .await;
-    break_state_rows(backend, &s.config.database_url).await;
+    break_state_chunks(backend, &s.config.database_url).await;
     let resp = s.post("/v1/pipelines/clicks/checkpoints").await;
     let doc = expect_problem(resp, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
     assert_eq!(
@@ -131,7 +131,7 @@ async fn a_failed_manual_checkpoint_is_listed_counted_and_keeps_its_changes(back
         (&json!("failed"), &json!("manual"))
     );
     let error = failed["error"].as_str().unwrap();
-    assert!(error.contains("state_rows refuses writes"), "{error}");
+    assert!(error.contains("state_chunks refuses writes"), "{error}");
     assert!(failed["completed_at"].is_string(), "{failed}");
     let got = body_json(
         s.get(&format!(
@@ -145,7 +145,7 @@ async fn a_failed_manual_checkpoint_is_listed_counted_and_keeps_its_changes(back
     assert_eq!(&got, failed);
     assert_eq!(failures_counted(&s, "clicks", "manual").await, 1);
 
-    repair_state_rows(backend, &s.config.database_url).await;
+    repair_state_chunks(backend, &s.config.database_url).await;
     let cp = s.checkpoint("clicks").await;
     assert!(cp["id"].as_i64() > failed["id"].as_i64());
     // sessions a, b; last_pages a, b; page_views /home: nothing of the failed one is lost.
@@ -156,7 +156,7 @@ async fn a_failed_manual_checkpoint_is_listed_counted_and_keeps_its_changes(back
 async fn a_failing_periodic_checkpoint_is_listed_and_counted(backend: Backend) {
     let s = TestServer::start(backend).await;
     create(&s, "clicks", "100ms").await;
-    break_state_rows(backend, &s.config.database_url).await;
+    break_state_chunks(backend, &s.config.database_url).await;
     s.post_events("clicks", &json!([click("a", 1_000)])).await;
     until("a failed periodic checkpoint in the list", || async {
         checkpoints(&s, "clicks").await.iter().any(|c| {
@@ -167,7 +167,7 @@ async fn a_failing_periodic_checkpoint_is_listed_and_counted(backend: Backend) {
     })
     .await;
     assert!(failures_counted(&s, "clicks", "periodic").await >= 1);
-    repair_state_rows(backend, &s.config.database_url).await;
+    repair_state_chunks(backend, &s.config.database_url).await;
     until("a completed periodic checkpoint", || async {
         checkpoints(&s, "clicks").await[0]["status"] == "completed"
     })
@@ -266,9 +266,9 @@ async fn postgres_409_names_the_running_checkpoint_which_get_finds_in_progress()
     create(&s, "clicks", "1h").await;
     s.post_events("clicks", &json!([click("a", 1_000)])).await;
     let url = s.config.database_url.clone();
-    // The first checkpoint writes its in_progress row, then waits to insert its state rows;
+    // The first checkpoint writes its in_progress row, then waits to insert its state chunks;
     // until its row is written it waits on the checkpoints table, without an id.
-    let rows = lock_table(&url, "state_rows").await;
+    let rows = lock_table(&url, "state_chunks").await;
     let ids = lock_table(&url, "checkpoints").await;
     let first = tokio::spawn({
         let (client, url) = (s.client.clone(), s.url("/v1/pipelines/clicks/checkpoints"));

@@ -410,7 +410,79 @@ async fn deleting_a_pipeline_removes_its_wal(backend: Backend) {
     );
 }
 
+/// Flips a bit in a stored state chunk of `pipeline`, as a damaged disk under the database
+/// would; answers the checkpoint of the chunk.
+async fn damage_a_state_chunk(backend: Backend, url: &str, pipeline: &str) -> i64 {
+    let read = "select checkpoint, key_group, data from state_chunks where pipeline = $1 \
+                order by checkpoint desc, key_group limit 1";
+    let write = "update state_chunks set data = $4 \
+                 where pipeline = $1 and checkpoint = $2 and key_group = $3";
+    macro_rules! damage {
+        ($pool:expr) => {{
+            let pool = $pool;
+            let (checkpoint, key_group, mut data): (i64, i32, Vec<u8>) = sqlx::query_as(read)
+                .bind(pipeline)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let at = data.len() / 2;
+            data[at] ^= 0x01;
+            let query = sqlx::query(write)
+                .bind(pipeline)
+                .bind(checkpoint)
+                .bind(key_group);
+            query.bind(data).execute(&pool).await.unwrap();
+            checkpoint
+        }};
+    }
+    match backend {
+        Backend::Postgres => damage!(sqlx::PgPool::connect(url).await.unwrap()),
+        Backend::Sqlite => damage!(sqlx::SqlitePool::connect(url).await.unwrap()),
+    }
+}
+
+/// A damaged state chunk (a flipped bit under the database) fails its pipeline's recovery
+/// visibly, naming the checkpoint; nothing of it is restored, and the other pipeline serves.
+async fn a_damaged_state_chunk_fails_its_pipeline_and_nothing_else(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    let other = eddy::workload::seed_spec("other");
+    body_json(
+        s.post_json("/v1/pipelines", &other).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    for pipeline in ["clicks", "other"] {
+        s.post_events(
+            pipeline,
+            &json!([click("u1", 1_000, "/a"), click("u2", 2_000, "/b")]),
+        )
+        .await;
+        s.checkpoint(pipeline).await;
+    }
+    let before = s.state_of("other", "spend", "u1").await;
+    let (config, dir) = s.stop().await;
+    let checkpoint = damage_a_state_chunk(backend, &config.database_url, "clicks").await;
+    let s = TestServer::start_config(config, dir).await;
+    let status = s.status("clicks").await;
+    assert_eq!(status["state"], "failed", "{status}");
+    let reason = status["error"].as_str().expect("a reason");
+    assert!(
+        reason.contains("damaged")
+            && reason.contains("CRC-32C")
+            && reason.contains(&format!("checkpoint {checkpoint}")),
+        "{reason}"
+    );
+    let resp = s
+        .get("/v1/pipelines/clicks/operators/spend/state?key=u1")
+        .await;
+    common::expect_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "pipeline_failed").await;
+    assert_eq!(s.status("other").await["state"], "running");
+    assert_eq!(s.state_of("other", "spend", "u1").await, before);
+}
+
 backend_tests!(
+    a_damaged_state_chunk_fails_its_pipeline_and_nothing_else,
     a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state,
     a_checkpoint_plus_the_wal_after_it_restores_everything,
     many_keys_over_two_checkpoints_restore_every_key,

@@ -9,9 +9,29 @@ use serde_json::json;
 use std::sync::Arc;
 
 async fn open(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir) {
+    let (store, dir, _) = open_raw(backend).await;
+    (store, dir)
+}
+
+/// As [`open`], with a connection of its own to the same database (to look at and damage
+/// what the store wrote).
+async fn open_raw(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir, Raw) {
     let dir = tempfile::TempDir::new().unwrap();
     let url = database_for(backend, dir.path()).await;
-    let store = store::connect(&url).await.expect("connect");
+    let (store, dir) = open_at(backend, dir, &url).await;
+    let raw = match backend {
+        Backend::Sqlite => Raw::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap()),
+        Backend::Postgres => Raw::Postgres(sqlx::PgPool::connect(&url).await.unwrap()),
+    };
+    (store, dir, raw)
+}
+
+async fn open_at(
+    backend: Backend,
+    dir: tempfile::TempDir,
+    url: &str,
+) -> (Arc<dyn Store>, tempfile::TempDir) {
+    let store = store::connect(url).await.expect("connect");
     store.migrate().await.expect("migrate");
     assert_eq!(
         store.backend(),
@@ -188,6 +208,200 @@ async fn a_checkpoint_loads_the_newest_version_of_each_key_and_its_state_goes_wi
     assert!(state_at(store, "p", i64::MAX).await.is_empty());
 }
 
+/// A connection of the test's own to the store's database.
+enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Raw {
+    async fn execute(&self, sql: &str) {
+        match self {
+            Raw::Sqlite(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
+            Raw::Postgres(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
+        }
+    }
+
+    /// The one integer `sql` answers.
+    async fn number(&self, sql: &str) -> i64 {
+        match self {
+            Raw::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Raw::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+
+    /// Flips one bit of byte `at` of the stored chunk of key group `key_group`.
+    async fn damage_chunk(&self, key_group: i32, at: usize) {
+        let read = "select data from state_chunks where key_group = $1";
+        let write = "update state_chunks set data = $2 where key_group = $1";
+        match self {
+            Raw::Sqlite(pool) => {
+                let mut data: Vec<u8> = sqlx::query_scalar(read)
+                    .bind(key_group)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                data[at] ^= 0x04;
+                sqlx::query(write)
+                    .bind(key_group)
+                    .bind(data)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            Raw::Postgres(pool) => {
+                let mut data: Vec<u8> = sqlx::query_scalar(read)
+                    .bind(key_group)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+                data[at] ^= 0x04;
+                sqlx::query(write)
+                    .bind(key_group)
+                    .bind(data)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// A reference of the state at each checkpoint, kept by the test: (operator, key) → value.
+type Model = std::collections::BTreeMap<(u16, String), String>;
+
+fn as_listed(model: &Model) -> Vec<(u16, String, String)> {
+    model
+        .iter()
+        .map(|((o, k), v)| (*o, k.clone(), v.clone()))
+        .collect()
+}
+
+/// Many checkpoints, each changing and deleting some keys, pruned to 3 after each: every
+/// retained checkpoint loads exactly the reference's state at it, and compaction keeps what
+/// is stored within a bound that 40 uncompacted checkpoints exceed.
+async fn compaction_keeps_every_retained_checkpoint_and_bounds_what_is_stored(backend: Backend) {
+    const KEYS: usize = 200;
+    const RETAIN: i64 = 3;
+    let (store, _dir, raw) = open_raw(backend).await;
+    let store = &*store;
+    store.insert_pipeline("p", &json!({})).await.unwrap();
+    let mut model = Model::new();
+    let mut kept: Vec<(i64, Model)> = Vec::new();
+    let mut most_rows = 0;
+    for n in 0..40_usize {
+        let mut rows = Vec::new();
+        for i in 0..KEYS {
+            let key = format!("k{i}");
+            let operator = (i % 2) as u16;
+            let change = if n == 0 || (i * 7 + n) % 5 == 0 {
+                Some(format!("v{n}-{i}"))
+            } else if (i + n) % 11 == 0 && n % 3 == 0 {
+                None
+            } else {
+                continue;
+            };
+            match &change {
+                Some(v) => model.insert((operator, key.clone()), v.clone()),
+                None => model.remove(&(operator, key.clone())),
+            };
+            rows.push(StateRow {
+                operator,
+                key: key.as_str().into(),
+                key_group: (i % 4) as u16,
+                last_time: n as i64,
+                value: change.map(String::into_bytes),
+            });
+        }
+        most_rows = most_rows.max(rows.len());
+        let id = checkpoint(store, "p", &rows).await.unwrap();
+        kept.push((id, model.clone()));
+        store.prune("p", RETAIN, 100, 0).await.unwrap();
+        let retained = kept.len().saturating_sub(RETAIN as usize);
+        kept.drain(..retained);
+        for (id, state) in &kept {
+            assert_eq!(
+                state_at(store, "p", *id).await,
+                as_listed(state),
+                "checkpoint {id} after {n} checkpoints"
+            );
+        }
+    }
+    let stored = raw
+        .number("select cast(sum(rows) as bigint) from state_chunks where pipeline = 'p'")
+        .await;
+    let bound = (2 * KEYS + RETAIN as usize * most_rows) as i64;
+    assert!(
+        stored <= bound,
+        "{stored} rows stored, at most {bound} expected"
+    );
+    assert!(
+        raw.number("select count(distinct checkpoint) from state_chunks")
+            .await
+            <= 40 / 2,
+        "older checkpoints were merged"
+    );
+}
+
+/// State rows in the table an older eddy wrote are moved into chunks when the store migrates:
+/// each checkpoint loads as it was, and the old table is left empty.
+async fn state_rows_of_an_older_eddy_are_moved_into_chunks_at_migrate(backend: Backend) {
+    let (store, _dir, raw) = open_raw(backend).await;
+    store.insert_pipeline("p", &json!({})).await.unwrap();
+    raw.execute(
+        "insert into state_rows (pipeline, operator, key, checkpoint, key_group, last_time, value) \
+         values ('p', 0, 'a', 1, 3, 10, 'a1'), ('p', 0, 'b', 1, 4, 10, 'b1'), \
+         ('p', 1, 'a', 1, 3, 10, 'x1'), ('p', 0, 'a', 2, 3, 20, 'a2'), \
+         ('p', 0, 'b', 2, 4, 20, null)",
+    )
+    .await;
+    store.migrate().await.unwrap();
+    let own = |v: &[(u16, &str, &str)]| -> Vec<(u16, String, String)> {
+        v.iter()
+            .map(|&(o, k, x)| (o, k.to_owned(), x.to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        state_at(&*store, "p", 1).await,
+        own(&[(0, "a", "a1"), (0, "b", "b1"), (1, "a", "x1")])
+    );
+    assert_eq!(
+        state_at(&*store, "p", 2).await,
+        own(&[(0, "a", "a2"), (1, "a", "x1")])
+    );
+    assert_eq!(raw.number("select count(*) from state_rows").await, 0);
+    store.migrate().await.expect("nothing left to move");
+    assert_eq!(raw.number("select count(*) from state_chunks").await, 4);
+}
+
+/// A flipped byte in a stored chunk fails the load with an error naming the pipeline, the
+/// checkpoint and the key group; the chunks of other key groups are no excuse to go on.
+async fn a_damaged_chunk_fails_the_load_naming_where_it_is(backend: Backend) {
+    let (store, _dir, raw) = open_raw(backend).await;
+    store.insert_pipeline("p", &json!({})).await.unwrap();
+    let mut rows = vec![row(0, "a", Some("a1"))];
+    rows.push(StateRow {
+        key_group: 9,
+        ..row(0, "b", Some("b1"))
+    });
+    let id = checkpoint(&*store, "p", &rows).await.unwrap();
+    raw.damage_chunk(9, 20).await;
+    let (sink, _chunks) = tokio::sync::mpsc::unbounded_channel();
+    let err = store
+        .load_checkpoint("p", id, 10, sink)
+        .await
+        .expect_err("a damaged chunk");
+    assert!(
+        matches!(&err, StoreError::DamagedState { checkpoint, key_group: 9, .. } if *checkpoint == id),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("\"p\"") && text.contains("CRC-32C") && text.contains("key group 9"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn an_unsupported_url_names_the_url_without_its_password() {
     let err = store::connect("mysql://u:pw@h/db")
@@ -207,4 +421,7 @@ backend_tests!(
     a_duplicate_name_is_refused_as_such,
     delete_reports_whether_there_was_a_pipeline,
     a_checkpoint_loads_the_newest_version_of_each_key_and_its_state_goes_with_its_pipeline,
+    compaction_keeps_every_retained_checkpoint_and_bounds_what_is_stored,
+    state_rows_of_an_older_eddy_are_moved_into_chunks_at_migrate,
+    a_damaged_chunk_fails_the_load_naming_where_it_is,
 );

@@ -93,8 +93,8 @@ impl Service {
     }
 
     /// Recovers every stored pipeline (latest checkpoint, then its WAL), then marks the
-    /// service ready: until then `/readyz` and the API answer 503. A pipeline whose WAL fails
-    /// its check stays failed (listed, its requests 503 `pipeline_failed`) while the others
+    /// service ready: until then `/readyz` and the API answer 503. A pipeline whose WAL or
+    /// stored state fails its check stays failed (listed, its requests 503 `pipeline_failed`) while the others
     /// serve.
     ///
     /// In cluster mode the cluster loop starts instead: it takes the leases of pipelines no
@@ -133,11 +133,14 @@ impl Service {
     }
 }
 
-/// Whether a recovery failure is the pipeline's own (its WAL or what is logged in it), so
-/// that the others can still serve; a store failure stops start-up instead.
+/// Whether a recovery failure is the pipeline's own (its WAL, what is logged in it, or its
+/// stored state found damaged), so that the others can still serve; a store failure stops
+/// start-up instead.
 fn fails_only_the_pipeline(e: &CheckpointError) -> bool {
     matches!(
         e,
-        CheckpointError::Wal(_) | CheckpointError::Engine(EngineError::Reapply { .. })
+        CheckpointError::Wal(_)
+            | CheckpointError::Engine(EngineError::Reapply { .. })
+            | CheckpointError::Store(StoreError::DamagedState { .. })
     )
 }

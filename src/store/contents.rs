@@ -1,7 +1,7 @@
-//! What a checkpoint holds besides its row: the `state_rows`, `output_records` and
-//! `idempotency_keys` tables, their shapes as stored, and the sizes a checkpoint reports.
-//! Rows are versioned by checkpoint id: the state at checkpoint N is the newest row per key
-//! at or before N, so a checkpoint writes only the keys that changed.
+//! What a checkpoint holds besides its row: the `state_chunks` (see `chunks`),
+//! `output_records` and `idempotency_keys` tables, their shapes as stored, and the sizes a
+//! checkpoint reports. State is versioned by checkpoint id: the state at checkpoint N is the
+//! newest version per key at or before N, so a checkpoint writes only the keys that changed.
 
 use super::checkpoints::Progress;
 use crate::state::StateRow;
@@ -83,9 +83,9 @@ pub(super) fn values(insert: &str, rows: usize, columns: usize, tail: &str) -> S
     sql
 }
 
-/// Followed by `values` of (pipeline, operator, key, checkpoint, key_group, last_time, value).
-pub(super) const INSERT_STATE: &str =
-    "insert into state_rows (pipeline, operator, key, checkpoint, key_group, last_time, value) ";
+/// Followed by `values` of (pipeline, checkpoint, key_group, part, rows, data).
+pub(super) const INSERT_CHUNKS: &str =
+    "insert into state_chunks (pipeline, checkpoint, key_group, part, rows, data) ";
 
 /// Followed by `values` of (pipeline, output_offset, checkpoint, record).
 pub(super) const INSERT_OUTPUTS: &str =
@@ -101,19 +101,32 @@ pub(super) const UPSERT_KEYS: &str = " on conflict (pipeline, key) do update set
      accepted = excluded.accepted, first_offset = excluded.first_offset, \
      last_offset = excluded.last_offset";
 
-/// $1 pipeline, $2 checkpoint: every version of every key at or before it, newest checkpoint
-/// first ([`Latest`] keeps the first of each key). Not `distinct on`: a sort of every row by
-/// key took PostgreSQL seconds for a million keys; the index on (pipeline, checkpoint) gives this
-/// order at the cost of a scan.
-pub(super) const LOAD_STATE: &str = "select operator, key, key_group, last_time, value, checkpoint \
-     from state_rows where pipeline = $1 and checkpoint <= $2 order by checkpoint desc";
+/// $1 pipeline, $2 checkpoint: every chunk at or before it, newest checkpoint first
+/// ([`Latest`] keeps the first version of each key).
+pub(super) const LOAD_STATE: &str = "select checkpoint, key_group, rows, data from state_chunks \
+     where pipeline = $1 and checkpoint <= $2 order by checkpoint desc";
 
-/// A state row as loaded: (operator, key, key_group, last_time, value, checkpoint).
-pub(super) type LoadedRow = (i32, String, i32, i64, Option<Vec<u8>>, i64);
+/// A chunk as loaded: (checkpoint, key_group, rows, data).
+pub(super) type LoadedChunk = (i64, i32, i32, Vec<u8>);
 
-/// $1 pipeline, $2 checkpoint: the oldest checkpoint with rows at or before it (null: none).
+/// $1 pipeline, $2 checkpoint: the oldest checkpoint with state at or before it (null: none).
 pub(super) const OLDEST_STATE: &str =
-    "select min(checkpoint) from state_rows where pipeline = $1 and checkpoint <= $2";
+    "select min(checkpoint) from state_chunks where pipeline = $1 and checkpoint <= $2";
+
+/// $1 pipeline, $2 the oldest retained checkpoint: (key group, checkpoint, rows) of the
+/// chunks at or before it, as [`super::chunks::to_compact`] takes them.
+pub(super) const CHUNK_VERSIONS: &str = "select key_group, checkpoint, sum(rows) \
+     from state_chunks where pipeline = $1 and checkpoint <= $2 \
+     group by key_group, checkpoint order by key_group, checkpoint";
+
+/// $1 pipeline, $2 the oldest retained checkpoint, $3 key group: its chunks at or before it,
+/// newest checkpoint first.
+pub(super) const LOAD_GROUP: &str = "select checkpoint, key_group, rows, data from state_chunks \
+     where pipeline = $1 and checkpoint <= $2 and key_group = $3 order by checkpoint desc";
+
+/// As [`LOAD_GROUP`]: the chunks a compaction merged.
+pub(super) const DELETE_GROUP: &str = "delete from state_chunks \
+     where pipeline = $1 and checkpoint <= $2 and key_group = $3";
 
 /// Where a checkpoint's state goes as it is read: in chunks of rows, each the newest version
 /// of its key at the checkpoint, deletions left out. A receiver that is gone is no error of
@@ -149,10 +162,8 @@ impl Latest {
         }
     }
 
-    pub(super) fn push(
-        &mut self,
-        (operator, key, key_group, last_time, value, checkpoint): LoadedRow,
-    ) {
+    /// Takes the next row read, of checkpoint `checkpoint`.
+    pub(super) fn push(&mut self, row: StateRow, checkpoint: i64) {
         if let Some(current) = self.current {
             assert!(
                 checkpoint <= current,
@@ -160,13 +171,6 @@ impl Latest {
             );
         }
         self.current = Some(checkpoint);
-        let row = StateRow {
-            operator: operator as u16,
-            key: key.into(),
-            key_group: key_group as u16,
-            last_time,
-            value,
-        };
         // A key already in `newer` has a newer version (one checkpoint writes a key once).
         let newer = if checkpoint > self.oldest {
             !self.newer.insert((row.operator, row.key.clone()))
@@ -184,6 +188,24 @@ impl Latest {
         }
     }
 
+    /// Takes the rows of the next chunk read (checked whole before any is taken).
+    pub(super) fn chunk(
+        &mut self,
+        pipeline: &str,
+        (checkpoint, key_group, rows, data): &LoadedChunk,
+    ) -> Result<(), super::StoreError> {
+        let damaged = |reason: String| super::StoreError::DamagedState {
+            pipeline: pipeline.to_owned(),
+            checkpoint: *checkpoint,
+            key_group: *key_group,
+            reason,
+        };
+        let group = u16::try_from(*key_group)
+            .map_err(|_| damaged(format!("key group {key_group} is out of range")))?;
+        super::chunks::decode(group, *rows, data, |row| self.push(row, *checkpoint))
+            .map_err(damaged)
+    }
+
     fn flush(&mut self) {
         let rows = std::mem::replace(&mut self.chunk, Vec::with_capacity(ROWS_PER_CHUNK));
         let _ = self.sink.send(rows);
@@ -197,6 +219,41 @@ impl Latest {
     }
 }
 
+/// The rows of `chunks` (newest checkpoint first) merged: the newest version of each key,
+/// deletions left out.
+pub(super) fn merged(
+    pipeline: &str,
+    chunks: &[LoadedChunk],
+) -> Result<Vec<StateRow>, super::StoreError> {
+    let Some(oldest) = chunks.last().map(|c| c.0) else {
+        return Ok(Vec::new());
+    };
+    let (sink, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let mut latest = Latest::new(sink, oldest);
+    for chunk in chunks {
+        latest.chunk(pipeline, chunk)?;
+    }
+    latest.finish();
+    let mut rows = Vec::new();
+    while let Ok(more) = sent.try_recv() {
+        rows.extend(more);
+    }
+    Ok(rows)
+}
+
+/// State rows as eddy stored them before chunks (table `state_rows`, no longer written):
+/// the pipelines with any, then per pipeline its checkpoints with any, then one checkpoint's
+/// rows as (operator, key, key_group, last_time, value), then the pipeline's rows deleted.
+pub(super) const LEGACY_PIPELINES: &str = "select distinct pipeline from state_rows";
+pub(super) const LEGACY_CHECKPOINTS: &str =
+    "select distinct checkpoint from state_rows where pipeline = $1 order by checkpoint";
+pub(super) const LEGACY_ROWS: &str = "select operator, key, key_group, last_time, value \
+     from state_rows where pipeline = $1 and checkpoint = $2";
+pub(super) const LEGACY_DELETE: &str = "delete from state_rows where pipeline = $1";
+
+/// A legacy state row as read: (operator, key, key_group, last_time, value).
+pub(super) type LegacyRow = (i32, String, i32, i64, Option<Vec<u8>>);
+
 /// $1 pipeline, $2 checkpoint, $3 how many: the newest output records, newest first.
 pub(super) const LOAD_OUTPUTS: &str = "select output_offset, record from output_records \
      where pipeline = $1 and checkpoint <= $2 order by output_offset desc limit $3";
@@ -207,23 +264,10 @@ pub(super) const LOAD_KEYS: &str = "select key, created, accepted, first_offset,
 
 /// $1 pipeline, $2 id: what checkpoints after it wrote (a restore).
 pub(super) const DELETE_AFTER: [&str; 3] = [
-    "delete from state_rows where pipeline = $1 and checkpoint > $2",
+    "delete from state_chunks where pipeline = $1 and checkpoint > $2",
     "delete from output_records where pipeline = $1 and checkpoint > $2",
     "delete from idempotency_keys where pipeline = $1 and checkpoint > $2",
 ];
-
-/// $1 pipeline, $2 the collection horizon, $3 the oldest retained checkpoint: rows superseded
-/// by a version in (horizon, oldest] are never read again.
-pub(super) const DELETE_SUPERSEDED: &str = "delete from state_rows \
-     where (pipeline, operator, key, checkpoint) in (\
-     select s.pipeline, s.operator, s.key, s.checkpoint from state_rows t join state_rows s \
-     on s.pipeline = t.pipeline and s.operator = t.operator and s.key = t.key \
-     and s.checkpoint < t.checkpoint \
-     where t.pipeline = $1 and t.checkpoint > $2 and t.checkpoint <= $3)";
-
-/// As [`DELETE_SUPERSEDED`]: deletions in (horizon, oldest] have nothing left to delete.
-pub(super) const DELETE_TOMBSTONES: &str = "delete from state_rows \
-     where pipeline = $1 and checkpoint > $2 and checkpoint <= $3 and value is null";
 
 /// $1 pipeline, $2 how many to keep: the older output records.
 pub(super) const DELETE_OLD_OUTPUTS: &str = "delete from output_records \
@@ -238,6 +282,16 @@ pub(super) const DELETE_OLD_KEYS: &str =
 mod tests {
     use super::*;
 
+    fn state_row(operator: u16, key: &str, last_time: i64, value: Option<Vec<u8>>) -> StateRow {
+        StateRow {
+            operator,
+            key: key.into(),
+            key_group: 7,
+            last_time,
+            value,
+        }
+    }
+
     /// Every row `latest` sent, in order.
     fn sent(mut rows: tokio::sync::mpsc::UnboundedReceiver<Vec<StateRow>>) -> Vec<StateRow> {
         let mut all = Vec::new();
@@ -251,14 +305,8 @@ mod tests {
     #[test]
     fn the_newest_version_of_each_key_wins_a_deletion_included() {
         let row = |operator, key: &str, value: Option<&str>, checkpoint| {
-            (
-                operator,
-                key.to_owned(),
-                7,
-                checkpoint,
-                value.map(|v| v.as_bytes().to_vec()),
-                checkpoint,
-            )
+            let value = value.map(|v| v.as_bytes().to_vec());
+            (state_row(operator, key, checkpoint, value), checkpoint)
         };
         let (sink, rows) = tokio::sync::mpsc::unbounded_channel();
         let mut latest = Latest::new(sink, 1);
@@ -273,7 +321,7 @@ mod tests {
             row(1, "b", Some("1b1"), 1),
             row(0, "b", Some("b1"), 1),
         ] {
-            latest.push(r);
+            latest.push(r.0, r.1);
         }
         latest.finish();
         let mut state: Vec<_> = sent(rows)
@@ -307,7 +355,7 @@ mod tests {
         let mut latest = Latest::new(sink, 5);
         let n = ROWS_PER_CHUNK + 100;
         for i in 0..n {
-            latest.push((0, format!("k{i}"), 0, 0, Some(vec![1]), 5));
+            latest.push(state_row(0, &format!("k{i}"), 0, Some(vec![1])), 5);
         }
         assert!(latest.newer.is_empty());
         assert_eq!(
@@ -324,8 +372,8 @@ mod tests {
     fn rows_out_of_order_are_a_bug() {
         let (sink, _rows) = tokio::sync::mpsc::unbounded_channel();
         let mut latest = Latest::new(sink, 1);
-        latest.push((0, "a".into(), 0, 0, None, 1));
-        latest.push((0, "a".into(), 0, 0, None, 2));
+        latest.push(state_row(0, "a", 0, None), 1);
+        latest.push(state_row(0, "a", 0, None), 2);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `pipelines` table: the stored definitions, and per pipeline the floors it must stay
-//! above (offsets and ids a restore or a WAL repair gave away) and the collection horizon of
-//! its state rows.
+//! above (offsets and ids a restore or a WAL repair gave away). (Its `gc_horizon` column is
+//! no longer used: compaction of state chunks needs no horizon.)
 
 /// Offsets, ids and the WAL position a pipeline must not go below or replay past.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -21,10 +21,10 @@ pub struct Floors {
 /// $1 name.
 pub(super) const DELETE: &str = "delete from pipelines where name = $1";
 
-/// $1 name: the pipeline's state rows (no foreign key takes them with it). Run after
-/// [`DELETE`] in its transaction, so that it sees the rows of a checkpoint that committed
+/// $1 name: the pipeline's state chunks (no foreign key takes them with it). Run after
+/// [`DELETE`] in its transaction, so that it sees the chunks of a checkpoint that committed
 /// while [`DELETE`] waited for it.
-pub(super) const DELETE_STATE: &str = "delete from state_rows where pipeline = $1";
+pub(super) const DELETE_STATE: &str = "delete from state_chunks where pipeline = $1";
 
 /// $1 name.
 pub(super) const FLOORS: &str = "select offset_floor, output_floor, checkpoint_floor, \
@@ -44,9 +44,3 @@ pub(super) const RAISE_OFFSET_FLOOR: &str = "update pipelines set offset_floor =
 /// $1 name.
 pub(super) const CLEAR_DISCARD: &str =
     "update pipelines set discard_after_lsn = null where name = $1";
-
-/// $1 name: the newest checkpoint whose superseded rows were collected.
-pub(super) const GC_HORIZON: &str = "select gc_horizon from pipelines where name = $1";
-
-/// $1 name, $2 checkpoint id.
-pub(super) const SET_GC_HORIZON: &str = "update pipelines set gc_horizon = $2 where name = $1";

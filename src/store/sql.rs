@@ -10,14 +10,14 @@
 //! file (one bind a line) because each further file would repeat the bounds block.
 
 use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint, Trigger};
+use super::chunks;
 use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
-use super::copy;
 use super::pipelines::{self, Floors};
 use super::{Fence, RowSink, Store, StoreError, StoredPipeline};
+use crate::state::StateRow;
 use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
-use std::any::Any;
 
 /// A store on one backend: readers, and the writer every write goes through.
 #[derive(Debug)]
@@ -84,7 +84,6 @@ where
     for<'q> Option<&'q [u8]>: Encode<'q, DB>,
     DB::QueryResult: RowsAffected,
     usize: ColumnIndex<DB::Row>,
-    DB::Connection: Any,
     for<'r> CheckpointRecord: sqlx::FromRow<'r, DB::Row>,
     for<'r> OutputRow: sqlx::FromRow<'r, DB::Row>,
     for<'r> IdempotencyRow: sqlx::FromRow<'r, DB::Row>,
@@ -96,7 +95,7 @@ where
 
     async fn migrate(&self) -> Result<(), StoreError> {
         self.migrator.run(&self.writer).await?;
-        Ok(())
+        self.chunk_legacy_rows().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -290,19 +289,12 @@ where
             .map_err(|e| self.db(e))?;
         if let Some(oldest) = oldest {
             let mut latest = contents::Latest::new(rows, oldest);
-            match (&mut *conn as &mut dyn Any).downcast_mut::<sqlx::PgConnection>() {
-                Some(pg) => copy_state_out(pg, pipeline, id, &mut latest)
-                    .await
-                    .map_err(|e| self.db(e))?,
-                None => {
-                    let mut state = sqlx::query_as::<_, contents::LoadedRow>(contents::LOAD_STATE)
-                        .bind(pipeline)
-                        .bind(id)
-                        .fetch(&mut *conn);
-                    while let Some(row) = state.try_next().await.map_err(|e| self.db(e))? {
-                        latest.push(row);
-                    }
-                }
+            let mut chunks = sqlx::query_as::<_, contents::LoadedChunk>(contents::LOAD_STATE)
+                .bind(pipeline)
+                .bind(id)
+                .fetch(&mut *conn);
+            while let Some(chunk) = chunks.try_next().await.map_err(|e| self.db(e))? {
+                latest.chunk(pipeline, &chunk)?;
             }
             latest.finish();
         }
@@ -399,8 +391,7 @@ where
         };
         let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
         self.prune_through(&mut *tx, pipeline, oldest, keep_outputs, keys_since)
-            .await
-            .map_err(|e| self.db(e))?;
+            .await?;
         tx.commit().await.map_err(|e| self.db(e))?;
         Ok(())
     }
@@ -414,14 +405,15 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> i32: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
     for<'q> Option<&'q str>: Encode<'q, DB>,
     for<'q> Option<&'q [u8]>: Encode<'q, DB>,
     usize: ColumnIndex<DB::Row>,
-    DB::Connection: Any,
 {
     /// Writes a checkpoint's first row with the next id (the ONE place ids are taken); its id.
     async fn insert_checkpoint(
@@ -490,41 +482,43 @@ where
         Ok(checkpoints::next_id(last, floor))
     }
 
-    /// Inserts a checkpoint's state rows in chunks of multi-row inserts (SQLite).
-    async fn insert_state(
+    /// Inserts `rows` as the chunks of checkpoint `id` (see `chunks`), many chunks per
+    /// statement (an incremental checkpoint's few rows per key group are hundreds of small
+    /// chunks: one round trip each cost more than writing them).
+    async fn insert_chunks(
         &self,
         tx: &mut DB::Connection,
-        w: &CheckpointWrite<'_>,
+        pipeline: &str,
+        id: i64,
+        rows: &[StateRow],
     ) -> Result<(), sqlx::Error> {
-        for chunk in w.rows.chunks(contents::CHUNK) {
-            let sql = contents::values(contents::INSERT_STATE, chunk.len(), 7, "");
+        let encoded = chunks::encode(rows);
+        for statement in chunks::statements(&encoded) {
+            let sql = contents::values(contents::INSERT_CHUNKS, statement.len(), 6, "");
             let mut q = sqlx::query(&sql);
-            for row in chunk {
+            for chunk in statement {
                 q = q
-                    .bind(w.pipeline)
-                    .bind(i32::from(row.operator))
-                    .bind(row.key.as_str())
-                    .bind(w.id)
-                    .bind(i32::from(row.key_group))
-                    .bind(row.last_time)
-                    .bind(row.value.as_deref());
+                    .bind(pipeline)
+                    .bind(id)
+                    .bind(i32::from(chunk.key_group))
+                    .bind(chunk.part)
+                    .bind(chunk.rows)
+                    .bind(chunk.data.as_slice());
             }
             q.execute(&mut *tx).await?;
         }
         Ok(())
     }
 
-    /// Writes a checkpoint's state rows (PostgreSQL: one COPY), output records and idempotency
-    /// keys (in chunks).
+    /// Writes a checkpoint's state (as chunks), output records and idempotency keys (in
+    /// multi-row inserts).
     async fn write_contents(
         &self,
         tx: &mut DB::Connection,
         w: &CheckpointWrite<'_>,
     ) -> Result<(), sqlx::Error> {
-        match (&mut *tx as &mut dyn Any).downcast_mut::<sqlx::PgConnection>() {
-            Some(pg) => copy_state(pg, w).await?,
-            None => self.insert_state(&mut *tx, w).await?,
-        }
+        self.insert_chunks(&mut *tx, w.pipeline, w.id, w.rows)
+            .await?;
         for chunk in w.outputs.chunks(contents::CHUNK) {
             let sql = contents::values(contents::INSERT_OUTPUTS, chunk.len(), 4, "");
             let mut q = sqlx::query(&sql);
@@ -556,8 +550,9 @@ where
         Ok(())
     }
 
-    /// Prunes up to the `oldest` retained checkpoint: the rows no retained checkpoint reads,
-    /// the checkpoints before it, and outputs and keys beyond what is kept.
+    /// Prunes up to the `oldest` retained checkpoint: compacts the state chunks no retained
+    /// checkpoint tells apart, deletes the checkpoints before it, and outputs and keys beyond
+    /// what is kept.
     async fn prune_through(
         &self,
         tx: &mut DB::Connection,
@@ -565,22 +560,10 @@ where
         oldest: i64,
         keep_outputs: i64,
         keys_since: i64,
-    ) -> Result<(), sqlx::Error> {
-        let (horizon,): (i64,) = sqlx::query_as(pipelines::GC_HORIZON)
-            .bind(pipeline)
-            .fetch_one(&mut *tx)
-            .await?;
-        for delete in [contents::DELETE_SUPERSEDED, contents::DELETE_TOMBSTONES] {
-            sqlx::query(delete)
-                .bind(pipeline)
-                .bind(horizon)
-                .bind(oldest)
-                .execute(&mut *tx)
-                .await?;
-        }
+    ) -> Result<(), StoreError> {
+        self.compact(&mut *tx, pipeline, oldest).await?;
         let by_pipeline = [
             (checkpoints::DELETE_BEFORE, oldest),
-            (pipelines::SET_GC_HORIZON, oldest),
             (contents::DELETE_OLD_OUTPUTS, keep_outputs),
             (contents::DELETE_OLD_KEYS, keys_since),
         ];
@@ -589,56 +572,95 @@ where
                 .bind(pipeline)
                 .bind(value)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| self.db(e))?;
         }
         Ok(())
     }
-}
 
-/// PostgreSQL: a checkpoint's state rows in one `COPY` (see `copy`).
-async fn copy_state(
-    pg: &mut sqlx::PgConnection,
-    w: &CheckpointWrite<'_>,
-) -> Result<(), sqlx::Error> {
-    let mut copy = pg.copy_in_raw(copy::COPY_STATE).await?;
-    let mut data = copy::header();
-    for chunk in w.rows.chunks(copy::ROWS_PER_MESSAGE) {
-        copy::state_rows(&mut data, w.pipeline, w.id, chunk);
-        copy.send(std::mem::take(&mut data)).await?;
-    }
-    data.extend_from_slice(&copy::trailer());
-    copy.send(data).await?;
-    copy.finish().await?;
-    Ok(())
-}
-
-/// PostgreSQL: the state rows at checkpoint `id`, newest checkpoint first, in one `COPY`.
-///
-/// Sorting is turned off for it: right after a big checkpoint the table's statistics still
-/// count a few thousand rows, and the planner sorted 2.7 M of them on disk (2 s of the 2.7 s
-/// the query took) instead of reading the `(pipeline, checkpoint)` index backwards (0.7 s).
-async fn copy_state_out(
-    pg: &mut sqlx::PgConnection,
-    pipeline: &str,
-    id: i64,
-    latest: &mut contents::Latest,
-) -> Result<(), sqlx::Error> {
-    let mut tx = sqlx::Connection::begin(&mut *pg).await?;
-    sqlx::query("set local enable_sort = off")
-        .execute(&mut *tx)
-        .await?;
-    {
-        let conn: &mut sqlx::PgConnection = &mut tx;
-        let mut chunks = conn
-            .copy_out_raw(&copy::copy_state_out(pipeline, id))
-            .await?;
-        let mut reader = copy::RowReader::default();
-        while let Some(chunk) = chunks.try_next().await? {
-            reader
-                .feed(&chunk, |row| latest.push(row))
-                .map_err(sqlx::Error::Protocol)?;
+    /// Merges, per key group worth it ([`chunks::to_compact`]), the chunks at or before the
+    /// `oldest` retained checkpoint into chunks of the newest of them: no load reads state
+    /// older than `oldest`, so only the newest version of each key there is ever read again,
+    /// and deletions there have nothing left to delete.
+    async fn compact(
+        &self,
+        tx: &mut DB::Connection,
+        pipeline: &str,
+        oldest: i64,
+    ) -> Result<(), StoreError> {
+        let versions: Vec<(i32, i64, i64)> = sqlx::query_as(contents::CHUNK_VERSIONS)
+            .bind(pipeline)
+            .bind(oldest)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        for key_group in chunks::to_compact(&versions) {
+            let loaded: Vec<contents::LoadedChunk> = sqlx::query_as(contents::LOAD_GROUP)
+                .bind(pipeline)
+                .bind(oldest)
+                .bind(key_group)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            let rows = contents::merged(pipeline, &loaded)?;
+            let newest = loaded.first().map_or(oldest, |c| c.0);
+            sqlx::query(contents::DELETE_GROUP)
+                .bind(pipeline)
+                .bind(oldest)
+                .bind(key_group)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            self.insert_chunks(&mut *tx, pipeline, newest, &rows)
+                .await
+                .map_err(|e| self.db(e))?;
         }
-        reader.finish().map_err(sqlx::Error::Protocol)?;
+        Ok(())
     }
-    tx.commit().await
+
+    /// Moves the state rows of an older eddy (table `state_rows`) into chunks of the same
+    /// checkpoints, one pipeline per transaction, reading one checkpoint's rows at a time.
+    async fn chunk_legacy_rows(&self) -> Result<(), StoreError> {
+        let pipelines: Vec<(String,)> = sqlx::query_as(contents::LEGACY_PIPELINES)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(|e| self.db(e))?;
+        for (pipeline,) in pipelines {
+            let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+            let ids: Vec<(i64,)> = sqlx::query_as(contents::LEGACY_CHECKPOINTS)
+                .bind(pipeline.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            for (id,) in ids {
+                let legacy: Vec<contents::LegacyRow> = sqlx::query_as(contents::LEGACY_ROWS)
+                    .bind(pipeline.as_str())
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.db(e))?;
+                let rows: Vec<StateRow> = legacy
+                    .into_iter()
+                    .map(|(operator, key, key_group, last_time, value)| StateRow {
+                        operator: operator as u16,
+                        key: key.into(),
+                        key_group: key_group as u16,
+                        last_time,
+                        value,
+                    })
+                    .collect();
+                self.insert_chunks(&mut *tx, &pipeline, id, &rows)
+                    .await
+                    .map_err(|e| self.db(e))?;
+            }
+            sqlx::query(contents::LEGACY_DELETE)
+                .bind(pipeline.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+            tx.commit().await.map_err(|e| self.db(e))?;
+            tracing::info!(pipeline, "state rows moved into chunks");
+        }
+        Ok(())
+    }
 }
