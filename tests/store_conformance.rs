@@ -214,56 +214,40 @@ enum Raw {
     Postgres(sqlx::PgPool),
 }
 
+/// `$body` with `$pool` bound to the pool of either backend (the same code, two types).
+macro_rules! with_pool {
+    ($raw:expr, $pool:ident => $body:expr) => {
+        match $raw {
+            Raw::Sqlite($pool) => $body,
+            Raw::Postgres($pool) => $body,
+        }
+    };
+}
+
 impl Raw {
     async fn execute(&self, sql: &str) {
-        match self {
-            Raw::Sqlite(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
-            Raw::Postgres(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
-        }
+        with_pool!(self, pool => drop(sqlx::query(sql).execute(pool).await.unwrap()))
     }
 
     /// The one integer `sql` answers.
     async fn number(&self, sql: &str) -> i64 {
-        match self {
-            Raw::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-            Raw::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-        }
+        with_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap())
     }
 
     /// Flips one bit of byte `at` of the stored chunk of key group `key_group`.
     async fn damage_chunk(&self, key_group: i32, at: usize) {
         let read = "select data from state_chunks where key_group = $1";
         let write = "update state_chunks set data = $2 where key_group = $1";
-        match self {
-            Raw::Sqlite(pool) => {
-                let mut data: Vec<u8> = sqlx::query_scalar(read)
-                    .bind(key_group)
-                    .fetch_one(pool)
-                    .await
-                    .unwrap();
-                data[at] ^= 0x04;
-                sqlx::query(write)
-                    .bind(key_group)
-                    .bind(data)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-            Raw::Postgres(pool) => {
-                let mut data: Vec<u8> = sqlx::query_scalar(read)
-                    .bind(key_group)
-                    .fetch_one(pool)
-                    .await
-                    .unwrap();
-                data[at] ^= 0x04;
-                sqlx::query(write)
-                    .bind(key_group)
-                    .bind(data)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-        }
+        with_pool!(self, pool => {
+            let mut data: Vec<u8> = sqlx::query_scalar(read)
+                .bind(key_group)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            data[at] ^= 0x04;
+            let update = sqlx::query(write).bind(key_group).bind(data);
+            update.execute(pool).await.unwrap();
+        })
     }
 }
 
