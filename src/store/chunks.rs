@@ -180,15 +180,21 @@ impl<'a> Reader<'a> {
 }
 
 /// Chunks stored per key group: more than this many checkpoints' chunks of one key group at
-/// or before the oldest retained checkpoint are merged whatever their sizes.
+/// or before the oldest retained checkpoint (plus the key group modulo this, so that key
+/// groups written alike are not all rewritten by the same prune) are merged whatever their
+/// sizes.
 const MAX_VERSIONS: usize = 32;
+
+fn max_versions(key_group: i32) -> usize {
+    MAX_VERSIONS + key_group.rem_euclid(MAX_VERSIONS as i32) as usize
+}
 
 /// The key groups worth compacting, from (key group, checkpoint, rows) of the chunks at or
 /// before the oldest retained checkpoint (one entry per key group and checkpoint, oldest
 /// checkpoint first within a key group): those whose newer chunks together hold at least as
 /// many rows as the oldest (so that what is stored stays within about twice what is live and
 /// the work of merging follows the rows written, as in a size-tiered LSM tree), or that have
-/// more than [`MAX_VERSIONS`] checkpoints' chunks (so a load reads few values per key group).
+/// more than [`max_versions`] checkpoints' chunks (so a load reads few values per key group).
 pub(super) fn to_compact(chunks: &[(i32, i64, i64)]) -> Vec<i32> {
     let mut groups = Vec::new();
     for same in chunks.chunk_by(|a, b| a.0 == b.0) {
@@ -196,7 +202,7 @@ pub(super) fn to_compact(chunks: &[(i32, i64, i64)]) -> Vec<i32> {
             continue;
         };
         let newer_rows: i64 = newer.iter().map(|c| c.2).sum();
-        if !newer.is_empty() && (newer_rows >= *base || same.len() > MAX_VERSIONS) {
+        if !newer.is_empty() && (newer_rows >= *base || same.len() > max_versions(*key_group)) {
             groups.push(*key_group);
         }
     }
@@ -321,10 +327,21 @@ mod tests {
             (3, 4, 5),
         ];
         assert_eq!(to_compact(&chunks), [2]);
-        let many: Vec<_> = (0..=MAX_VERSIONS as i64)
-            .map(|c| (7, c, if c == 0 { 1_000 } else { 1 }))
-            .collect();
-        assert_eq!(to_compact(&many), [7], "too many versions");
-        assert!(to_compact(&many[..MAX_VERSIONS]).is_empty());
+        let many = |key_group: i32, n: usize| -> Vec<(i32, i64, i64)> {
+            let rows = |c| if c == 0 { 1_000 } else { 1 };
+            (0..n as i64).map(|c| (key_group, c, rows(c))).collect()
+        };
+        assert_eq!(
+            to_compact(&many(0, MAX_VERSIONS + 1)),
+            [0],
+            "too many versions"
+        );
+        assert!(to_compact(&many(0, MAX_VERSIONS)).is_empty());
+        assert!(
+            to_compact(&many(7, MAX_VERSIONS + 7)).is_empty(),
+            "key group 7 waits 7 checkpoints longer"
+        );
+        assert_eq!(to_compact(&many(7, MAX_VERSIONS + 8)), [7]);
+        assert_eq!(to_compact(&many(32, MAX_VERSIONS + 1)), [32]);
     }
 }
