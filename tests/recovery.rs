@@ -443,6 +443,7 @@ async fn damage_a_state_chunk(backend: Backend, url: &str, pipeline: &str) -> i6
 
 /// A damaged state chunk (a flipped bit under the database) fails its pipeline's recovery
 /// visibly, naming the checkpoint; nothing of it is restored, and the other pipeline serves.
+/// Restoring the checkpoint before the damaged one brings the pipeline back.
 async fn a_damaged_state_chunk_fails_its_pipeline_and_nothing_else(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
@@ -460,6 +461,11 @@ async fn a_damaged_state_chunk_fails_its_pipeline_and_nothing_else(backend: Back
         .await;
         s.checkpoint(pipeline).await;
     }
+    let first = s.state_of("clicks", "spend", "u1").await;
+    s.post_events("clicks", &json!([click("u1", 3_000, "/c")]))
+        .await;
+    let older = s.checkpoint("clicks").await["id"].as_i64().unwrap() - 1;
+    assert_ne!(s.state_of("clicks", "spend", "u1").await, first);
     let before = s.state_of("other", "spend", "u1").await;
     let (config, dir) = s.stop().await;
     let checkpoint = damage_a_state_chunk(backend, &config.database_url, "clicks").await;
@@ -479,6 +485,14 @@ async fn a_damaged_state_chunk_fails_its_pipeline_and_nothing_else(backend: Back
     common::expect_problem(resp, StatusCode::SERVICE_UNAVAILABLE, "pipeline_failed").await;
     assert_eq!(s.status("other").await["state"], "running");
     assert_eq!(s.state_of("other", "spend", "u1").await, before);
+    // The checkpoint before the damaged one reads none of its chunks: restoring it brings the
+    // pipeline back with the state it had then.
+    let resp = s
+        .post(&format!("/v1/pipelines/clicks/checkpoints/{older}/restore"))
+        .await;
+    assert_eq!(body_json(resp, StatusCode::OK).await["restored"], older);
+    assert_eq!(s.status("clicks").await["state"], "running");
+    assert_eq!(s.state_of("clicks", "spend", "u1").await, first);
 }
 
 backend_tests!(
