@@ -3,8 +3,9 @@
 //!
 //! Rooms: `pipelines` (definitions and floors), `checkpoints` (the checkpoint record),
 //! `contents` (state chunks, output records, idempotency keys) hold the SQL and the stored
-//! shapes, `chunks` the layout of a chunk of state rows; `sql` runs them on either backend; `postgres` and `sqlite` only connect. The store
-//! imports no engine module: it stores plain rows, and `checkpoint` converts.
+//! shapes, `chunks` the layout of a chunk of state rows; `sql` runs them on either backend;
+//! `postgres` and `sqlite` only connect. The store imports no engine module: it stores plain
+//! rows, and `checkpoint` converts.
 //!
 //! Invariant: both backends pass the same conformance suite (`tests/store_conformance.rs`);
 //! a behaviour one of them cannot give is not part of the trait.

@@ -386,6 +386,34 @@ async fn a_damaged_chunk_fails_the_load_naming_where_it_is(backend: Backend) {
     );
 }
 
+/// A chunk filed under a key group no key can have (a damaged or foreign row) fails the load
+/// as damaged, naming that key group, rather than being restored somewhere.
+async fn a_chunk_under_an_impossible_key_group_fails_the_load(backend: Backend) {
+    let (store, _dir, raw) = open_raw(backend).await;
+    store.insert_pipeline("p", &json!({})).await.unwrap();
+    let id = checkpoint(&*store, "p", &[row(0, "a", Some("a1"))])
+        .await
+        .unwrap();
+    raw.execute("update state_chunks set key_group = 70000 where key_group = 3")
+        .await;
+    let (sink, _chunks) = tokio::sync::mpsc::unbounded_channel();
+    let err = store
+        .load_checkpoint("p", id, 10, sink)
+        .await
+        .expect_err("an impossible key group");
+    assert!(
+        matches!(
+            &err,
+            StoreError::DamagedState {
+                key_group: 70000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("out of range"), "{err}");
+}
+
 #[tokio::test]
 async fn an_unsupported_url_names_the_url_without_its_password() {
     let err = store::connect("mysql://u:pw@h/db")
@@ -408,4 +436,5 @@ backend_tests!(
     compaction_keeps_every_retained_checkpoint_and_bounds_what_is_stored,
     state_rows_of_an_older_eddy_are_moved_into_chunks_at_migrate,
     a_damaged_chunk_fails_the_load_naming_where_it_is,
+    a_chunk_under_an_impossible_key_group_fails_the_load,
 );

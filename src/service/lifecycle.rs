@@ -94,8 +94,8 @@ impl Service {
 
     /// Recovers every stored pipeline (latest checkpoint, then its WAL), then marks the
     /// service ready: until then `/readyz` and the API answer 503. A pipeline whose WAL or
-    /// stored state fails its check stays failed (listed, its requests 503 `pipeline_failed`) while the others
-    /// serve.
+    /// stored state fails its check stays failed (listed, its requests 503 `pipeline_failed`)
+    /// while the others serve.
     ///
     /// In cluster mode the cluster loop starts instead: it takes the leases of pipelines no
     /// live instance leads and recovers those; the service is ready after its first round.

@@ -315,6 +315,33 @@ mod tests {
         assert_eq!(err, "it holds 2 rows, 3 were stored");
     }
 
+    /// `chunk` with its body replaced by `body`, under a CRC that matches.
+    fn resealed(chunk: &Chunk, body: &[u8]) -> Chunk {
+        let mut data = crc32c::crc32c(body).to_le_bytes().to_vec();
+        data.extend_from_slice(body);
+        Chunk { data, ..*chunk }
+    }
+
+    #[test]
+    fn a_chunk_whose_crc_matches_but_whose_rows_do_not_parse_is_refused() {
+        let chunk = &encode(&[row(1, "key", Some(b"value"))])[0];
+        let body = &chunk.data[4..];
+        let cut = resealed(chunk, &body[..body.len() - 2]);
+        assert_eq!(decoded(&cut).unwrap_err(), "a row is cut off at byte 25");
+        let mut bad_key = body.to_vec();
+        bad_key[14] = 0xff;
+        let err = decoded(&resealed(chunk, &bad_key)).unwrap_err();
+        assert_eq!(err, "a key before byte 21 is not UTF-8");
+        assert_eq!(
+            decoded(&Chunk {
+                data: vec![1, 2],
+                ..*chunk
+            })
+            .unwrap_err(),
+            "2 bytes is too short for a chunk"
+        );
+    }
+
     #[test]
     fn a_key_group_is_compacted_once_its_newer_chunks_hold_as_many_rows_as_its_oldest() {
         let chunks = [
