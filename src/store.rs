@@ -191,14 +191,21 @@ pub trait Store: Send + Sync + 'static {
         pipeline: &str,
         id: i64,
     ) -> Result<Option<CheckpointRecord>, StoreError>;
-    /// The newest `outputs` output records and the idempotency keys at a checkpoint; its
-    /// state goes to `rows` as it is read (so that it is restored meanwhile).
+    /// The state of key groups `key_groups` at a checkpoint, to `rows` as it is read (so that
+    /// it is restored meanwhile). Loads of disjoint key groups may run side by side.
+    async fn load_state(
+        &self,
+        pipeline: &str,
+        id: i64,
+        key_groups: std::ops::RangeInclusive<i32>,
+        rows: RowSink,
+    ) -> Result<(), StoreError>;
+    /// The newest `outputs` output records and the idempotency keys at a checkpoint.
     async fn load_checkpoint(
         &self,
         pipeline: &str,
         id: i64,
         outputs: i64,
-        rows: RowSink,
     ) -> Result<LoadedCheckpoint, StoreError>;
     /// What offsets and ids a pipeline must stay above.
     async fn floors(&self, pipeline: &str) -> Result<Floors, StoreError>;

@@ -122,10 +122,18 @@ async fn checkpoint(
     Ok(id)
 }
 
-/// (operator, key, value) of the state at checkpoint `id`, in that order.
+/// (operator, key, value) of the state at checkpoint `id`, in that order: loaded in two
+/// key-group ranges (as recovery loads it, one per shard), so that every test here also
+/// checks that the ranges split the state between them.
 async fn state_at(store: &dyn Store, pipeline: &str, id: i64) -> Vec<(u16, String, String)> {
     let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
-    store.load_checkpoint(pipeline, id, 10, sink).await.unwrap();
+    for key_groups in [i32::MIN..=127, 128..=i32::MAX] {
+        store
+            .load_state(pipeline, id, key_groups, sink.clone())
+            .await
+            .unwrap();
+    }
+    drop(sink);
     let mut rows = Vec::new();
     while let Some(chunk) = chunks.recv().await {
         rows.extend(chunk);
@@ -372,7 +380,7 @@ async fn a_damaged_chunk_fails_the_load_naming_where_it_is(backend: Backend) {
     raw.damage_chunk(9, 20).await;
     let (sink, _chunks) = tokio::sync::mpsc::unbounded_channel();
     let err = store
-        .load_checkpoint("p", id, 10, sink)
+        .load_state("p", id, i32::MIN..=i32::MAX, sink)
         .await
         .expect_err("a damaged chunk");
     assert!(
@@ -398,7 +406,7 @@ async fn a_chunk_under_an_impossible_key_group_fails_the_load(backend: Backend) 
         .await;
     let (sink, _chunks) = tokio::sync::mpsc::unbounded_channel();
     let err = store
-        .load_checkpoint("p", id, 10, sink)
+        .load_state("p", id, i32::MIN..=i32::MAX, sink)
         .await
         .expect_err("an impossible key group");
     assert!(

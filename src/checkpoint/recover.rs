@@ -7,9 +7,11 @@ use super::{CheckpointError, Checkpointer, stored};
 use crate::clock::now_ms;
 use crate::engine::{Counters, OutputRecord, Pipeline, Snapshot};
 use crate::log::Log;
+use crate::spec::KEY_GROUPS;
 use crate::spec::PipelineSpec;
 use crate::store::{CheckpointRecord, Fence, RowSink};
 use crate::wal::{Record, Wal};
+use std::ops::RangeInclusive;
 
 impl Checkpointer {
     /// Starts `spec`'s pipeline from its latest completed checkpoint and the WAL after it.
@@ -51,7 +53,14 @@ impl Checkpointer {
         let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
         let load = async {
             match &latest {
-                Some(cp) => self.snapshot(&pipeline, cp, sink).await,
+                Some(cp) => {
+                    let parts = self.config.engine.shards.clamp(1, MAX_LOAD_PARTS);
+                    let (snapshot, ()) = tokio::try_join!(
+                        self.snapshot(&pipeline, cp),
+                        self.load_state(&name, cp.id, parts, sink),
+                    )?;
+                    Ok(snapshot)
+                }
                 None => Ok(Snapshot {
                     counters: Counters {
                         next_offset: 1,
@@ -127,12 +136,34 @@ impl Checkpointer {
         Ok((Box::new(opened.wal), opened.records))
     }
 
-    /// Everything of checkpoint `cp` but its state rows, which go to `rows` as they are read.
+    /// The state of checkpoint `id` to `rows`: read in `parts` loads of disjoint key-group
+    /// ranges side by side (each decodes on its own task), so that every shard is fed from
+    /// the start. A range per shard, in key-group order, would leave shards idle: the store
+    /// reads chunks in key-group order.
+    async fn load_state(
+        &self,
+        name: &str,
+        id: i64,
+        parts: usize,
+        rows: RowSink,
+    ) -> Result<(), CheckpointError> {
+        let mut loads = tokio::task::JoinSet::new();
+        for key_groups in load_parts(parts) {
+            let (store, name, rows) = (self.store.clone(), name.to_owned(), rows.clone());
+            loads.spawn(async move { store.load_state(&name, id, key_groups, rows).await });
+        }
+        drop(rows);
+        while let Some(done) = loads.join_next().await {
+            done.expect("a state load panicked")?;
+        }
+        Ok(())
+    }
+
+    /// Everything of checkpoint `cp` but its state rows.
     async fn snapshot(
         &self,
         pipeline: &Pipeline,
         cp: &CheckpointRecord,
-        rows: RowSink,
     ) -> Result<Snapshot, CheckpointError> {
         let loaded = self
             .store
@@ -140,7 +171,6 @@ impl Checkpointer {
                 pipeline.name(),
                 cp.id,
                 self.config.engine.output_retain as i64,
-                rows,
             )
             .await?;
         let output = loaded
@@ -159,5 +189,54 @@ impl Checkpointer {
                 .map(stored::idempotency_entry)
                 .collect(),
         })
+    }
+}
+
+/// Most state loads of one recovery side by side (each holds a database connection).
+const MAX_LOAD_PARTS: usize = 4;
+
+/// `parts` key-group ranges that together hold every key group once, as even as the key
+/// groups allow. The first starts at `i32::MIN` and the last ends at `i32::MAX`: a chunk
+/// filed under a key group no key has is read too, and fails the load as damaged.
+fn load_parts(parts: usize) -> Vec<RangeInclusive<i32>> {
+    let parts = parts.max(1);
+    let first = |part: usize| (part * KEY_GROUPS as usize).div_ceil(parts) as i32;
+    (0..parts)
+        .map(|part| {
+            let start = if part == 0 { i32::MIN } else { first(part) };
+            let end = if part + 1 == parts {
+                i32::MAX
+            } else {
+                first(part + 1) - 1
+            };
+            start..=end
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::shard_of;
+
+    #[test]
+    fn load_parts_hold_every_key_group_once_and_follow_the_shards() {
+        for parts in 1..=9 {
+            let ranges = load_parts(parts);
+            assert_eq!(ranges.len(), parts);
+            assert_eq!(*ranges[0].start(), i32::MIN);
+            assert_eq!(*ranges[parts - 1].end(), i32::MAX);
+            for pair in ranges.windows(2) {
+                assert_eq!(*pair[0].end() + 1, *pair[1].start(), "{ranges:?}");
+            }
+            for group in 0..KEY_GROUPS {
+                let part = ranges
+                    .iter()
+                    .position(|r| r.contains(&(group as i32)))
+                    .unwrap();
+                // With as many parts as shards, a part feeds exactly one shard.
+                assert_eq!(part, shard_of(group, parts), "key group {group} of {parts}");
+            }
+        }
     }
 }

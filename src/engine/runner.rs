@@ -34,8 +34,9 @@ pub(crate) trait Runner: Send {
     fn changed_keys(&self) -> usize;
     /// Appends every change since the last drain to `out`, encoded.
     fn drain_changes(&mut self, out: &mut Vec<StateRow>);
-    /// Puts a key's state from a checkpoint and registers the timers it needs.
-    fn restore(&mut self, row: &StateRow, watermark: Option<i64>) -> Result<(), String>;
+    /// Puts a key's state from a checkpoint and registers the timers it needs; `hash` is the
+    /// key's `key_hash`.
+    fn restore(&mut self, row: &StateRow, hash: u32, watermark: Option<i64>) -> Result<(), String>;
     /// Lists a key as changed again.
     fn remark(&mut self, key: &Key);
 }
@@ -207,7 +208,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         });
     }
 
-    fn restore(&mut self, row: &StateRow, watermark: Option<i64>) -> Result<(), String> {
+    fn restore(&mut self, row: &StateRow, hash: u32, watermark: Option<i64>) -> Result<(), String> {
         let Some(bytes) = &row.value else {
             return Ok(());
         };
@@ -229,7 +230,8 @@ impl<O: Operator> Runner for OperatorRunner<O> {
                 row.key.clone(),
             );
         }
-        self.state.restore(row.key.clone(), state, row.last_time);
+        self.state
+            .restore(row.key.clone(), hash, state, row.last_time);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use super::operator::{Emission, Input};
 use super::output::Output;
 use super::runner::{PREFETCH_AHEAD, Runner, StateRow, Step};
 use super::sequencer::{Mark, is_late};
-use crate::state::Key;
+use crate::state::{Key, key_hash};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,9 +142,7 @@ impl Shard {
                 reply,
             } => {
                 self.watermark = watermark;
-                let restored = rows.iter().try_for_each(|row| {
-                    self.runners[usize::from(row.operator)].restore(row, watermark)
-                });
+                let restored = self.restore(&rows, watermark);
                 self.publish_key_count();
                 let _ = reply.send(restored);
             }
@@ -177,6 +175,21 @@ impl Shard {
                 let _ = reply.send(counts.collect());
             }
         }
+    }
+
+    /// Puts checkpointed rows in, the index slots of rows to come fetched ahead (the keys
+    /// are in no order, so nearly every lookup misses the cache).
+    fn restore(&mut self, rows: &[StateRow], watermark: Option<i64>) -> Result<(), String> {
+        let hashes: Vec<u32> = rows.iter().map(|row| key_hash(&row.key)).collect();
+        for (i, (row, &hash)) in rows.iter().zip(&hashes).enumerate() {
+            if let (Some(next), Some(&next_hash)) =
+                (rows.get(i + PREFETCH_AHEAD), hashes.get(i + PREFETCH_AHEAD))
+            {
+                self.runners[usize::from(next.operator)].prefetch(next_hash, false);
+            }
+            self.runners[usize::from(row.operator)].restore(row, hash, watermark)?;
+        }
+        Ok(())
     }
 
     fn process(&mut self, batch: ShardBatch) -> Vec<Emission> {

@@ -72,9 +72,17 @@ impl Index {
         self.slots[at] = slot;
     }
 
+    // Deliberately not `vec![0; size]`: see below.
+    #[allow(clippy::slow_vector_initialization)]
     fn grow(&mut self) {
         let size = (self.slots.len() * 2).max(16);
-        let old = std::mem::replace(&mut self.slots, vec![0; size]);
+        // Zeros written, not calloc'ed: a calloc'ed page is first mapped to the shared zero
+        // page by `place`'s read, then copied on its first write, and every such copy flushes
+        // the TLB of each core running the process (an interrupt to each: a fifth of a
+        // restore's time went there).
+        let mut slots = Vec::with_capacity(size);
+        slots.resize(size, 0);
+        let old = std::mem::replace(&mut self.slots, slots);
         for slot in old.into_iter().filter(|s| *s != 0) {
             self.place(slot);
         }

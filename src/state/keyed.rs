@@ -117,9 +117,8 @@ impl<S: Default> KeyedState<S> {
         }
     }
 
-    /// Puts a new live entry for `key`; answers its number.
-    fn insert(&mut self, key: Key, state: S, last_time: i64, changed: bool) -> usize {
-        let h = key_hash(&key);
+    /// Puts a new live entry for `key`, whose hash is `h`; answers its number.
+    fn insert(&mut self, key: Key, h: u32, state: S, last_time: i64, changed: bool) -> usize {
         let entry = Entry {
             key,
             last_time,
@@ -191,7 +190,7 @@ impl<S: Default> KeyedState<S> {
         let result = f(&mut state);
         let created = !is_empty(&state);
         if created {
-            self.insert(key.clone(), state, time.unwrap_or(i64::MIN), true);
+            self.insert(key.clone(), hash, state, time.unwrap_or(i64::MIN), true);
         }
         Some((result, created))
     }
@@ -216,16 +215,18 @@ impl<S: Default> KeyedState<S> {
         }
     }
 
-    /// Puts restored state without marking it changed (it is what the checkpoint holds).
-    pub fn restore(&mut self, key: Key, state: S, last_time: i64) {
-        match self.find(&key) {
+    /// Puts restored state without marking it changed (it is what the checkpoint holds);
+    /// `hash` is the key's [`key_hash`].
+    pub fn restore(&mut self, key: Key, hash: u32, state: S, last_time: i64) {
+        debug_assert_eq!(hash, key_hash(&key));
+        match self.find_hashed(&key, hash) {
             Some(i) => {
                 let entry = &mut self.entries[i];
                 entry.state = state;
                 entry.last_time = last_time;
             }
             None => {
-                self.insert(key, state, last_time, false);
+                self.insert(key, hash, state, last_time, false);
             }
         }
     }

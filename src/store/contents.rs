@@ -101,17 +101,19 @@ pub(super) const UPSERT_KEYS: &str = " on conflict (pipeline, key) do update set
      accepted = excluded.accepted, first_offset = excluded.first_offset, \
      last_offset = excluded.last_offset";
 
-/// $1 pipeline, $2 checkpoint: every chunk at or before it, newest checkpoint first
-/// ([`Latest`] keeps the first version of each key).
+/// $1 pipeline, $2 checkpoint, $3..=$4 key groups: every chunk of those key groups at or
+/// before it, newest checkpoint first ([`Latest`] keeps the first version of each key).
 pub(super) const LOAD_STATE: &str = "select checkpoint, key_group, rows, data from state_chunks \
-     where pipeline = $1 and checkpoint <= $2 order by checkpoint desc";
+     where pipeline = $1 and checkpoint <= $2 and key_group between $3 and $4 \
+     order by checkpoint desc";
 
 /// A chunk as loaded: (checkpoint, key_group, rows, data).
 pub(super) type LoadedChunk = (i64, i32, i32, Vec<u8>);
 
-/// $1 pipeline, $2 checkpoint: the oldest checkpoint with state at or before it (null: none).
-pub(super) const OLDEST_STATE: &str =
-    "select min(checkpoint) from state_chunks where pipeline = $1 and checkpoint <= $2";
+/// $1 pipeline, $2 checkpoint, $3..=$4 key groups: the oldest checkpoint with state of those
+/// key groups at or before it (null: none).
+pub(super) const OLDEST_STATE: &str = "select min(checkpoint) from state_chunks \
+     where pipeline = $1 and checkpoint <= $2 and key_group between $3 and $4";
 
 /// $1 pipeline, $2 the oldest retained checkpoint: (key group, checkpoint, rows) of the
 /// chunks at or before it, as [`super::chunks::to_compact`] takes them.

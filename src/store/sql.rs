@@ -18,6 +18,7 @@ use crate::state::StateRow;
 use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+use std::ops::RangeInclusive;
 
 /// A store on one backend: readers, and the writer every write goes through.
 #[derive(Debug)]
@@ -273,31 +274,47 @@ where
             .map_err(|e| self.db(e))
     }
 
+    async fn load_state(
+        &self,
+        pipeline: &str,
+        id: i64,
+        key_groups: RangeInclusive<i32>,
+        rows: RowSink,
+    ) -> Result<(), StoreError> {
+        let (first, last) = key_groups.into_inner();
+        let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
+        let oldest: Option<i64> = sqlx::query_scalar(contents::OLDEST_STATE)
+            .bind(pipeline)
+            .bind(id)
+            .bind(first)
+            .bind(last)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.db(e))?;
+        let Some(oldest) = oldest else {
+            return Ok(());
+        };
+        let mut latest = contents::Latest::new(rows, oldest);
+        let mut chunks = sqlx::query_as::<_, contents::LoadedChunk>(contents::LOAD_STATE)
+            .bind(pipeline)
+            .bind(id)
+            .bind(first)
+            .bind(last)
+            .fetch(&mut *conn);
+        while let Some(chunk) = chunks.try_next().await.map_err(|e| self.db(e))? {
+            latest.chunk(pipeline, &chunk)?;
+        }
+        latest.finish();
+        Ok(())
+    }
+
     async fn load_checkpoint(
         &self,
         pipeline: &str,
         id: i64,
         outputs: i64,
-        rows: RowSink,
     ) -> Result<LoadedCheckpoint, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(|e| self.db(e))?;
-        let oldest: Option<i64> = sqlx::query_scalar(contents::OLDEST_STATE)
-            .bind(pipeline)
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.db(e))?;
-        if let Some(oldest) = oldest {
-            let mut latest = contents::Latest::new(rows, oldest);
-            let mut chunks = sqlx::query_as::<_, contents::LoadedChunk>(contents::LOAD_STATE)
-                .bind(pipeline)
-                .bind(id)
-                .fetch(&mut *conn);
-            while let Some(chunk) = chunks.try_next().await.map_err(|e| self.db(e))? {
-                latest.chunk(pipeline, &chunk)?;
-            }
-            latest.finish();
-        }
         let mut outputs: Vec<OutputRow> = sqlx::query_as(contents::LOAD_OUTPUTS)
             .bind(pipeline)
             .bind(id)
