@@ -138,6 +138,27 @@ async fn a_checkpoint_plus_the_wal_after_it_restores_everything(backend: Backend
     check_feed(&s, &mut fresh, &reference).await;
 }
 
+/// A replay of many more records than a shard's mailbox holds (3 here): the replay keeps
+/// several records in flight, never more than a mailbox takes (one too many would be refused as
+/// overload and fail the recovery), and ends in the same state and output feed.
+async fn a_replay_longer_than_the_shard_queue_applies_every_record_in_order(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| c.engine.shard_queue = 3).await;
+    s.create_seed().await;
+    let (reference, mut reader) = (Reference::new(), FeedReader::new("clicks"));
+    traffic(&s, &reference, 1).await;
+    s.checkpoint("clicks").await;
+    for round in 2..30 {
+        traffic(&s, &reference, round).await;
+    }
+    check_feed(&s, &mut reader, &reference).await;
+    let before = observe(&s).await;
+    let s = s.restart().await;
+    assert_eq!(observe(&s).await, before, "56 records replayed");
+    check_feed(&s, &mut reader, &reference).await;
+    traffic(&s, &reference, 30).await;
+    check_feed(&s, &mut reader, &reference).await;
+}
+
 /// Enough keys that a checkpoint's state is read and restored in many chunks, over two
 /// checkpoints (the second rewrites a part of the keys): every key comes back as the reference
 /// has it, and the key counts are what was posted.
@@ -499,6 +520,7 @@ backend_tests!(
     a_damaged_state_chunk_fails_its_pipeline_and_nothing_else,
     a_restart_without_a_checkpoint_replays_the_wal_to_the_same_state,
     a_checkpoint_plus_the_wal_after_it_restores_everything,
+    a_replay_longer_than_the_shard_queue_applies_every_record_in_order,
     many_keys_over_two_checkpoints_restore_every_key,
     a_corrupt_wal_tail_is_cut_and_everything_acknowledged_survives,
     idempotency_keys_survive_restarts_from_the_wal_and_from_a_checkpoint,

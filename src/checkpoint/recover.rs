@@ -85,13 +85,10 @@ impl Checkpointer {
         let read_ms = started.elapsed().as_millis() as u64;
         restoring.finish(snapshot).await?;
         pipeline.output().raise_next_offset(floors.output as u64);
-        let mut replayed = 0;
-        for (lsn, record) in records {
-            if lsn > from {
-                pipeline.reapply(record).await?;
-                replayed += 1;
-            }
-        }
+        let after = records.into_iter().filter(|(lsn, _)| *lsn > from);
+        let replayed = pipeline
+            .reapply_all(after.map(|(_, record)| record))
+            .await?;
         // After the replay: a repair's floor lies above records that are replayed at the
         // offsets they took (each record raises the offset to its own first one).
         pipeline.raise_next_offset(floors.offset as u64);

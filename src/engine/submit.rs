@@ -35,6 +35,9 @@ pub enum Ingested {
     Replayed(Ack),
 }
 
+/// Most reapplied records unfinished at once in a recovery's replay.
+const REAPPLY_AHEAD: usize = 16;
+
 impl Pipeline {
     /// Sequences, applies and acknowledges a batch of extracted events that arrived at
     /// `arrival` (epoch ms). Returns once every event is applied and its outputs are logged.
@@ -99,10 +102,16 @@ impl Pipeline {
 
     /// Advances the watermark to `time` (ignored when lower); answers the watermark after it.
     pub async fn advance_watermark(&self, time: i64) -> Result<Option<i64>, EngineError> {
-        let (watermark, done) =
-            self.sequence_marks(|seq| (seq.advance(time), None, Record::Watermark { time }))?;
-        done.await.map_err(|_| self.failed_or_stopped())?;
+        let (watermark, done) = self.sequence_watermark(time)?;
+        self.applied(done).await?;
         Ok(watermark)
+    }
+
+    fn sequence_watermark(
+        &self,
+        time: i64,
+    ) -> Result<(Option<i64>, oneshot::Receiver<u64>), EngineError> {
+        self.sequence_marks(|seq| (seq.advance(time), None, Record::Watermark { time }))
     }
 
     /// A processing-time tick at `now`: fires processing-time timers and, in processing time,
@@ -117,15 +126,55 @@ impl Pipeline {
     }
 
     async fn tick_at(&self, at: Arrival) -> Result<(), EngineError> {
+        let done = self.sequence_tick(at)?;
+        self.applied(done).await
+    }
+
+    fn sequence_tick(&self, at: Arrival) -> Result<oneshot::Receiver<u64>, EngineError> {
         let (_, done) = self.sequence_marks(|seq| {
             let now = seq.arrival(at, now_ms);
             (seq.tick(now), Some(now), Record::Tick { now })
         })?;
+        Ok(done)
+    }
+
+    /// Applies logged records again, in order (recovery), without logging them anew; answers
+    /// how many. Each is sequenced while the shards still apply the ones before it (at most
+    /// [`REAPPLY_AHEAD`] unfinished, fewer than a shard's mailbox holds), so the parse of one
+    /// batch and the shards' work on the others overlap.
+    pub async fn reapply_all(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<usize, EngineError> {
+        let ahead = self
+            .shards
+            .iter()
+            .map(|shard| shard.max_capacity())
+            .fold(REAPPLY_AHEAD, usize::min);
+        let mut applying = std::collections::VecDeque::with_capacity(ahead);
+        let mut count = 0;
+        for record in records {
+            if applying.len() == ahead
+                && let Some(done) = applying.pop_front()
+            {
+                self.applied(done).await?;
+            }
+            applying.extend(self.resequence(record)?);
+            count += 1;
+        }
+        for done in applying {
+            self.applied(done).await?;
+        }
+        Ok(count)
+    }
+
+    async fn applied(&self, done: oneshot::Receiver<u64>) -> Result<(), EngineError> {
         done.await.map_err(|_| self.failed_or_stopped()).map(|_| ())
     }
 
-    /// Applies one logged record again (recovery), without logging it anew.
-    pub async fn reapply(&self, record: Record) -> Result<(), EngineError> {
+    /// Sequences one logged record again; answers what says when it is applied (nothing for
+    /// an epoch mark, or a batch whose idempotency key an earlier record already carried).
+    fn resequence(&self, record: Record) -> Result<Option<oneshot::Receiver<u64>>, EngineError> {
         match record {
             Record::Events {
                 arrival,
@@ -153,12 +202,15 @@ impl Pipeline {
                     idempotency_key,
                     body: None,
                 };
-                self.submit_counted(submission, false).await.map(|_| ())
+                Ok(match self.sequence_events(submission)? {
+                    Sequenced::Repeated(_) => None,
+                    Sequenced::New(_, _, done) => Some(done),
+                })
             }
-            Record::Watermark { time } => self.advance_watermark(time).await.map(|_| ()),
-            Record::Tick { now } => self.tick(now).await,
+            Record::Watermark { time } => Ok(Some(self.sequence_watermark(time)?.1)),
+            Record::Tick { now } => Ok(Some(self.sequence_tick(Arrival::At(now))?)),
             // A new leader's mark in the log: nothing changes.
-            Record::Epoch { .. } => Ok(()),
+            Record::Epoch { .. } => Ok(None),
         }
     }
 
