@@ -1,17 +1,21 @@
 //! Timers of one operator instance, fired in (time, key) order without a scan over keys and
 //! without a heap over every pending timer.
 //!
-//! Timers are bucketed by time (about a second each) in an ordered map; a bucket is sorted
-//! once, when the clock first reaches it, and then fired from the end of that sorted run.
-//! Registering costs one map lookup and a push; firing costs a share of one sort. A binary
-//! heap over a million timers, by contrast, costs some twenty cache misses per pop.
+//! Timers are bucketed by time (about a second each) in a hash map, the buckets' times kept in
+//! order beside it; a bucket is sorted once, when the clock first reaches it, and then fired
+//! from the end of that sorted run. Registering costs one hash lookup and a push (an ordered
+//! map of buckets cost several times that: a restore registers millions of timers); firing
+//! costs a share of one sort. A binary heap over a million timers, by contrast, costs some
+//! twenty cache misses per pop.
 //!
 //! Timers are hints: a registration is never cancelled, so a timer may fire after the state it
 //! was set for changed. Operators check their state when a timer fires (the built-ins also keep
 //! at most one pending timer per key, see `timer_at` in their states).
 
 use super::Key;
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
+use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
 
 /// Bucket width: 2^10 ms.
 const BUCKET_BITS: u32 = 10;
@@ -24,7 +28,9 @@ fn bucket(time: i64) -> i64 {
 #[derive(Debug, Default)]
 pub struct TimerQueue {
     /// Timers of the buckets not yet reached, unsorted within a bucket.
-    buckets: BTreeMap<i64, Vec<(i64, Key)>>,
+    buckets: FxHashMap<i64, Vec<(i64, Key)>>,
+    /// The buckets of `buckets`, in order.
+    order: BTreeSet<i64>,
     /// The timers of the buckets reached so far, sorted latest first: every one of them is
     /// earlier than every timer in `buckets`.
     firing: Vec<(i64, Key)>,
@@ -43,7 +49,13 @@ impl TimerQueue {
             let at = self.firing.partition_point(|t| *t > timer);
             self.firing.insert(at, timer);
         } else {
-            self.buckets.entry(b).or_default().push((time, key));
+            match self.buckets.entry(b) {
+                Entry::Occupied(bucket) => bucket.into_mut().push((time, key)),
+                Entry::Vacant(bucket) => {
+                    self.order.insert(b);
+                    bucket.insert(vec![(time, key)]);
+                }
+            }
         }
     }
 
@@ -57,13 +69,15 @@ impl TimerQueue {
                 self.len -= 1;
                 return self.firing.pop();
             }
-            let mut next = self.buckets.first_entry()?;
-            let b = *next.key();
+            let b = *self.order.first()?;
             if b << BUCKET_BITS > now {
                 return None;
             }
-            let mut timers = std::mem::take(next.get_mut());
-            next.remove();
+            self.order.pop_first();
+            let mut timers = self
+                .buckets
+                .remove(&b)
+                .expect("every ordered bucket is held");
             timers.sort_unstable_by(|a, b| b.cmp(a));
             // Reuse the emptied run's allocation for the next bucket.
             std::mem::swap(&mut self.firing, &mut timers);
