@@ -135,8 +135,8 @@ impl Checkpointer {
 
     /// The state of checkpoint `id` to `rows`: read in `parts` loads of disjoint key-group
     /// ranges side by side (each decodes on its own task), so that every shard is fed from
-    /// the start. A range per shard, in key-group order, would leave shards idle: the store
-    /// reads chunks in key-group order.
+    /// the start. One load of every key group would feed the shards one after the other: the
+    /// store returns chunks in key-group order, and shards own contiguous key groups.
     async fn load_state(
         &self,
         name: &str,
