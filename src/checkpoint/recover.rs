@@ -7,8 +7,7 @@ use super::{CheckpointError, Checkpointer, stored};
 use crate::clock::now_ms;
 use crate::engine::{Counters, OutputRecord, Pipeline, Snapshot};
 use crate::log::Log;
-use crate::spec::KEY_GROUPS;
-use crate::spec::PipelineSpec;
+use crate::spec::{KEY_GROUPS, PipelineSpec};
 use crate::store::{CheckpointRecord, Fence, RowSink};
 use crate::wal::{Record, Wal};
 use std::ops::RangeInclusive;
@@ -54,7 +53,7 @@ impl Checkpointer {
         let load = async {
             match &latest {
                 Some(cp) => {
-                    let parts = self.config.engine.shards.clamp(1, MAX_LOAD_PARTS);
+                    let parts = self.config.engine.shards.min(MAX_LOAD_PARTS);
                     let (snapshot, ()) = tokio::try_join!(
                         self.snapshot(&pipeline, cp),
                         self.load_state(&name, cp.id, parts, sink),
@@ -192,8 +191,8 @@ impl Checkpointer {
 /// Most state loads of one recovery side by side (each holds a database connection).
 const MAX_LOAD_PARTS: usize = 4;
 
-/// `parts` key-group ranges that together hold every key group once, as even as the key
-/// groups allow. The first starts at `i32::MIN` and the last ends at `i32::MAX`: a chunk
+/// `parts` (at least one) key-group ranges that together hold every key group once, as even
+/// as the key groups allow. The first starts at `i32::MIN` and the last ends at `i32::MAX`: a chunk
 /// filed under a key group no key has is read too, and fails the load as damaged.
 fn load_parts(parts: usize) -> Vec<RangeInclusive<i32>> {
     let parts = parts.max(1);
