@@ -11,6 +11,7 @@
 //! that into HTTP answers (`api::problem`). It may import `checkpoint`, `engine`, `store`,
 //! `config`, `auth`, `metrics`, `spec`, `wal` and `clock`; never `api` or `app`.
 
+pub mod assignment;
 pub mod cluster;
 mod health;
 mod lifecycle;

@@ -5,20 +5,22 @@
 //! defaults filled in) so that the API can echo it.
 
 mod duration;
+mod partition;
 pub(crate) mod pointer;
 mod validate;
 
 pub use duration::Span;
+pub use partition::{KeyGroups, partition_key_groups, partition_of};
 pub use pointer::Pointer;
 pub use validate::FieldError;
 
 use serde_json::Value;
 
-/// Most operators one pipeline may have.
 /// Number of key groups (`crc32c(key) % 256`): the unit in which state is split into
 /// partitions and moves between instances.
 pub const KEY_GROUPS: u32 = 256;
 
+/// Most operators one pipeline may have.
 pub const MAX_OPERATORS: usize = 64;
 
 /// A validated pipeline definition.
@@ -216,48 +218,5 @@ impl PipelineSpec {
     /// Event time is processing time (arrival) when the spec has no `time`.
     pub fn processing_time(&self) -> bool {
         self.time.is_none()
-    }
-}
-
-/// The key groups `[first, last]` of partition `i` of `partitions` (see
-/// [`PipelineSpec::key_groups`]). No I/O; `partitions` is 1 to 256 and `i` below it.
-pub fn partition_key_groups(partitions: u16, i: u16) -> [u32; 2] {
-    let (p, i) = (u32::from(partitions.max(1)), u32::from(i));
-    let (size, extra) = (KEY_GROUPS / p, KEY_GROUPS % p);
-    let first = i * size + i.min(extra);
-    let len = size + u32::from(i < extra);
-    [first, first + len - 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_partition_holds_every_key_group() {
-        assert_eq!(partition_key_groups(1, 0), [0, 255]);
-    }
-
-    #[test]
-    fn the_remainder_goes_to_the_first_partitions() {
-        let ranges: Vec<_> = (0..3).map(|i| partition_key_groups(3, i)).collect();
-        assert_eq!(ranges, [[0, 85], [86, 170], [171, 255]]);
-        assert_eq!(partition_key_groups(256, 255), [255, 255]);
-    }
-
-    #[test]
-    fn partitions_cover_every_key_group_once_in_order() {
-        for p in 1..=256u16 {
-            let mut next = 0;
-            for i in 0..p {
-                let [first, last] = partition_key_groups(p, i);
-                assert_eq!(first, next, "partitions={p} i={i}");
-                assert!(last >= first);
-                let len = last - first + 1;
-                assert!(len == KEY_GROUPS / u32::from(p) || len == KEY_GROUPS / u32::from(p) + 1);
-                next = last + 1;
-            }
-            assert_eq!(next, KEY_GROUPS);
-        }
     }
 }

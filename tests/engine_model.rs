@@ -10,7 +10,7 @@
 //! it must sit beside the property that compares against it.
 
 use eddy::engine::{BodyFormat, EngineConfig, Pipeline, parse_batch};
-use eddy::spec::PipelineSpec;
+use eddy::spec::{KeyGroups, PipelineSpec};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, VecDeque};
@@ -284,12 +284,18 @@ impl Model {
 }
 
 async fn run_engine(steps: &[Step], shards: usize) -> Observed {
-    let p = Pipeline::from_spec(
+    run_owning(steps, shards, KeyGroups::ALL).await
+}
+
+/// The engine applying only the key groups `owned` (cluster mode's partition owners).
+async fn run_owning(steps: &[Step], shards: usize, owned: KeyGroups) -> Observed {
+    let p = Pipeline::from_spec_owning(
         spec(),
         &EngineConfig {
             shards,
             ..EngineConfig::default()
         },
+        owned,
     );
     for step in steps {
         match step {
@@ -396,8 +402,78 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(step, 1..40)
 }
 
+/// What instances owning the partitions `owners` (partition i owned by instance
+/// `owners[i]`) observe together: states merged in key order, status keys summed (counters
+/// checked equal at every instance), and the output feed taken per (operator, key) in order,
+/// with the model's feed taken apart the same way.
+async fn run_partitioned(steps: &[Step], owners: &[usize]) -> Observed {
+    let partitions = owners.len() as u16;
+    let instances = owners.iter().max().map_or(0, |m| m + 1);
+    let mut merged: Option<Observed> = None;
+    for instance in 0..instances {
+        let ids = (0..partitions).filter(|&i| owners[usize::from(i)] == instance);
+        let owned = KeyGroups::of_partitions(partitions, ids);
+        let got = run_owning(steps, 2, owned).await;
+        merged = Some(match merged {
+            None => got,
+            Some(mut all) => {
+                all.0.extend(got.0);
+                for (op, state) in all.1.iter_mut().zip(got.1) {
+                    op.extend(state);
+                    op.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                let keys = &mut all.2["keys"];
+                for (name, n) in got.2["keys"].as_object().unwrap() {
+                    keys[name] = json!(keys[name].as_u64().unwrap() + n.as_u64().unwrap());
+                }
+                for counter in ["events", "late", "watermark"] {
+                    assert_eq!(
+                        all.2[counter], got.2[counter],
+                        "{counter} at instance {instance}"
+                    );
+                }
+                all
+            }
+        });
+    }
+    let mut merged = merged.expect("at least one instance");
+    merged.0 = per_key(&merged.0);
+    merged
+}
+
+/// An output feed as each (operator, key)'s records in order, without offsets: what stays
+/// the same however partitions are spread.
+fn per_key(feed: &[Value]) -> Vec<Value> {
+    let mut by_key: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    for record in feed {
+        let mut record = record.clone();
+        record.as_object_mut().unwrap().remove("offset");
+        let id = (record["operator"].to_string(), record["key"].to_string());
+        by_key.entry(id).or_default().push(record);
+    }
+    by_key.into_values().map(Value::from).collect()
+}
+
+fn owners() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(0..3usize, 1..6)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn partitions_applied_by_different_instances_match_the_reference_model(
+        steps in steps(),
+        owners in owners(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut expected = run_model(&steps);
+        expected.0 = per_key(&expected.0);
+        let got = rt.block_on(run_partitioned(&steps, &owners));
+        prop_assert_eq!(&got.0, &expected.0, "output per key, owners {:?}", owners);
+        prop_assert_eq!(&got.1, &expected.1, "state, owners {:?}", owners);
+        prop_assert_eq!(&got.2, &expected.2, "status, owners {:?}", owners);
+    }
 
     #[test]
     fn the_sharded_engine_matches_the_reference_model(steps in steps()) {

@@ -47,7 +47,12 @@ impl Restoring<'_> {
         let pipeline = self.pipeline;
         let shards = pipeline.shards.len();
         let mut per_shard: Vec<Vec<StateRow>> = (0..shards).map(|_| Vec::new()).collect();
+        let owned = pipeline.owned();
         for row in rows {
+            // A row of a key group owned elsewhere: a load of a wider range than owned.
+            if !owned.contains(u32::from(row.key_group)) {
+                continue;
+            }
             per_shard[shard_of(u32::from(row.key_group), shards)].push(row);
         }
         for (shard, rows) in per_shard.into_iter().enumerate() {

@@ -18,7 +18,7 @@ use super::shard::{Command, Shard};
 use super::{EngineConfig, EngineError};
 use crate::log::Log;
 use crate::metrics::{PipelineMetrics, RECORDS_IN, RECORDS_OUT, operator_counters};
-use crate::spec::PipelineSpec;
+use crate::spec::{KeyGroups, PipelineSpec};
 use crate::store::Fence;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -87,10 +87,28 @@ fn definitions(spec: &PipelineSpec, config: &EngineConfig) -> Vec<OperatorDef> {
 impl Pipeline {
     /// Starts the pipeline of a validated spec.
     pub fn from_spec(spec: PipelineSpec, config: &EngineConfig) -> Pipeline {
+        Pipeline::from_spec_owning(spec, config, KeyGroups::ALL)
+    }
+
+    /// Starts the pipeline of a validated spec applying only the key groups in `owned` (in
+    /// cluster mode, the partitions this instance owns): every event is still sequenced, so
+    /// offsets, watermark and lateness are the whole pipeline's, but only the (event,
+    /// operator) items of owned key groups reach the shards, and only their state is restored.
+    pub fn from_spec_owning(
+        spec: PipelineSpec,
+        config: &EngineConfig,
+        owned: KeyGroups,
+    ) -> Pipeline {
         let defs = definitions(&spec, config);
         let mut pipeline = Pipeline::start(&spec, defs, config);
+        pipeline.extractor = pipeline.extractor.owning(owned);
         pipeline.spec = Some(spec);
         pipeline
+    }
+
+    /// The key groups the pipeline applies.
+    pub fn owned(&self) -> KeyGroups {
+        self.extractor.owned()
     }
 
     /// Starts a pipeline with the key, time and TTL of `spec` but the operators of `defs`

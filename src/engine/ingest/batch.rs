@@ -88,7 +88,11 @@ impl ParsedBatch {
         let step = self.times.len() as u32;
         let shards = self.items.len();
         let items = &mut self.items;
+        let owned = extractor.owned();
         let time = extractor.extract_each(text, |operator, time, input| {
+            if !owned.contains(u32::from(input.key_group)) {
+                return;
+            }
             let shard = crate::engine::shard_of(u32::from(input.key_group), shards);
             items[shard].push(Item {
                 step,

@@ -11,7 +11,7 @@
 
 use super::scan::{Captures, Plan, ScanError};
 use crate::engine::operator::Field;
-use crate::spec::{Pointer, TimeFormat, TimeSpec};
+use crate::spec::{KeyGroups, Pointer, TimeFormat, TimeSpec};
 use crate::state::{JsonText, Key, Num, key_hash};
 use serde_json::value::RawValue;
 use serde_json::{Number, Value};
@@ -78,6 +78,9 @@ pub struct Extractor {
     slots: Vec<OpSlots>,
     /// Shards a parsed batch is routed to (see [`super::batch::ParsedBatch`]).
     shards: usize,
+    /// The key groups whose items a parsed batch keeps (cluster mode: what this instance
+    /// owns of the pipeline); every event is still read and checked whole.
+    owned: KeyGroups,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -122,6 +125,7 @@ impl Extractor {
             time_slot,
             slots,
             shards: 1,
+            owned: KeyGroups::ALL,
         }
     }
 
@@ -131,6 +135,16 @@ impl Extractor {
             shards: shards.max(1),
             ..self
         }
+    }
+
+    /// The same plan, keeping only the items of key groups in `owned`.
+    pub fn owning(self, owned: KeyGroups) -> Self {
+        Extractor { owned, ..self }
+    }
+
+    /// The key groups whose items a parsed batch keeps.
+    pub fn owned(&self) -> KeyGroups {
+        self.owned
     }
 
     /// Shards a parsed batch is routed to.
