@@ -13,6 +13,7 @@
 
 mod claim;
 mod failures;
+mod follow;
 mod recover;
 mod restore;
 mod sink;
@@ -20,6 +21,7 @@ mod stored;
 mod take;
 
 pub use claim::Claim;
+pub use follow::Owning;
 pub use restore::RepairReport;
 pub use stored::counters;
 

@@ -5,6 +5,7 @@
 //! An LSN is the WAL's record number or the stream's sequence: dense from 1 and increasing,
 //! what a checkpoint records as `wal_lsn`.
 
+pub mod follow;
 pub mod outputs;
 pub mod stream;
 

@@ -14,6 +14,7 @@ mod checkpoints;
 mod chunks;
 mod contents;
 mod leases;
+mod partitions;
 mod pipelines;
 mod postgres;
 mod sql;
@@ -22,6 +23,7 @@ mod sqlite;
 pub use checkpoints::{CheckpointRecord, CheckpointStatus, Progress, Trigger};
 pub use contents::{CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow, RowSink};
 pub use leases::{Fence, Lease, Leases, MemberRow};
+pub use partitions::{PartitionLease, PartitionWrite, PartitionsWritten};
 pub use pipelines::Floors;
 pub use postgres::PostgresStore;
 pub use sql::SqlStore;
@@ -221,6 +223,30 @@ pub trait Store: Send + Sync + 'static {
     async fn raise_offset_floor(&self, pipeline: &str, offset: i64) -> Result<(), StoreError>;
     /// The WAL was cut after a restore: forget the pending discard.
     async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError>;
+    /// Cluster mode, partitions spread: writes a partition's state at a checkpoint's barrier,
+    /// fenced by its owner lease ([`StoreError::Fenced`] when another instance holds it now);
+    /// false when the partition had written at that checkpoint already (nothing is written).
+    async fn write_partition(&self, w: &PartitionWrite<'_>) -> Result<bool, StoreError>;
+    /// What the partitions wrote at a checkpoint so far.
+    async fn partitions_written(
+        &self,
+        pipeline: &str,
+        checkpoint: i64,
+    ) -> Result<PartitionsWritten, StoreError>;
+    /// The partitions that wrote at a checkpoint so far, in order.
+    async fn partitions_done(
+        &self,
+        pipeline: &str,
+        checkpoint: i64,
+    ) -> Result<Vec<u16>, StoreError>;
+    /// The output position and generation a partition recorded at its newest write at or
+    /// before a checkpoint (zeros: none).
+    async fn output_position(
+        &self,
+        pipeline: &str,
+        checkpoint: i64,
+        partition: u16,
+    ) -> Result<(u64, u64), StoreError>;
     /// Keeps `retain` completed checkpoints, collects state rows no retained checkpoint reads,
     /// keeps the newest `keep_outputs` output records and idempotency keys created since
     /// `keys_since` (epoch ms).

@@ -12,6 +12,7 @@ use super::sequencer::Counters;
 use super::shard::Command;
 use super::shard_of;
 use crate::state::Key;
+use crate::wal::Record;
 use tokio::sync::oneshot;
 
 /// Everything a checkpoint takes at its barrier.
@@ -118,6 +119,18 @@ impl Pipeline {
     /// A checkpoint barrier: the counters, WAL position and output offset at this point of
     /// the order, and every change since the previous barrier. Ingest goes on meanwhile.
     pub async fn barrier(&self) -> Result<Barrier, EngineError> {
+        self.barrier_with(None).await
+    }
+
+    /// A barrier logged as [`Record::Barrier`] of checkpoint `checkpoint` (cluster mode,
+    /// partitions spread: every owner writes its partition when it reads the record); its
+    /// `wal_lsn` is the record's own.
+    pub async fn barrier_logged(&self, checkpoint: i64) -> Result<Barrier, EngineError> {
+        self.barrier_with(Some(Record::Barrier { checkpoint }))
+            .await
+    }
+
+    async fn barrier_with(&self, record: Option<Record>) -> Result<Barrier, EngineError> {
         let (counters, wal_lsn, idempotency, done, replies) = {
             let mut locked = self.sequencer.lock().expect("sequencer lock");
             let (senders, replies): (Vec<_>, Vec<_>) =
@@ -129,7 +142,7 @@ impl Pipeline {
                 Vec::new(),
                 None,
                 Some(senders),
-                None,
+                record,
             )?;
             let wal_lsn = self.wal.get().map_or(0, |log| log.last_lsn());
             (

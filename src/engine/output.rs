@@ -281,6 +281,11 @@ impl Output {
         }
     }
 
+    /// Offset of the newest record the sink holds (`u64::MAX`: no sink is attached).
+    pub fn published(&self) -> u64 {
+        self.log.lock().expect("output lock").published
+    }
+
     /// Offset of the newest record appended (0 before any): what a sink must hold.
     pub fn newest(&self) -> u64 {
         self.log.lock().expect("output lock").newest

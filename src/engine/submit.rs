@@ -172,6 +172,14 @@ impl Pipeline {
         done.await.map_err(|_| self.failed_or_stopped()).map(|_| ())
     }
 
+    /// Sequences one logged record again, without logging it: what a partition's owner does
+    /// with each record of the pipeline's log. Answers what says when it is applied (with the
+    /// newest output offset then), or nothing for a mark (epoch, barrier, restore) or a batch
+    /// whose idempotency key an earlier record already carried.
+    pub fn reapply(&self, record: Record) -> Result<Option<oneshot::Receiver<u64>>, EngineError> {
+        self.resequence(record)
+    }
+
     /// Sequences one logged record again; answers what says when it is applied (nothing for
     /// an epoch mark, or a batch whose idempotency key an earlier record already carried).
     fn resequence(&self, record: Record) -> Result<Option<oneshot::Receiver<u64>>, EngineError> {
@@ -209,8 +217,9 @@ impl Pipeline {
             }
             Record::Watermark { time } => Ok(Some(self.sequence_watermark(time)?.1)),
             Record::Tick { now } => Ok(Some(self.sequence_tick(Arrival::At(now))?)),
-            // A new leader's mark in the log: nothing changes.
-            Record::Epoch { .. } => Ok(None),
+            // Marks in the log (a new leader's, a partitioned checkpoint's barrier, a
+            // restore's): nothing changes.
+            Record::Epoch { .. } | Record::Barrier { .. } | Record::Restore { .. } => Ok(None),
         }
     }
 

@@ -16,13 +16,17 @@ use super::stream::{StreamError, Streams, error, not_found};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{Config, RawMessageErrorKind, StorageType, Stream};
+use async_nats::jetstream::stream::{
+    Config, LastRawMessageErrorKind, RawMessageErrorKind, StorageType, Stream,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Duration;
 
 /// The header that carries the epoch of the leader that published a record.
 const EPOCH_HEADER: &str = "Eddy-Epoch";
+/// The header that carries a partition record's position among its partition's records.
+const POSITION_HEADER: &str = "Eddy-Position";
 
 /// One pipeline's output stream.
 #[derive(Clone)]
@@ -59,7 +63,9 @@ impl Streams {
         self.js()
             .create_stream(Config {
                 name: name.clone(),
-                subjects: vec![subject],
+                // `<subject>.<partition>`: records of a partition's owner (pipelines whose
+                // partitions are spread over instances).
+                subjects: vec![subject.clone(), format!("{subject}.*")],
                 storage: StorageType::File,
                 num_replicas: self.replicas(),
                 duplicate_window: Duration::from_secs(120),
@@ -160,6 +166,70 @@ impl OutputStream {
             }
             Err(e) => Err(error(&self.name, "publish", e).into()),
         }
+    }
+
+    /// Queues a record of partition `partition` (its JSON without the offset, which is the
+    /// sequence the stream gives it): the partition's record number `position`, of the
+    /// pipeline's restore `generation`. The message id names all three, so a record made
+    /// again (by a new owner replaying the log) within the duplicate window is stored once.
+    pub async fn publish_partition(
+        &self,
+        partition: u16,
+        generation: u64,
+        position: u64,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, StreamError> {
+        let message = PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("{generation}:{partition}:{position}"))
+            .header(POSITION_HEADER, position.to_string().as_str());
+        self.streams
+            .js()
+            .send_publish(format!("{}.{partition}", self.subject), message)
+            .await
+            .map_err(|e| error(&self.name, "publish", e))
+    }
+
+    /// The newest record of partition `partition`: its sequence and position (`None`: it
+    /// has none).
+    pub async fn last_of_partition(
+        &self,
+        partition: u16,
+    ) -> Result<Option<(u64, u64)>, StreamError> {
+        let subject = format!("{}.{partition}", self.subject);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => {
+                let position = message
+                    .headers
+                    .get(POSITION_HEADER)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0);
+                Ok(Some((message.sequence, position)))
+            }
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(error(&self.name, "read", e)),
+        }
+    }
+
+    /// Deletes partition `partition`'s records after position `position` (a restore
+    /// dropped them), newest first; answers how many went.
+    pub async fn delete_partition_after(
+        &self,
+        partition: u16,
+        position: u64,
+    ) -> Result<u64, StreamError> {
+        let mut count = 0;
+        while let Some((sequence, at)) = self.last_of_partition(partition).await? {
+            if at <= position {
+                break;
+            }
+            self.stream
+                .delete_message(sequence)
+                .await
+                .map_err(|e| error(&self.name, "delete", e))?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Deletes every record after `after` up to `upto` (a restore dropped them); empty

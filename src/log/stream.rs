@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 /// The header that carries a record's epoch.
-const EPOCH_HEADER: &str = "Eddy-Epoch";
+pub(super) const EPOCH_HEADER: &str = "Eddy-Epoch";
 /// Acks awaited at once (the publisher waits when this many are outstanding).
 const IN_FLIGHT: usize = 4096;
 /// JetStream's error code for a failed `Nats-Expected-Last-Sequence`.
@@ -115,7 +115,7 @@ impl Streams {
         self.replicas
     }
 
-    fn names(&self, pipeline: &str) -> (String, String) {
+    pub(super) fn names(&self, pipeline: &str) -> (String, String) {
         let cluster = &self.cluster;
         (
             format!("{cluster}_log_{pipeline}"),
@@ -343,7 +343,7 @@ fn message(bytes: Vec<u8>, lsn: u64, epoch: i64, mark: bool) -> PublishMessage {
     message.expected_last_message_id(format!("{epoch}:{}", lsn - 1))
 }
 
-pub(super) fn error(stream: &str, action: &'static str, e: impl std::fmt::Display) -> StreamError {
+pub(crate) fn error(stream: &str, action: &'static str, e: impl std::fmt::Display) -> StreamError {
     StreamError {
         stream: stream.to_owned(),
         action,

@@ -51,8 +51,15 @@ pub struct LoadedCheckpoint {
 /// What a checkpoint reports it wrote: keys written, keys deleted, and bytes (keys and values
 /// of the state rows, and the output records' JSON).
 pub(super) fn sizes(w: &CheckpointWrite<'_>) -> (i64, i64, i64) {
+    let (written, deleted, bytes) = row_sizes(w.rows);
+    let outputs = w.outputs.iter().map(|o| o.record.len() as i64).sum::<i64>();
+    (written, deleted, bytes + outputs)
+}
+
+/// Keys written, keys deleted, and bytes of keys and values, of `rows`.
+pub(super) fn row_sizes(rows: &[StateRow]) -> (i64, i64, i64) {
     let (mut written, mut deleted, mut bytes) = (0_i64, 0_i64, 0_i64);
-    for row in w.rows {
+    for row in rows {
         match &row.value {
             Some(v) => {
                 written += 1;
@@ -61,9 +68,35 @@ pub(super) fn sizes(w: &CheckpointWrite<'_>) -> (i64, i64, i64) {
             None => deleted += 1,
         }
     }
-    bytes += w.outputs.iter().map(|o| o.record.len() as i64).sum::<i64>();
     (written, deleted, bytes)
 }
+
+/// $1..$9: what a partition wrote at a checkpoint (once: a second write is no row).
+pub(super) const INSERT_PARTITION_WRITE: &str = "insert into checkpoint_partitions \
+     (pipeline, checkpoint, partition, lsn, output_position, generation, keys_written, \
+     keys_deleted, bytes) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing";
+
+/// $1 pipeline, $2 checkpoint: what its partitions wrote, summed.
+pub(super) const PARTITIONS_WRITTEN: &str = "select count(*) as partitions, \
+     cast(coalesce(sum(keys_written), 0) as bigint) as keys_written, \
+     cast(coalesce(sum(keys_deleted), 0) as bigint) as keys_deleted, \
+     cast(coalesce(sum(bytes), 0) as bigint) as bytes \
+     from checkpoint_partitions where pipeline = $1 and checkpoint = $2";
+
+/// $1 pipeline, $2 the oldest retained checkpoint: what partitions wrote before it.
+pub(super) const DELETE_OLD_PARTITION_WRITES: &str =
+    "delete from checkpoint_partitions where pipeline = $1 and checkpoint < $2";
+
+/// $1 pipeline, $2 checkpoint: the partitions that wrote at it.
+pub(super) const PARTITIONS_DONE: &str = "select cast(partition as bigint) \
+     from checkpoint_partitions where pipeline = $1 and checkpoint = $2 order by partition";
+
+/// $1 pipeline, $2 checkpoint, $3 partition: its output position and generation at its
+/// newest write at or before the checkpoint.
+pub(super) const OUTPUT_POSITION: &str = "select output_position, generation \
+     from checkpoint_partitions \
+     where pipeline = $1 and checkpoint <= $2 and partition = $3 \
+     order by checkpoint desc limit 1";
 
 /// Rows per multi-row statement (7 parameters each: under SQLite's 32766 and PostgreSQL's
 /// 65535 bind limits).
@@ -265,8 +298,9 @@ pub(super) const LOAD_KEYS: &str = "select key, created, accepted, first_offset,
      from idempotency_keys where pipeline = $1 and checkpoint <= $2 order by created, key";
 
 /// $1 pipeline, $2 id: what checkpoints after it wrote (a restore).
-pub(super) const DELETE_AFTER: [&str; 3] = [
+pub(super) const DELETE_AFTER: [&str; 4] = [
     "delete from state_chunks where pipeline = $1 and checkpoint > $2",
+    "delete from checkpoint_partitions where pipeline = $1 and checkpoint > $2",
     "delete from output_records where pipeline = $1 and checkpoint > $2",
     "delete from idempotency_keys where pipeline = $1 and checkpoint > $2",
 ];

@@ -106,6 +106,14 @@ impl Leases {
         &self.node
     }
 
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(super) fn timeout_ms(&self) -> i64 {
+        self.timeout_ms
+    }
+
     /// Says this instance is alive and reachable at `url`.
     pub async fn heartbeat(&self, url: &str) -> Result<(), StoreError> {
         sqlx::query(HEARTBEAT)
@@ -211,6 +219,6 @@ impl Leases {
     }
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx("postgres", e)
 }

@@ -24,7 +24,10 @@ pub(super) const DELETE: &str = "delete from pipelines where name = $1";
 /// $1 name: the pipeline's state chunks (no foreign key takes them with it). Run after
 /// [`DELETE`] in its transaction, so that it sees the chunks of a checkpoint that committed
 /// while [`DELETE`] waited for it.
-pub(super) const DELETE_STATE: &str = "delete from state_chunks where pipeline = $1";
+pub(super) const DELETE_STATE: [&str; 2] = [
+    "delete from state_chunks where pipeline = $1",
+    "delete from checkpoint_partitions where pipeline = $1",
+];
 
 /// $1 name.
 pub(super) const FLOORS: &str = "select offset_floor, output_floor, checkpoint_floor, \

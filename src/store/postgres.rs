@@ -15,6 +15,8 @@ static DIALECT: Dialect = Dialect {
     insert_pipeline: "insert into pipelines (name, spec) values ($1, $2::jsonb)",
     list_pipelines: "select name, spec::text from pipelines order by name",
     lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2 for share",
+    partition_epoch: "select epoch from cluster_partitions \
+         where pipeline = $1 and partition = $2 and holder = $3 for share",
 };
 
 impl SqlStore<Postgres> {

@@ -13,7 +13,7 @@ use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint
 use super::chunks;
 use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
 use super::pipelines::{self, Floors};
-use super::{Fence, RowSink, Store, StoreError, StoredPipeline};
+use super::{Fence, PartitionWrite, PartitionsWritten, RowSink, Store, StoreError, StoredPipeline};
 use crate::state::StateRow;
 use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
@@ -41,6 +41,9 @@ pub(super) struct Dialect {
     pub list_pipelines: &'static str,
     /// (epoch) of the lease ($1 pipeline) while $2 holds it, locked against a takeover.
     pub lease_epoch: &'static str,
+    /// (epoch) of the partition lease ($1 pipeline, $2 partition) while $3 holds it, locked
+    /// against a takeover.
+    pub partition_epoch: &'static str,
 }
 
 /// How many rows a statement changed: each backend's result type says it its own way.
@@ -144,11 +147,13 @@ where
             .execute(&mut *tx)
             .await
             .map_err(|e| self.db(e))?;
-        sqlx::query(pipelines::DELETE_STATE)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.db(e))?;
+        for delete in pipelines::DELETE_STATE {
+            sqlx::query(delete)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db(e))?;
+        }
         tx.commit().await.map_err(|e| self.db(e))?;
         Ok(done.rows() > 0)
     }
@@ -390,6 +395,96 @@ where
         Ok(())
     }
 
+    async fn write_partition(&self, w: &PartitionWrite<'_>) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        let (written, deleted, bytes) = contents::row_sizes(w.rows);
+        let inserted = sqlx::query(contents::INSERT_PARTITION_WRITE)
+            .bind(w.pipeline)
+            .bind(w.checkpoint)
+            .bind(i32::from(w.partition))
+            .bind(w.lsn as i64)
+            .bind(w.output_position as i64)
+            .bind(w.generation as i64)
+            .bind(written)
+            .bind(deleted)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        if inserted.rows() == 0 {
+            return Ok(false);
+        }
+        self.insert_chunks(&mut *tx, w.pipeline, w.checkpoint, w.rows)
+            .await
+            .map_err(|e| self.db(e))?;
+        // Last, as in `commit_checkpoint`: the lease row is locked only while this commits.
+        let held: Option<(i64,)> = sqlx::query_as(self.dialect.partition_epoch)
+            .bind(w.pipeline)
+            .bind(i32::from(w.partition))
+            .bind(w.node)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        if held.map(|(epoch,)| epoch) != Some(w.epoch) {
+            return Err(StoreError::Fenced {
+                pipeline: format!("{} (partition {})", w.pipeline, w.partition),
+                epoch: w.epoch,
+            });
+        }
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(true)
+    }
+
+    async fn partitions_written(
+        &self,
+        pipeline: &str,
+        checkpoint: i64,
+    ) -> Result<PartitionsWritten, StoreError> {
+        let (partitions, keys_written, keys_deleted, bytes): (i64, i64, i64, i64) =
+            sqlx::query_as(contents::PARTITIONS_WRITTEN)
+                .bind(pipeline)
+                .bind(checkpoint)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.db(e))?;
+        Ok(PartitionsWritten {
+            partitions,
+            keys_written,
+            keys_deleted,
+            bytes,
+        })
+    }
+
+    async fn partitions_done(
+        &self,
+        pipeline: &str,
+        checkpoint: i64,
+    ) -> Result<Vec<u16>, StoreError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(contents::PARTITIONS_DONE)
+            .bind(pipeline)
+            .bind(checkpoint)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(rows.into_iter().map(|(p,)| p as u16).collect())
+    }
+
+    async fn output_position(
+        &self,
+        pipeline: &str,
+        checkpoint: i64,
+        partition: u16,
+    ) -> Result<(u64, u64), StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(contents::OUTPUT_POSITION)
+            .bind(pipeline)
+            .bind(checkpoint)
+            .bind(i32::from(partition))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.map_or((0, 0), |(p, g)| (p.max(0) as u64, g.max(0) as u64)))
+    }
+
     async fn prune(
         &self,
         pipeline: &str,
@@ -581,6 +676,7 @@ where
         self.compact(&mut *tx, pipeline, oldest).await?;
         let by_pipeline = [
             (checkpoints::DELETE_BEFORE, oldest),
+            (contents::DELETE_OLD_PARTITION_WRITES, oldest),
             (contents::DELETE_OLD_OUTPUTS, keep_outputs),
             (contents::DELETE_OLD_KEYS, keys_since),
         ];

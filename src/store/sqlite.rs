@@ -26,6 +26,8 @@ static DIALECT: Dialect = Dialect {
     list_pipelines: "select name, spec from pipelines order by name",
     // SQLite takes the bare columns of a max() aggregate from the row holding the maximum.
     lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2",
+    partition_epoch: "select epoch from cluster_partitions \
+         where pipeline = $1 and partition = $2 and holder = $3",
 };
 
 impl SqlStore<Sqlite> {

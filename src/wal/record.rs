@@ -29,6 +29,12 @@ pub enum Record {
     /// Cluster mode: a leader took the pipeline over under `epoch` (the first record it
     /// appends; it changes no state). Records of an older epoch after it are not applied.
     Epoch { epoch: i64 },
+    /// Cluster mode, partitions spread: checkpoint `checkpoint`'s barrier. Every partition's
+    /// owner writes its partition's state as of this point (it changes no state).
+    Barrier { checkpoint: i64 },
+    /// Cluster mode, partitions spread: the pipeline was restored to checkpoint `checkpoint`
+    /// here; every owner starts its partition again from it (it changes no state).
+    Restore { checkpoint: i64 },
 }
 
 /// Why bytes are not a record.
@@ -93,6 +99,14 @@ impl Record {
             Record::Epoch { epoch } => {
                 framed.push(4);
                 framed.extend_from_slice(&epoch.to_le_bytes());
+            }
+            Record::Barrier { checkpoint } => {
+                framed.push(5);
+                framed.extend_from_slice(&checkpoint.to_le_bytes());
+            }
+            Record::Restore { checkpoint } => {
+                framed.push(6);
+                framed.extend_from_slice(&checkpoint.to_le_bytes());
             }
         }
         let payload = &framed[HEADER..];
@@ -176,6 +190,12 @@ fn decode_payload(payload: &[u8]) -> Result<(u64, Record), DecodeError> {
         2 => Record::Watermark { time: r.i64()? },
         3 => Record::Tick { now: r.i64()? },
         4 => Record::Epoch { epoch: r.i64()? },
+        5 => Record::Barrier {
+            checkpoint: r.i64()?,
+        },
+        6 => Record::Restore {
+            checkpoint: r.i64()?,
+        },
         kind => return Err(DecodeError::UnknownKind(kind)),
     };
     match r.0.len() {
@@ -210,6 +230,8 @@ mod tests {
             any::<i64>().prop_map(|time| Record::Watermark { time }),
             any::<i64>().prop_map(|now| Record::Tick { now }),
             any::<i64>().prop_map(|epoch| Record::Epoch { epoch }),
+            any::<i64>().prop_map(|checkpoint| Record::Barrier { checkpoint }),
+            any::<i64>().prop_map(|checkpoint| Record::Restore { checkpoint }),
         ]
     }
 

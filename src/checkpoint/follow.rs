@@ -1,0 +1,461 @@
+//! Cluster mode with partitions spread over instances: one partition of a pipeline, applied
+//! here by its owner. The owner starts the partition from the latest completed checkpoint
+//! (its key groups' state, the checkpoint's counters, its output position) and then follows
+//! the pipeline's log stream from the checkpoint's LSN on, record by record: every record is
+//! sequenced again exactly as the leader sequenced it (offsets, watermark and lateness are a
+//! function of the log), and only the partition's (event, operator) items are applied.
+//!
+//! - At a [`Record::Barrier`] the owner hands over its partition's changes since its previous
+//!   barrier and writes them as the checkpoint's chunks, in a transaction fenced by its
+//!   partition lease (`Store::write_partition`); the leader completes the checkpoint once
+//!   every partition has written.
+//! - Output records go to the pipeline's output stream on the partition's own subject, each
+//!   with its position among the partition's records (dense, a function of the log, restored
+//!   from the checkpoint): a new owner starts publishing after the partition's last stored
+//!   position, and message ids (`generation:partition:position`) make a record published
+//!   twice within the duplicate window stored once. A batch counts as applied only once its
+//!   records are in the stream, so "applied through LSN n" means their outputs are readable.
+//! - At a [`Record::Restore`] the owner starts again from the restored checkpoint.
+
+use super::{CheckpointError, Checkpointer, stored};
+use crate::engine::{Barrier, EngineError, Output, Pipeline, Snapshot};
+use crate::log::outputs::OutputStream;
+use crate::spec::{KeyGroups, PipelineSpec};
+use crate::store::{CheckpointRecord, Fence, PartitionWrite};
+use crate::wal::Record;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Records sequenced but not yet applied at once (fewer than a shard's mailbox holds).
+const AHEAD: usize = 16;
+/// Output records published before their acks are awaited.
+const CHUNK: u64 = 1_000;
+
+/// One partition owned here, as the API sees it: the pipeline applying it (once started)
+/// and the LSN it has applied through (its output records published).
+pub struct Owning {
+    pipeline: RwLock<Option<Arc<Pipeline>>>,
+    applied: watch::Sender<u64>,
+}
+
+impl Default for Owning {
+    fn default() -> Self {
+        Owning {
+            pipeline: RwLock::new(None),
+            applied: watch::channel(0).0,
+        }
+    }
+}
+
+impl Owning {
+    /// The pipeline applying the partition (`None` while it starts).
+    pub fn pipeline(&self) -> Option<Arc<Pipeline>> {
+        self.pipeline.read().expect("owning lock").clone()
+    }
+
+    /// The LSN the partition has applied through.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// The pipeline once the partition has applied through `lsn` (read-your-writes), or
+    /// `None` when it has not within `timeout` (it is still catching up).
+    pub async fn caught_up(&self, lsn: u64, timeout: Duration) -> Option<Arc<Pipeline>> {
+        let mut applied = self.applied.subscribe();
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|a| *a >= lsn)).await;
+        match reached {
+            Ok(Ok(_)) => self.pipeline(),
+            _ => None,
+        }
+    }
+
+    fn start(&self, pipeline: Arc<Pipeline>, applied: u64) {
+        *self.pipeline.write().expect("owning lock") = Some(pipeline);
+        self.applied.send_replace(applied);
+    }
+
+    fn stop(&self) {
+        if let Some(pipeline) = self.pipeline.write().expect("owning lock").take() {
+            pipeline.close();
+        }
+    }
+}
+
+/// A record being applied: its LSN, and whether it was (false: the pipeline stopped).
+type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, bool)> + Send>>;
+
+/// How following the log ended.
+enum Ended {
+    Stopped,
+    /// A restore: start again from the restored checkpoint.
+    Restored,
+}
+
+/// One partition run: what it owns and under which lease.
+struct Run<'a> {
+    spec: &'a PipelineSpec,
+    partition: u16,
+    fence: &'a Fence,
+    owning: &'a Owning,
+    stop: &'a CancellationToken,
+}
+
+impl Checkpointer {
+    /// Applies partition `partition` of `spec`'s pipeline here, as its owner under `fence`
+    /// (its partition lease), until `stop`; `owning` shows it to the API meanwhile. An error
+    /// ends it (the caller gives the lease up; a later round starts it again).
+    pub async fn own_partition(
+        &self,
+        spec: PipelineSpec,
+        partition: u16,
+        fence: Fence,
+        owning: Arc<Owning>,
+        stop: CancellationToken,
+    ) -> Result<(), CheckpointError> {
+        let run = Run {
+            spec: &spec,
+            partition,
+            fence: &fence,
+            owning: &owning,
+            stop: &stop,
+        };
+        let ended = loop {
+            match self.run_partition(&run).await {
+                Ok(Ended::Restored) => owning.stop(),
+                Ok(Ended::Stopped) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        owning.stop();
+        ended
+    }
+
+    /// Starts the partition from the latest completed checkpoint and follows the log.
+    async fn run_partition(&self, run: &Run<'_>) -> Result<Ended, CheckpointError> {
+        let streams = self
+            .streams
+            .as_ref()
+            .expect("partitions are owned in cluster mode");
+        let name = run.spec.name.as_str();
+        let latest = self.latest(name).await?;
+        let (pipeline, position, generation) = self.start_partition(run, latest.as_ref()).await?;
+        let pipeline = Arc::new(pipeline);
+        let outputs = streams.outputs(name).await?;
+        let published = outputs
+            .last_of_partition(run.partition)
+            .await?
+            .map_or(0, |(_, at)| at);
+        let output = pipeline.output_handle();
+        output.attach_sink(published.max(position));
+        let generation = Arc::new(AtomicU64::new(generation));
+        let sink = tokio::spawn(publish(
+            outputs,
+            output,
+            run.partition,
+            generation.clone(),
+            pipeline.closed(),
+        ));
+        let from = latest.as_ref().map_or(1, |c| c.progress.wal_lsn as u64 + 1);
+        run.owning.start(pipeline.clone(), from - 1);
+        tracing::info!(
+            pipeline = name,
+            partition = run.partition,
+            epoch = run.fence.epoch,
+            checkpoint = latest.as_ref().map(|c| c.id),
+            from,
+            "partition started"
+        );
+        let follower = streams.follow(name, from).await?;
+        let restored = latest.map(|c| c.id);
+        let ended = self
+            .follow(run, &pipeline, follower, restored, &generation)
+            .await;
+        pipeline.close();
+        sink.abort();
+        ended
+    }
+
+    /// A pipeline applying the partition's key groups, with the state, counters and output
+    /// position of checkpoint `cp`; and the generation of its output records.
+    async fn start_partition(
+        &self,
+        run: &Run<'_>,
+        cp: Option<&CheckpointRecord>,
+    ) -> Result<(Pipeline, u64, u64), CheckpointError> {
+        let spec = run.spec;
+        let owned = KeyGroups::of_partitions(spec.partitions, [run.partition]);
+        let pipeline = Pipeline::from_spec_owning(spec.clone(), &self.config.engine, owned);
+        let Some(cp) = cp else {
+            return Ok((pipeline, 0, 0));
+        };
+        let name = spec.name.as_str();
+        let (position, generation) = self
+            .store
+            .output_position(name, cp.id, run.partition)
+            .await?;
+        let counters = stored::counters(&cp.progress);
+        let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+        let load = async {
+            let range = partition_range(spec.partitions, run.partition);
+            self.store.load_state(name, cp.id, range, sink).await?;
+            Ok::<_, CheckpointError>(())
+        };
+        let restore = async {
+            let mut restoring = pipeline.restoring(counters.watermark);
+            while let Some(rows) = chunks.recv().await {
+                restoring.rows(rows).await?;
+            }
+            Ok::<_, CheckpointError>(restoring)
+        };
+        let ((), restoring) = tokio::try_join!(load, restore)?;
+        let snapshot = Snapshot {
+            counters,
+            next_output_offset: position + 1,
+            ..Snapshot::default()
+        };
+        restoring.finish(snapshot).await?;
+        Ok((pipeline, position, generation))
+    }
+
+    /// Follows the log, applying each record, until stopped or restored.
+    async fn follow(
+        &self,
+        run: &Run<'_>,
+        pipeline: &Arc<Pipeline>,
+        mut follower: crate::log::follow::Follower,
+        restored: Option<i64>,
+        generation: &AtomicU64,
+    ) -> Result<Ended, CheckpointError> {
+        let mut applying: FuturesOrdered<Applying> = FuturesOrdered::new();
+        // Whether anything but marks was applied since the start (a restore record read
+        // right after starting from its checkpoint is the start itself).
+        let mut touched = false;
+        loop {
+            tokio::select! {
+                _ = run.stop.cancelled() => return Ok(Ended::Stopped),
+                Some((lsn, applied)) = applying.next(), if !applying.is_empty() => {
+                    if !applied {
+                        return Err(stopped(pipeline).into());
+                    }
+                    run.owning.applied.send_replace(lsn);
+                }
+                next = follower.next(), if applying.len() < AHEAD => {
+                    let Some((lsn, record)) = next? else {
+                        return Err(stopped(pipeline).into());
+                    };
+                    let done = match record {
+                        Record::Restore { checkpoint } => {
+                            generation.store(lsn, Ordering::Release);
+                            if touched || restored != Some(checkpoint) {
+                                tracing::info!(pipeline = pipeline.name(), partition = run.partition, checkpoint, "restored: the partition starts again");
+                                return Ok(Ended::Restored);
+                            }
+                            None
+                        }
+                        Record::Barrier { checkpoint } => {
+                            let barrier = barrier(pipeline).await?;
+                            self.write_barrier(run, pipeline, checkpoint, lsn, barrier, generation.load(Ordering::Acquire));
+                            None
+                        }
+                        Record::Epoch { .. } => None,
+                        record => {
+                            touched = true;
+                            pipeline.reapply(record)?
+                        }
+                    };
+                    applying.push_back(Box::pin(async move {
+                        let applied = match done {
+                            Some(done) => done.await.is_ok(),
+                            None => true,
+                        };
+                        (lsn, applied)
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Writes the partition's changes at checkpoint `checkpoint`'s barrier (LSN `lsn`), on
+    /// its own task; a failed write hands the changes back, so the next barrier writes them.
+    fn write_barrier(
+        &self,
+        run: &Run<'_>,
+        pipeline: &Arc<Pipeline>,
+        checkpoint: i64,
+        lsn: u64,
+        barrier: Barrier,
+        generation: u64,
+    ) {
+        let store = self.store.clone();
+        let pipeline = pipeline.clone();
+        let (partition, fence) = (run.partition, run.fence.clone());
+        tokio::spawn(async move {
+            let write = PartitionWrite {
+                pipeline: pipeline.name(),
+                node: &fence.node,
+                checkpoint,
+                partition,
+                epoch: fence.epoch,
+                lsn,
+                output_position: barrier.output_offset,
+                generation,
+                rows: &barrier.rows,
+            };
+            match store.write_partition(&write).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = pipeline.name(), partition, checkpoint, reason = %e, next = "the next barrier writes its changes", "partition not written at the barrier");
+                    let _ = pipeline.unbarrier(barrier).await;
+                }
+            }
+        });
+    }
+}
+
+/// The key groups of partition `i` as a load reads them: the first partition's range starts
+/// at `i32::MIN` and the last one's ends at `i32::MAX`, so a chunk filed under a key group
+/// no key has is read too, and fails the load as damaged.
+fn partition_range(partitions: u16, i: u16) -> RangeInclusive<i32> {
+    let [first, last] = crate::spec::partition_key_groups(partitions, i);
+    let start = if i == 0 { i32::MIN } else { first as i32 };
+    let end = if i + 1 == partitions {
+        i32::MAX
+    } else {
+        last as i32
+    };
+    start..=end
+}
+
+fn stopped(pipeline: &Pipeline) -> EngineError {
+    EngineError::Stopped {
+        pipeline: pipeline.name().to_owned(),
+    }
+}
+
+/// The barrier, retried briefly while shard queues are full.
+async fn barrier(pipeline: &Pipeline) -> Result<Barrier, EngineError> {
+    let mut tries = 0;
+    loop {
+        match pipeline.barrier().await {
+            Err(EngineError::Overloaded { .. }) if tries < 200 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Publishes the partition's new output records until the pipeline closes; retries what
+/// fails (a record stored twice within the duplicate window is stored once).
+async fn publish(
+    stream: OutputStream,
+    output: Arc<Output>,
+    partition: u16,
+    generation: Arc<AtomicU64>,
+    closed: CancellationToken,
+) {
+    let mut updates = output.subscribe();
+    let mut published = output.published();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let newest = output.newest();
+        if newest <= published {
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { return },
+                _ = closed.cancelled() => return,
+            }
+            continue;
+        }
+        let upto = newest.min(published + CHUNK);
+        let generation = generation.load(Ordering::Acquire);
+        match publish_chunk(&stream, &output, partition, generation, published, upto).await {
+            Ok(()) => {
+                published = upto;
+                output.set_published(upto);
+                backoff = Duration::from_millis(50);
+            }
+            Err(e) => {
+                tracing::warn!(stream = stream.name(), partition, reason = %e, next = "retried", "output records not published");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = closed.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Publishes records `after + 1 ..= upto` and waits for their acks.
+async fn publish_chunk(
+    stream: &OutputStream,
+    output: &Output,
+    partition: u16,
+    generation: u64,
+    after: u64,
+    upto: u64,
+) -> Result<(), crate::log::stream::StreamError> {
+    let mut acks = Vec::with_capacity((upto - after) as usize);
+    for record in output.range(after + 1, upto) {
+        let json = serde_json::to_vec(&*record).expect("records serialise");
+        let payload = Bytes::from(without_offset(json));
+        let ack = stream
+            .publish_partition(partition, generation, record.offset, payload)
+            .await?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await
+            .map_err(|e| crate::log::stream::error(stream.name(), "publish", e))?;
+    }
+    Ok(())
+}
+
+/// A record's JSON without its leading `"offset"` member: a partition's record gets its
+/// offset from the stream (its sequence), when it is read.
+fn without_offset(json: Vec<u8>) -> Vec<u8> {
+    const PREFIX: &[u8] = b"{\"offset\":";
+    if !json.starts_with(PREFIX) {
+        return json;
+    }
+    match json.iter().position(|&b| b == b',') {
+        Some(comma) => {
+            let mut out = Vec::with_capacity(json.len() - comma);
+            out.push(b'{');
+            out.extend_from_slice(&json[comma + 1..]);
+            out
+        }
+        None => json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_record_is_stored_without_its_offset() {
+        let json =
+            br#"{"offset":12,"operator":"s","key":"a,b","type":"session_closed","value":{}}"#;
+        assert_eq!(
+            without_offset(json.to_vec()),
+            br#"{"operator":"s","key":"a,b","type":"session_closed","value":{}}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn partition_ranges_cover_every_key_group_and_the_edges() {
+        assert_eq!(partition_range(1, 0), i32::MIN..=i32::MAX);
+        assert_eq!(partition_range(3, 0), i32::MIN..=85);
+        assert_eq!(partition_range(3, 1), 86..=170);
+        assert_eq!(partition_range(3, 2), 171..=i32::MAX);
+    }
+}

@@ -1,0 +1,106 @@
+//! Cluster mode with partitions spread: a partition's owner follows the pipeline's log
+//! stream from a sequence on, record by record, for as long as it owns the partition (an
+//! ephemeral ordered pull consumer, deleted when the follower is dropped). Records of a stale
+//! leader after a newer epoch record are skipped, as the leader's own read skips them.
+
+use super::stream::{EPOCH_HEADER, StreamError, Streams, error, not_found};
+use crate::wal::Record;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::Stream;
+use futures::StreamExt;
+use std::time::Duration;
+
+/// The pipeline's log read from a sequence on, as it grows.
+pub struct Follower {
+    messages: pull::Stream,
+    consumer: Option<(Stream, String)>,
+    name: String,
+    epoch: i64,
+}
+
+impl Streams {
+    /// Follows the log of `pipeline` from sequence `from` (or the first one stored, when a
+    /// trim or a restore purged it). A missing stream is an error.
+    pub async fn follow(&self, pipeline: &str, from: u64) -> Result<Follower, StreamError> {
+        let (name, _) = self.names(pipeline);
+        let stream = match self.js().get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(e) if not_found(&e) => return Err(error(&name, "follow", "the stream is missing")),
+            Err(e) => return Err(error(&name, "follow", e)),
+        };
+        let consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                num_replicas: 1,
+                memory_storage: true,
+                ..pull::Config::default()
+            })
+            .await
+            .map_err(|e| error(&name, "follow", e))?;
+        let consumer_name = consumer.cached_info().name.clone();
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| error(&name, "follow", e))?;
+        Ok(Follower {
+            messages,
+            consumer: Some((stream, consumer_name)),
+            name,
+            epoch: 0,
+        })
+    }
+}
+
+impl Follower {
+    /// The next record and its LSN; waits for one. `None`: the consumer ended.
+    pub async fn next(&mut self) -> Result<Option<(u64, Record)>, StreamError> {
+        loop {
+            let Some(message) = self.messages.next().await else {
+                return Ok(None);
+            };
+            let message = message.map_err(|e| error(&self.name, "follow", e))?;
+            let seq = message
+                .info()
+                .map_err(|e| error(&self.name, "follow", e))?
+                .stream_sequence;
+            let (lsn, record, _) =
+                Record::decode(&message.payload).map_err(|e| error(&self.name, "decode", e))?;
+            if lsn != seq {
+                let detail = format!("record at sequence {seq} says LSN {lsn}");
+                return Err(error(&self.name, "decode", detail));
+            }
+            let of = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(EPOCH_HEADER))
+                .and_then(|v| v.as_str().parse::<i64>().ok())
+                .unwrap_or(0);
+            if let Record::Epoch { epoch } = record {
+                self.epoch = self.epoch.max(epoch);
+            }
+            if of < self.epoch && !matches!(record, Record::Epoch { .. }) {
+                continue;
+            }
+            return Ok(Some((lsn, record)));
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let (Some((stream, consumer)), Ok(runtime)) =
+            (self.consumer.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = stream.delete_consumer(&consumer).await;
+            });
+        }
+    }
+}
