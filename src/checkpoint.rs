@@ -59,6 +59,13 @@ pub enum CheckpointError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Wal(#[from] WalError),
+    /// Cluster mode, partitions spread: partitions whose owners did not write their state
+    /// at the checkpoint's barrier in time.
+    #[error("partitions {missing:?} did not write their state within {waited:?}")]
+    PartitionsMissing {
+        missing: Vec<u16>,
+        waited: std::time::Duration,
+    },
     /// The pipeline's JetStream log failed to open or read.
     #[error("{0}")]
     Stream(#[from] StreamError),

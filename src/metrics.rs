@@ -507,6 +507,12 @@ pub fn lease_changed(pipeline: &str, partitions: u16, kind: &'static str) {
     }
 }
 
+/// Cluster mode, partitions spread: partition `partition`'s owner lease changed here.
+pub fn partition_lease_changed(pipeline: &str, partition: u16, kind: &'static str) {
+    metrics::counter!(LEASE_CHANGES.name, "pipeline" => pipeline.to_owned(), "partition" => partition.to_string(), "kind" => kind)
+        .increment(1);
+}
+
 /// The route label of a request: its route template, never the raw path (unbounded).
 pub fn route_label(matched: Option<&str>) -> &str {
     matched.unwrap_or("unmatched")

@@ -15,6 +15,7 @@ pub mod assignment;
 pub mod cluster;
 mod health;
 mod lifecycle;
+pub mod owners;
 mod periodic;
 mod pipelines;
 mod ticker;
@@ -89,6 +90,14 @@ pub enum ServiceError {
     /// Cluster mode: the pipeline's leader cannot be reached right now.
     #[error("pipeline {name:?} has no reachable leader right now")]
     NoLeader { name: String },
+    /// Cluster mode: a partition's owner cannot answer right now (it is moving to another
+    /// instance, catching up with the log, or gone until its lease expires).
+    #[error("partition {partition} of pipeline {name:?} cannot answer right now: {detail}")]
+    PartitionUnavailable {
+        name: String,
+        partition: u16,
+        detail: String,
+    },
     /// Cluster mode: the pipeline's stream could not be created or deleted.
     #[error("the log stream of pipeline {name:?}: {detail}")]
     Stream { name: String, detail: String },

@@ -117,6 +117,7 @@ async fn checkpoint(
         outputs: &[],
         idempotency: &[],
         fence: None,
+        partitions: None,
     };
     store.commit_checkpoint(&write).await?;
     Ok(id)
@@ -206,6 +207,7 @@ async fn a_checkpoint_loads_the_newest_version_of_each_key_and_its_state_goes_wi
         outputs: &[],
         idempotency: &[],
         fence: None,
+        partitions: None,
     };
     assert!(
         store.commit_checkpoint(&write).await.is_err(),

@@ -7,6 +7,7 @@ use super::access::may_touch;
 use super::problem::ApiError;
 use crate::auth::Principal;
 use crate::service::Served;
+use crate::store::PartitionLease;
 use axum::Json;
 use axum::extract::{Extension, State};
 use serde::Serialize;
@@ -121,7 +122,8 @@ async fn get_cluster(
 
 /// Cluster mode: the members and leases as this instance last read them (every fifth of the
 /// lease timeout); a pipeline led here reports its applied offset now, one led elsewhere the
-/// one its leader recorded at its last renewal.
+/// one its leader recorded at its last renewal; a pipeline whose partitions are spread, each
+/// partition's owner and the offset it recorded at its last renewal.
 async fn cluster_view(
     app: &AppState,
     principal: Option<&Principal>,
@@ -143,6 +145,7 @@ async fn cluster_view(
         .into_iter()
         .map(|l| (l.name.clone(), l))
         .collect();
+    let owners = cluster.partition_leases();
     let mut pipelines = Vec::new();
     for stored in app.store.pipelines().await? {
         if !may_touch(principal, &stored.name) {
@@ -162,7 +165,10 @@ async fn cluster_view(
                 (leader, seen.and_then(|l| l.applied).map(|a| a as u64))
             }
         };
-        let partitions = partitions(&spec, &leader, applied_offset);
+        let partitions = match spec.partitions {
+            1 => partitions(&spec, &leader, applied_offset),
+            _ => spread(&spec, &owners),
+        };
         pipelines.push(PipelineOwners {
             name: spec.name.clone(),
             leader,
@@ -188,6 +194,27 @@ fn partitions(
             key_groups: spec.key_groups(id),
             owner: owner.to_owned(),
             applied_offset: applied,
+        })
+        .collect()
+}
+
+/// The partitions of `spec`, spread over instances: each one's live owner (`""` while it has
+/// none) and the applied offset its owner recorded at its last renewal.
+fn spread(spec: &crate::spec::PipelineSpec, leases: &[PartitionLease]) -> Vec<PartitionOwner> {
+    (0..spec.partitions)
+        .map(|id| {
+            let lease = leases
+                .iter()
+                .find(|l| l.pipeline == spec.name && l.partition == i32::from(id));
+            PartitionOwner {
+                id,
+                key_groups: spec.key_groups(id),
+                owner: lease
+                    .filter(|l| l.live)
+                    .and_then(|l| l.holder.clone())
+                    .unwrap_or_default(),
+                applied_offset: lease.and_then(|l| l.applied).map(|a| a as u64),
+            }
         })
         .collect()
 }

@@ -3,8 +3,9 @@
 //! polls included), and the leader's answer is handed back as it is. While the pipeline has
 //! no reachable leader (failover), the answer is 503 `no_leader` with `Retry-After`.
 //!
-//! Not forwarded: a batch of events (validated here first, then handed over) and the output
-//! feed (read from the pipeline's output stream at any instance).
+//! Not forwarded: a batch of events (validated here first, then handed over), the output
+//! feed (read from the pipeline's output stream at any instance), and the state of a
+//! pipeline whose partitions are spread (read at the partitions' owners, from here).
 //!
 //! A forwarded request carries `Eddy-Forwarded-By`; an instance that is not the leader
 //! either does not forward it again (it answers 503), so a request crosses at most one hop.
@@ -41,6 +42,12 @@ pub async fn to_leader(State(app): State<AppState>, req: Request, next: Next) ->
         (Some("/v1/pipelines/{name}/events"), &Method::POST) => return next.run(req).await,
         // The output feed is read from its stream, here (no leader needed).
         (Some("/v1/pipelines/{name}/output" | "/v1/pipelines/{name}/output/stream"), _) => {
+            return next.run(req).await;
+        }
+        // State of a pipeline whose partitions are spread is read at their owners, from here.
+        (Some("/v1/pipelines/{name}/operators/{op}/state"), &Method::GET)
+            if matches!(app.spread(name).await, Ok(Some(_))) =>
+        {
             return next.run(req).await;
         }
         _ => {}

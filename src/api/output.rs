@@ -115,7 +115,14 @@ async fn origin<'a>(app: &'a AppState, name: &str) -> Result<Origin<'a>, ApiErro
         return Ok(Origin::Here(app.pipeline(name)?));
     };
     match app.edge(cluster, name).await? {
-        Some(_) => Ok(Origin::Stream(cluster)),
+        Some(_) => {
+            // Spread partitions publish their records themselves: each catches up with the
+            // log first, so the stream holds every record of what was acknowledged.
+            if let Some(spec) = cluster.spec(name).filter(|s| s.partitions > 1) {
+                cluster.sync_partitions(&spec).await?;
+            }
+            Ok(Origin::Stream(cluster))
+        }
         None => Err(ApiError::PipelineNotFound {
             name: name.to_owned(),
         }),
@@ -180,7 +187,7 @@ async fn stream_page(
             next = offset - 1;
         }
         first = false;
-        if let Some(record) = stored_record(payload) {
+        if let Some(record) = stored_record(payload, offset) {
             records.push(record);
             next = offset;
         }
@@ -191,12 +198,16 @@ async fn stream_page(
 /// How long a read of records the stream holds may wait for the next one.
 const STREAM_SILENCE: Duration = Duration::from_secs(30);
 
-/// A stored message's record (`None`: an offset without a record, or not ours).
-fn stored_record(payload: bytes::Bytes) -> Option<Box<RawValue>> {
+/// A stored message's record (`None`: an offset without a record, or not ours). A
+/// partition's record is stored without its offset, which is its sequence `offset`.
+fn stored_record(payload: bytes::Bytes, offset: u64) -> Option<Box<RawValue>> {
     if payload.is_empty() {
         return None;
     }
-    let text = String::from_utf8(payload.to_vec()).ok()?;
+    let mut text = String::from_utf8(payload.to_vec()).ok()?;
+    if !text.starts_with("{\"offset\":") && text.starts_with('{') && text.len() > 2 {
+        text = format!("{{\"offset\":{offset},{}", &text[1..]);
+    }
     RawValue::from_string(text).ok()
 }
 
@@ -360,7 +371,7 @@ impl Feed {
                 };
                 match message {
                     Ok(Some((offset, payload))) => {
-                        if let Some(record) = stored_record(payload) {
+                        if let Some(record) = stored_record(payload, offset) {
                             break (offset, record.get().to_owned());
                         }
                     }

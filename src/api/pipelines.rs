@@ -102,7 +102,7 @@ pub struct OperatorDoc {
 }
 
 async fn answer(app: &AppState, pipeline: &Pipeline) -> Result<PipelineAnswer, ApiError> {
-    let status = pipeline.status().await?;
+    let status = app.status_of(pipeline).await?;
     let last = app
         .store
         .checkpoints(pipeline.name())

@@ -354,6 +354,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Engine(e) => engine_error(e),
             ServiceError::Checkpoint(e) => checkpoint_error(e),
             ServiceError::NoLeader { name } => ApiError::NoLeader { name },
+            e @ ServiceError::PartitionUnavailable { .. } => ApiError::Unavailable {
+                detail: format!("{e}; retry shortly"),
+            },
             e @ ServiceError::Stream { .. } => ApiError::internal(&e),
         }
     }
@@ -398,6 +401,9 @@ fn checkpoint_error(e: CheckpointError) -> ApiError {
         }
         CheckpointError::Engine(e) => engine_error(e),
         CheckpointError::Store(e) => store_error(e),
+        e @ CheckpointError::PartitionsMissing { .. } => ApiError::Unavailable {
+            detail: format!("the checkpoint failed: {e}; retry shortly"),
+        },
         e @ (CheckpointError::Wal(_) | CheckpointError::Stream(_)) => ApiError::internal(&e),
     }
 }

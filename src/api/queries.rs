@@ -3,6 +3,8 @@
 use super::AppState;
 use super::page_limit;
 use super::problem::ApiError;
+use crate::service::cluster::Cluster;
+use crate::spec::PipelineSpec;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
@@ -74,6 +76,9 @@ async fn get_state(
     Path((name, op)): Path<(String, String)>,
     Query(params): Query<StateParams>,
 ) -> Result<Json<StateAnswer>, ApiError> {
+    if let Some((cluster, spec)) = app.spread(&name).await? {
+        return spread_state(&cluster, &spec, op, params).await;
+    }
     let pipeline = app.pipeline(&name)?;
     if let Some(key) = params.key {
         let value = pipeline.state(&op, &key).await?;
@@ -89,6 +94,42 @@ async fn get_state(
     let (items, more) = pipeline
         .list_state(&op, after.as_deref(), &prefix, limit)
         .await?;
+    Ok(Json(page(items, more)))
+}
+
+/// Cluster mode, partitions spread: a key's state from its partition's owner, or a page
+/// merged from every owner.
+async fn spread_state(
+    cluster: &Cluster,
+    spec: &PipelineSpec,
+    op: String,
+    params: StateParams,
+) -> Result<Json<StateAnswer>, ApiError> {
+    if spec.operator_index(&op).is_none() {
+        return Err(ApiError::OperatorNotFound {
+            pipeline: spec.name.clone(),
+            operator: op,
+        });
+    }
+    if let Some(key) = params.key {
+        let value = cluster.owned_state(spec, &op, &key).await?;
+        let value = value.ok_or_else(|| ApiError::KeyNotFound {
+            operator: op,
+            key: key.clone(),
+        })?;
+        return Ok(Json(StateAnswer::One(StateItem { key, value })));
+    }
+    let limit = page_limit(params.limit)?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let prefix = params.prefix.unwrap_or_default();
+    let (items, more) = cluster
+        .owned_list(spec, &op, after.as_deref(), &prefix, limit)
+        .await?;
+    Ok(Json(page(items, more)))
+}
+
+/// A page of keys and their state; the cursor names its last key when more follow.
+fn page(items: Vec<(crate::state::Key, Value)>, more: bool) -> StateAnswer {
     let next_cursor = more
         .then(|| items.last().map(|(k, _)| hex::encode(k.as_bytes())))
         .flatten();
@@ -99,7 +140,7 @@ async fn get_state(
             value,
         })
         .collect();
-    Ok(Json(StateAnswer::Page(StatePage { items, next_cursor })))
+    StateAnswer::Page(StatePage { items, next_cursor })
 }
 
 /// A cursor is the hex of the last key of the previous page.

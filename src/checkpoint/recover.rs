@@ -7,7 +7,7 @@ use super::{CheckpointError, Checkpointer, stored};
 use crate::clock::now_ms;
 use crate::engine::{Counters, OutputRecord, Pipeline, Snapshot};
 use crate::log::Log;
-use crate::spec::{KEY_GROUPS, PipelineSpec};
+use crate::spec::{KEY_GROUPS, KeyGroups, PipelineSpec};
 use crate::store::{CheckpointRecord, Fence, RowSink};
 use crate::wal::{Record, Wal};
 use std::ops::RangeInclusive;
@@ -33,7 +33,15 @@ impl Checkpointer {
             crate::metrics::checkpoint_last_completed(&name, at);
         }
         let from = latest.as_ref().map_or(0, |c| c.progress.wal_lsn as u64);
-        let pipeline = Pipeline::from_spec(spec, &self.config.engine);
+        // Cluster mode with partitions spread: the leader only sequences; the partitions'
+        // owners apply (`follow`).
+        let spread = fence.is_some() && spec.partitions > 1;
+        let owned = if spread {
+            KeyGroups::NONE
+        } else {
+            KeyGroups::ALL
+        };
+        let pipeline = Pipeline::from_spec_owning(spec, &self.config.engine, owned);
         // The log is read while the checkpoint loads: both are only read until the restore.
         let open_log = async {
             match (&self.streams, &fence) {
@@ -53,7 +61,10 @@ impl Checkpointer {
         let load = async {
             match &latest {
                 Some(cp) => {
-                    let parts = self.config.engine.shards.min(MAX_LOAD_PARTS);
+                    let parts = match spread {
+                        true => 0,
+                        false => self.config.engine.shards.min(MAX_LOAD_PARTS),
+                    };
                     let (snapshot, ()) = tokio::try_join!(
                         self.snapshot(&pipeline, cp),
                         self.load_state(&name, cp.id, parts, sink),
@@ -93,7 +104,10 @@ impl Checkpointer {
         pipeline.raise_next_offset(floors.offset as u64);
         pipeline.attach_log(log);
         if let Some(fence) = fence {
-            self.start_sink(&pipeline, fence.epoch).await?;
+            // Spread partitions publish their own output records.
+            if !spread {
+                self.start_sink(&pipeline, fence.epoch).await?;
+            }
             pipeline.set_fence(fence);
         }
         tracing::info!(
@@ -132,7 +146,7 @@ impl Checkpointer {
         Ok((Box::new(opened.wal), opened.records))
     }
 
-    /// The state of checkpoint `id` to `rows`: read in `parts` loads of disjoint key-group
+    /// The state of checkpoint `id` to `rows` (none when `parts` is 0): read in `parts` loads of disjoint key-group
     /// ranges side by side (each decodes on its own task), so that every shard is fed from
     /// the start. One load of every key group would feed the shards one after the other: the
     /// store returns chunks in key-group order, and shards own contiguous key groups.
@@ -144,7 +158,13 @@ impl Checkpointer {
         rows: RowSink,
     ) -> Result<(), CheckpointError> {
         let mut loads = tokio::task::JoinSet::new();
-        for key_groups in load_parts(parts) {
+        // No part: nothing of the state is applied here (a leader of spread partitions).
+        let parts = if parts == 0 {
+            Vec::new()
+        } else {
+            load_parts(parts)
+        };
+        for key_groups in parts {
             let (store, name, rows) = (self.store.clone(), name.to_owned(), rows.clone());
             loads.spawn(async move { store.load_state(&name, id, key_groups, rows).await });
         }

@@ -5,8 +5,21 @@
 use super::{CheckpointError, Checkpointer, stored};
 use crate::clock::now_ms;
 use crate::engine::{Barrier, EngineError, Pipeline};
-use crate::store::{CheckpointRecord, CheckpointStatus, CheckpointWrite, Trigger};
+use crate::store::{
+    CheckpointRecord, CheckpointStatus, CheckpointWrite, PartitionsWritten, Trigger,
+};
 use std::time::Duration;
+
+/// How long a checkpoint of a pipeline whose partitions are spread waits for every
+/// partition's owner to write its state.
+const PARTITION_WAIT: Duration = Duration::from_secs(30);
+
+/// Cluster mode: the number of partitions of a pipeline led here whose partitions are
+/// spread over instances (their owners write their state), `None` otherwise.
+fn spread_partitions(pipeline: &Pipeline) -> Option<u16> {
+    let spec = pipeline.spec()?;
+    (pipeline.fence().is_some() && spec.partitions > 1).then_some(spec.partitions)
+}
 
 impl Checkpointer {
     /// Takes a checkpoint of `pipeline` and waits for it. A failure is recorded (see
@@ -62,7 +75,18 @@ impl Checkpointer {
     ) -> Result<CheckpointRecord, CheckpointError> {
         let name = pipeline.name();
         let started = std::time::Instant::now();
-        let barrier = self.barrier(pipeline).await?;
+        let spread = spread_partitions(pipeline);
+        let barrier = self.barrier(pipeline, spread.map(|_| id)).await?;
+        let partitions = match spread {
+            Some(count) => match self.await_partitions(name, id, count).await {
+                Ok(written) => Some(written),
+                Err(e) => {
+                    let _ = pipeline.unbarrier(barrier).await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let barrier_ms = started.elapsed().as_millis() as u64;
         let outputs = pipeline
             .output()
@@ -77,6 +101,7 @@ impl Checkpointer {
             outputs: &outputs,
             idempotency: &idempotency,
             fence: pipeline.fence(),
+            partitions,
         };
         match self.store.commit_checkpoint(&write).await {
             Ok(meta) => {
@@ -105,11 +130,47 @@ impl Checkpointer {
         }
     }
 
-    /// The barrier, retried briefly while shard queues are full.
-    async fn barrier(&self, pipeline: &Pipeline) -> Result<Barrier, EngineError> {
+    /// Waits until each of the `count` partitions has written its state at checkpoint
+    /// `id` (their owners do when they read its barrier record); fails naming the ones that
+    /// did not within [`PARTITION_WAIT`].
+    async fn await_partitions(
+        &self,
+        name: &str,
+        id: i64,
+        count: u16,
+    ) -> Result<PartitionsWritten, CheckpointError> {
+        let deadline = tokio::time::Instant::now() + PARTITION_WAIT;
+        loop {
+            let written = self.store.partitions_written(name, id).await?;
+            if written.partitions >= i64::from(count) {
+                return Ok(written);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let done = self.store.partitions_done(name, id).await?;
+                let missing = (0..count).filter(|p| !done.contains(p)).collect();
+                return Err(CheckpointError::PartitionsMissing {
+                    missing,
+                    waited: PARTITION_WAIT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The barrier (logged as checkpoint `logged`'s barrier record when partitions are
+    /// spread), retried briefly while shard queues are full.
+    async fn barrier(
+        &self,
+        pipeline: &Pipeline,
+        logged: Option<i64>,
+    ) -> Result<Barrier, EngineError> {
         let mut tries = 0;
         loop {
-            match pipeline.barrier().await {
+            let barrier = match logged {
+                Some(id) => pipeline.barrier_logged(id).await,
+                None => pipeline.barrier().await,
+            };
+            match barrier {
                 Err(EngineError::Overloaded { .. }) if tries < 200 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -58,6 +58,19 @@ impl Streams {
     }
 }
 
+impl Streams {
+    /// The sequence of the newest record in `pipeline`'s log (0: none yet).
+    pub async fn log_tip(&self, pipeline: &str) -> Result<u64, StreamError> {
+        let (name, _) = self.names(pipeline);
+        let mut stream = self
+            .js()
+            .get_stream(&name)
+            .await
+            .map_err(|e| error(&name, "info", e))?;
+        Ok(super::stream::stored(&mut stream, &name).await?.1)
+    }
+}
+
 impl Follower {
     /// The next record and its LSN; waits for one. `None`: the consumer ended.
     pub async fn next(&mut self) -> Result<Option<(u64, Record)>, StreamError> {

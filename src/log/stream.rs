@@ -111,6 +111,16 @@ impl Streams {
         &self.cluster
     }
 
+    /// The cluster's name (the prefix of its streams and subjects).
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The NATS connection (for requests between instances).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     pub(super) fn replicas(&self) -> usize {
         self.replicas
     }

@@ -45,8 +45,20 @@ pub struct Cluster {
     /// The leases and members as last read.
     view: RwLock<View>,
     /// Per stored pipeline (by its spec document), what validates its events here before
-    /// they are forwarded to its leader.
-    edges: RwLock<HashMap<String, (serde_json::Value, Arc<Extractor>)>>,
+    /// they are forwarded to its leader, and its spec.
+    edges: RwLock<HashMap<String, Edge>>,
+    /// Partitions owned here (pipelines whose partitions are spread over instances).
+    pub(super) owned: Mutex<super::owners::OwnedMap>,
+    /// The partition leases as last read.
+    pub(super) partitions: RwLock<Vec<crate::store::PartitionLease>>,
+}
+
+/// A stored pipeline as this instance knows it: its spec document, what validates its
+/// events, and its spec.
+struct Edge {
+    document: serde_json::Value,
+    extractor: Arc<Extractor>,
+    spec: Arc<PipelineSpec>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +119,8 @@ impl Cluster {
             recovering: Mutex::default(),
             view: RwLock::default(),
             edges: RwLock::default(),
+            owned: Mutex::default(),
+            partitions: RwLock::default(),
         })
     }
 
@@ -116,7 +130,7 @@ impl Cluster {
     }
 
     /// How long a renewed lease may be acted on.
-    fn validity(&self) -> Duration {
+    pub(super) fn validity(&self) -> Duration {
         self.timeout - self.timeout / 5
     }
 
@@ -205,20 +219,35 @@ impl Cluster {
     /// definition).
     pub fn edge(&self, name: &str) -> Option<Arc<Extractor>> {
         let edges = self.edges.read().expect("cluster lock");
-        edges.get(name).map(|(_, e)| e.clone())
+        edges.get(name).map(|e| e.extractor.clone())
     }
 
-    /// Keeps an extractor per stored pipeline.
+    /// The spec of pipeline `name` (known once a round has read its definition).
+    pub fn spec(&self, name: &str) -> Option<Arc<PipelineSpec>> {
+        let edges = self.edges.read().expect("cluster lock");
+        edges.get(name).map(|e| e.spec.clone())
+    }
+
+    /// Keeps an extractor and the spec per stored pipeline.
     fn learn(&self, stored: &[StoredPipeline], config: &EngineConfig) {
         let mut edges = self.edges.write().expect("cluster lock");
-        edges.retain(|name, (doc, _)| stored.iter().any(|p| &p.name == name && &p.spec == doc));
+        edges.retain(|name, e| {
+            stored
+                .iter()
+                .any(|p| &p.name == name && p.spec == e.document)
+        });
         for p in stored {
             if edges.contains_key(&p.name) {
                 continue;
             }
             if let Ok(spec) = PipelineSpec::from_json(&p.spec) {
                 let extractor = Arc::new(crate::engine::spec_extractor(&spec, config));
-                edges.insert(p.name.clone(), (p.spec.clone(), extractor));
+                let edge = Edge {
+                    document: p.spec.clone(),
+                    extractor,
+                    spec: Arc::new(spec),
+                };
+                edges.insert(p.name.clone(), edge);
             }
         }
     }
@@ -306,7 +335,8 @@ impl Service {
         cluster.leases.heartbeat(&cluster.url).await?;
         self.renew_leases(cluster).await?;
         cluster.refresh().await?;
-        self.take_over(cluster).await
+        let stored = self.take_over(cluster).await?;
+        self.own_partitions(cluster, &stored).await
     }
 
     /// Renews every lease held here; gives up those it cannot renew and those whose
@@ -360,8 +390,9 @@ impl Service {
         }
     }
 
-    /// Takes the lease of every pipeline no live instance leads, and recovers it.
-    async fn take_over(&self, cluster: &Arc<Cluster>) -> Result<(), StoreError> {
+    /// Takes the lease of every pipeline no live instance leads, and recovers it; answers
+    /// the stored pipelines.
+    async fn take_over(&self, cluster: &Arc<Cluster>) -> Result<Vec<StoredPipeline>, StoreError> {
         let stored = self.store.pipelines().await?;
         cluster.learn(&stored, &self.config.engine);
         let defined: HashSet<&str> = stored.iter().map(|p| p.name.as_str()).collect();
@@ -377,7 +408,7 @@ impl Service {
             // A creation that stopped between its lease and its definition.
             cluster.leases.forget(&name).await?;
         }
-        for stored in stored {
+        for stored in &stored {
             let name = stored.name.clone();
             // Led here (valid or not: its renewal decides) or being recovered here.
             let busy = cluster
@@ -421,7 +452,7 @@ impl Service {
                 service.recover_led(&cluster, spec, epoch, taken).await;
             });
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Recovers a pipeline whose lease was just taken and serves it; on failure the lease
@@ -470,12 +501,29 @@ impl Service {
         Ok(cluster.edge(name))
     }
 
+    /// Cluster mode: the spec of pipeline `name` when its partitions are spread over
+    /// instances (more than one partition), so that its state is read at the owners.
+    pub async fn spread(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Arc<Cluster>, Arc<PipelineSpec>)>, StoreError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        if self.edge(cluster, name).await?.is_none() {
+            return Ok(None);
+        }
+        let spec = cluster.spec(name).filter(|s| s.partitions > 1);
+        Ok(spec.map(|spec| (cluster.clone(), spec)))
+    }
+
     /// At shutdown, after the final checkpoints: every lease released at once and this
     /// member listed as gone.
     pub async fn leave_cluster(&self) {
         let Some(cluster) = &self.cluster else {
             return;
         };
+        self.stop_partitions(cluster);
         match cluster.leases.leave().await {
             Ok(()) => {
                 for pipeline in self.engine.list() {

@@ -136,6 +136,9 @@ impl Service {
                 if let Err(e) = cluster.leases.forget(name).await {
                     tracing::warn!(pipeline = %name, reason = %e, next = "the cluster loop removes it", "cannot delete the lease");
                 }
+                if let Err(e) = cluster.leases.forget_partitions(name).await {
+                    tracing::warn!(pipeline = %name, reason = %e, next = "a pipeline created under its name takes them over", "cannot delete the partition leases");
+                }
             }
             None => self.remove_wal(name).await,
         }

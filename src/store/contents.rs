@@ -37,6 +37,9 @@ pub struct CheckpointWrite<'a> {
     pub idempotency: &'a [IdempotencyRow],
     /// Cluster mode: the lease the writer must still hold, checked in the transaction.
     pub fence: Option<&'a super::Fence>,
+    /// Cluster mode, partitions spread: what the partitions' owners wrote of the state (the
+    /// checkpoint reports it with its own).
+    pub partitions: Option<super::PartitionsWritten>,
 }
 
 /// A checkpoint's contents besides its state (which goes to a [`RowSink`] as it is read), to
@@ -53,7 +56,12 @@ pub struct LoadedCheckpoint {
 pub(super) fn sizes(w: &CheckpointWrite<'_>) -> (i64, i64, i64) {
     let (written, deleted, bytes) = row_sizes(w.rows);
     let outputs = w.outputs.iter().map(|o| o.record.len() as i64).sum::<i64>();
-    (written, deleted, bytes + outputs)
+    let p = w.partitions.unwrap_or_default();
+    (
+        written + p.keys_written,
+        deleted + p.keys_deleted,
+        bytes + outputs + p.bytes,
+    )
 }
 
 /// Keys written, keys deleted, and bytes of keys and values, of `rows`.
@@ -442,6 +450,7 @@ mod tests {
             outputs: &outputs,
             idempotency: &[],
             fence: None,
+            partitions: None,
         };
         assert_eq!(sizes(&write), (1, 1, 5 + 2));
     }

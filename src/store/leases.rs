@@ -128,13 +128,16 @@ impl Leases {
     /// This instance stops: it is listed as not alive from now on, and every lease it holds
     /// is free at once.
     pub async fn leave(&self) -> Result<(), StoreError> {
-        sqlx::query(
+        for release in [
             "update cluster_leases set holder = null, expires_at = now() where holder = $1",
-        )
-        .bind(&self.node)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+            "update cluster_partitions set holder = null, expires_at = now() where holder = $1",
+        ] {
+            sqlx::query(release)
+                .bind(&self.node)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        }
         sqlx::query("update cluster_members set left_at = now() where node = $1")
             .bind(&self.node)
             .execute(&self.pool)
