@@ -321,7 +321,8 @@ impl Service {
         let (Some(cluster), Some(spec)) = (&self.cluster, pipeline.spec()) else {
             return Ok(status);
         };
-        if spec.partitions <= 1 || pipeline.fence().is_none() {
+        // Before any event (a pipeline just created) no key has state: nobody is asked.
+        if spec.partitions <= 1 || pipeline.fence().is_none() || status.wal_offset.is_none() {
             return Ok(status);
         }
         let lsn = pipeline.log().map_or(0, |log| log.last_lsn());
