@@ -15,7 +15,11 @@
 //!   position, and message ids (`generation:partition:position`) make a record published
 //!   twice within the duplicate window stored once. A batch counts as applied only once its
 //!   records are in the stream, so "applied through LSN n" means their outputs are readable.
-//! - At a [`Record::Restore`] the owner starts again from the restored checkpoint.
+//! - At a [`Record::Restore`] the owner starts again from the restored checkpoint, after
+//!   deleting the partition's output records beyond the checkpoint's position (idempotent:
+//!   whoever owns the partition then does it); its records from then on are of a new
+//!   generation (the restore record's LSN), so that no message id of a dropped record is
+//!   taken for theirs.
 
 use super::{CheckpointError, Checkpointer, stored};
 use crate::engine::{Barrier, EngineError, Output, Pipeline, Snapshot};
@@ -94,8 +98,9 @@ type Applying = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, bool)> 
 /// How following the log ended.
 enum Ended {
     Stopped,
-    /// A restore: start again from the restored checkpoint.
-    Restored,
+    /// A restore record at this LSN: start again from the restored checkpoint, its records
+    /// after the checkpoint deleted first.
+    Restored(u64),
 }
 
 /// One partition run: what it owns and under which lease.
@@ -126,9 +131,14 @@ impl Checkpointer {
             owning: &owning,
             stop: &stop,
         };
+        // The newest restore record handled (its LSN): one read again later is not a new one.
+        let mut restored = None;
         let ended = loop {
-            match self.run_partition(&run).await {
-                Ok(Ended::Restored) => owning.stop(),
+            match self.run_partition(&run, restored).await {
+                Ok(Ended::Restored(lsn)) => {
+                    owning.stop();
+                    restored = Some(lsn);
+                }
                 Ok(Ended::Stopped) => break Ok(()),
                 Err(e) => break Err(e),
             }
@@ -138,7 +148,13 @@ impl Checkpointer {
     }
 
     /// Starts the partition from the latest completed checkpoint and follows the log.
-    async fn run_partition(&self, run: &Run<'_>) -> Result<Ended, CheckpointError> {
+    /// `restored`: the LSN of the restore record that ended the previous run; the
+    /// partition's records beyond the checkpoint are deleted first (the restore dropped them).
+    async fn run_partition(
+        &self,
+        run: &Run<'_>,
+        restored: Option<u64>,
+    ) -> Result<Ended, CheckpointError> {
         let streams = self
             .streams
             .as_ref()
@@ -146,12 +162,27 @@ impl Checkpointer {
         let name = run.spec.name.as_str();
         let latest = self.latest(name).await?;
         let (pipeline, position, generation) = self.start_partition(run, latest.as_ref()).await?;
+        let generation = generation.max(restored.unwrap_or(0));
         let pipeline = Arc::new(pipeline);
         let outputs = streams.outputs(name).await?;
+        if let (Some(_), Some(cp)) = (restored, &latest) {
+            let deleted = outputs
+                .delete_partition_after(run.partition, position, cp.started_at)
+                .await?;
+            tracing::info!(
+                pipeline = name,
+                partition = run.partition,
+                after = position,
+                deleted,
+                "output records a restore dropped deleted"
+            );
+        }
         let published = outputs
             .last_of_partition(run.partition)
             .await?
             .map_or(0, |(_, at)| at);
+        let from = latest.as_ref().map_or(1, |c| c.progress.wal_lsn as u64 + 1);
+        let follower = streams.follow(name, from).await?;
         let output = pipeline.output_handle();
         output.attach_sink(published.max(position));
         let generation = Arc::new(AtomicU64::new(generation));
@@ -162,7 +193,6 @@ impl Checkpointer {
             generation.clone(),
             pipeline.closed(),
         ));
-        let from = latest.as_ref().map_or(1, |c| c.progress.wal_lsn as u64 + 1);
         run.owning.start(pipeline.clone(), from - 1);
         tracing::info!(
             pipeline = name,
@@ -172,13 +202,10 @@ impl Checkpointer {
             from,
             "partition started"
         );
-        let follower = streams.follow(name, from).await?;
-        let restored = latest.map(|c| c.id);
-        let ended = self
-            .follow(run, &pipeline, follower, restored, &generation)
-            .await;
+        let ended = self.follow(run, &pipeline, follower, &generation).await;
         pipeline.close();
-        sink.abort();
+        // Its publishes in flight are acked (or given up) before a restore deletes records.
+        let _ = sink.await;
         ended
     }
 
@@ -230,13 +257,9 @@ impl Checkpointer {
         run: &Run<'_>,
         pipeline: &Arc<Pipeline>,
         mut follower: crate::log::follow::Follower,
-        restored: Option<i64>,
         generation: &AtomicU64,
     ) -> Result<Ended, CheckpointError> {
         let mut applying: FuturesOrdered<Applying> = FuturesOrdered::new();
-        // Whether anything but marks was applied since the start (a restore record read
-        // right after starting from its checkpoint is the start itself).
-        let mut touched = false;
         loop {
             tokio::select! {
                 _ = run.stop.cancelled() => return Ok(Ended::Stopped),
@@ -251,24 +274,18 @@ impl Checkpointer {
                         return Err(stopped(pipeline).into());
                     };
                     let done = match record {
-                        Record::Restore { checkpoint } => {
-                            generation.store(lsn, Ordering::Release);
-                            if touched || restored != Some(checkpoint) {
-                                tracing::info!(pipeline = pipeline.name(), partition = run.partition, checkpoint, "restored: the partition starts again");
-                                return Ok(Ended::Restored);
-                            }
-                            None
+                        // A restore not handled yet (the generation is the newest one's LSN).
+                        Record::Restore { checkpoint } if lsn > generation.load(Ordering::Acquire) => {
+                            tracing::info!(pipeline = pipeline.name(), partition = run.partition, checkpoint, "restored: the partition starts again");
+                            return Ok(Ended::Restored(lsn));
                         }
                         Record::Barrier { checkpoint } => {
                             let barrier = barrier(pipeline).await?;
                             self.write_barrier(run, pipeline, checkpoint, lsn, barrier, generation.load(Ordering::Acquire));
                             None
                         }
-                        Record::Epoch { .. } => None,
-                        record => {
-                            touched = true;
-                            pipeline.reapply(record)?
-                        }
+                        Record::Epoch { .. } | Record::Restore { .. } => None,
+                        record => pipeline.reapply(record)?,
                     };
                     applying.push_back(Box::pin(async move {
                         let applied = match done {

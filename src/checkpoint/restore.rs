@@ -7,7 +7,7 @@ use super::{CheckpointError, Checkpointer, stamp};
 use crate::engine::Pipeline;
 use crate::spec::PipelineSpec;
 use crate::store::{CheckpointRecord, CheckpointStatus, Floors};
-use crate::wal::{self, Beyond, Repaired, Wal};
+use crate::wal::{self, Beyond, Record, Repaired, Wal};
 use std::path::PathBuf;
 
 impl Checkpointer {
@@ -44,7 +44,14 @@ impl Checkpointer {
         }
         // In cluster mode the recovery cuts the stream (and clears the discard) itself.
         let spec = old.spec().cloned().expect("served pipelines have a spec");
+        let spread = fence.is_some() && spec.partitions > 1;
         let pipeline = self.recover(spec, fence).await?;
+        if spread {
+            // Every partition's owner starts again from the checkpoint when it reads this.
+            pipeline
+                .log_mark(Record::Restore { checkpoint: id })
+                .await?;
+        }
         Ok((
             pipeline,
             now.events.saturating_sub(cp.progress.events as u64),

@@ -167,6 +167,19 @@ impl Pipeline {
         })
     }
 
+    /// Logs a mark that changes no state (a restore's, in cluster mode with partitions
+    /// spread), in order with the batches around it; returns once it is durable.
+    pub async fn log_mark(&self, record: Record) -> Result<(), EngineError> {
+        let done = {
+            let mut locked = self.sequencer.lock().expect("sequencer lock");
+            let items = self.shards.iter().map(|_| Vec::new()).collect();
+            let (_, done) =
+                self.dispatch(&mut locked.seq, items, Vec::new(), None, None, Some(record))?;
+            done
+        };
+        done.await.map_err(|_| self.failed_or_stopped()).map(|_| ())
+    }
+
     /// Hands a failed checkpoint's changes back: they go into the next one.
     pub async fn unbarrier(&self, barrier: Barrier) -> Result<(), EngineError> {
         self.sequencer

@@ -212,24 +212,68 @@ impl OutputStream {
     }
 
     /// Deletes partition `partition`'s records after position `position` (a restore
-    /// dropped them), newest first; answers how many went.
+    /// dropped them), reading the partition's records stored since `since` (epoch ms: when
+    /// the restored checkpoint began, so that every record after its position is among
+    /// them); answers how many went. (The last message of a subject is not looked up:
+    /// nats-server 2.9 can lose track of it once it is deleted.)
     pub async fn delete_partition_after(
         &self,
         partition: u16,
         position: u64,
+        since: i64,
     ) -> Result<u64, StreamError> {
-        let mut count = 0;
-        while let Some((sequence, at)) = self.last_of_partition(partition).await? {
-            if at <= position {
+        let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(since.saturating_sub(60_000)) * 1_000_000,
+        )
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartTime { start_time },
+                filter_subject: format!("{}.{partition}", self.subject),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                num_replicas: 1,
+                memory_storage: true,
+                ..pull::Config::default()
+            })
+            .await
+            .map_err(|e| error(&self.name, "read", e))?;
+        let mut pending = consumer.cached_info().num_pending;
+        let name = consumer.cached_info().name.clone();
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .messages()
+            .await
+            .map_err(|e| error(&self.name, "read", e))?;
+        let mut doomed = Vec::new();
+        while pending > 0 {
+            let Some(message) = messages.next().await else {
                 break;
+            };
+            let message = message.map_err(|e| error(&self.name, "read", e))?;
+            let info = message.info().map_err(|e| error(&self.name, "read", e))?;
+            pending = info.pending;
+            let at: u64 = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(POSITION_HEADER))
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap_or(0);
+            if at > position {
+                doomed.push(info.stream_sequence);
             }
+        }
+        drop(messages);
+        let _ = self.stream.delete_consumer(&name).await;
+        for sequence in &doomed {
             self.stream
-                .delete_message(sequence)
+                .delete_message(*sequence)
                 .await
                 .map_err(|e| error(&self.name, "delete", e))?;
-            count += 1;
         }
-        Ok(count)
+        Ok(doomed.len() as u64)
     }
 
     /// Deletes every record after `after` up to `upto` (a restore dropped them); empty
