@@ -269,6 +269,20 @@ pub const SHARD_QUEUE: Family = family(
     &["pipeline", "shard"],
     "Batches waiting in a shard's mailbox (a full one answers 503 overloaded).",
 );
+pub const PARTITION_LAG: Family = family(
+    "eddy_partition_consumer_lag_records",
+    G,
+    &["pipeline", "partition"],
+    "Cluster mode, partitions spread: records of the pipeline's log a partition owned here \
+     has yet to apply.",
+);
+pub const PARTITION_KEYS: Family = family(
+    "eddy_partition_keys",
+    G,
+    &["pipeline", "partition", "operator"],
+    "Cluster mode, partitions spread: keys with state in an operator, in a partition owned \
+     here.",
+);
 pub const CHECKPOINT_INTERVAL: Family = family(
     "eddy_pipeline_checkpoint_interval_seconds",
     G,
@@ -363,6 +377,8 @@ pub static FAMILIES: &[&Family] = &[
     &WATERMARK_LAG,
     &END_OF_STREAM,
     &SHARD_QUEUE,
+    &PARTITION_LAG,
+    &PARTITION_KEYS,
     &CHECKPOINT_INTERVAL,
     &WAL_APPEND,
     &WAL_FSYNC,

@@ -47,6 +47,9 @@ const CHUNK: u64 = 1_000;
 pub struct Owning {
     pipeline: RwLock<Option<Arc<Pipeline>>>,
     applied: watch::Sender<u64>,
+    /// The LSN of the newest record read, and how many the stream held beyond it then.
+    read: AtomicU64,
+    pending: AtomicU64,
 }
 
 impl Default for Owning {
@@ -54,6 +57,8 @@ impl Default for Owning {
         Owning {
             pipeline: RwLock::new(None),
             applied: watch::channel(0).0,
+            read: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
         }
     }
 }
@@ -67,6 +72,19 @@ impl Owning {
     /// The LSN the partition has applied through.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// Records of the log not applied yet: read and still applying, or still in the stream
+    /// when the newest one was read.
+    pub fn lag(&self) -> u64 {
+        let read = self.read.load(Ordering::Relaxed);
+        let pending = self.pending.load(Ordering::Relaxed);
+        read.saturating_sub(self.applied()) + pending
+    }
+
+    /// The partition's status (its keys), once it has started.
+    pub async fn status(&self) -> Option<crate::engine::Status> {
+        self.pipeline()?.status().await.ok()
     }
 
     /// The pipeline once the partition has applied through `lsn` (read-your-writes), or
@@ -273,6 +291,8 @@ impl Checkpointer {
                     let Some((lsn, record)) = next? else {
                         return Err(stopped(pipeline).into());
                     };
+                    run.owning.read.store(lsn, Ordering::Relaxed);
+                    run.owning.pending.store(follower.pending(), Ordering::Relaxed);
                     let done = match record {
                         // A restore not handled yet (the generation is the newest one's LSN).
                         Record::Restore { checkpoint } if lsn > generation.load(Ordering::Acquire) => {

@@ -206,5 +206,24 @@ impl Checkpointer {
             };
             log.trim(wal_lsn, oldest);
         }
+        if spread_partitions(pipeline).is_some() {
+            self.trim_outputs(pipeline.name(), keep_outputs as u64)
+                .await;
+        }
+    }
+
+    /// Spread partitions publish their records themselves: the output stream keeps the
+    /// newest `keep` (at least what the contract keeps).
+    async fn trim_outputs(&self, name: &str, keep: u64) {
+        let Some(streams) = &self.streams else {
+            return;
+        };
+        let trimmed = match streams.outputs(name).await {
+            Ok(outputs) => outputs.purge_keep(keep).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = trimmed {
+            tracing::warn!(pipeline = name, reason = %e, next = "the next completed checkpoint trims it", "cannot trim the output stream");
+        }
     }
 }

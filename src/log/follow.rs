@@ -16,6 +16,8 @@ pub struct Follower {
     consumer: Option<(Stream, String)>,
     name: String,
     epoch: i64,
+    /// Messages the stream held beyond the newest one read, when it was read.
+    pending: u64,
 }
 
 impl Streams {
@@ -54,6 +56,7 @@ impl Streams {
             consumer: Some((stream, consumer_name)),
             name,
             epoch: 0,
+            pending: 0,
         })
     }
 }
@@ -72,6 +75,11 @@ impl Streams {
 }
 
 impl Follower {
+    /// Messages the stream held beyond the newest one read, when it was read.
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
     /// The next record and its LSN; waits for one. `None`: the consumer ended.
     pub async fn next(&mut self) -> Result<Option<(u64, Record)>, StreamError> {
         loop {
@@ -79,10 +87,9 @@ impl Follower {
                 return Ok(None);
             };
             let message = message.map_err(|e| error(&self.name, "follow", e))?;
-            let seq = message
-                .info()
-                .map_err(|e| error(&self.name, "follow", e))?
-                .stream_sequence;
+            let info = message.info().map_err(|e| error(&self.name, "follow", e))?;
+            let seq = info.stream_sequence;
+            self.pending = info.pending;
             let (lsn, record, _) =
                 Record::decode(&message.payload).map_err(|e| error(&self.name, "decode", e))?;
             if lsn != seq {

@@ -306,6 +306,16 @@ impl OutputStream {
         Ok(count)
     }
 
+    /// Purges all but the newest `keep` records (what the feed no longer keeps).
+    pub async fn purge_keep(&self, keep: u64) -> Result<(), StreamError> {
+        self.stream
+            .purge()
+            .keep(keep)
+            .await
+            .map(|_| ())
+            .map_err(|e| error(&self.name, "purge", e))
+    }
+
     /// Purges everything before offset `first` (what the feed no longer keeps).
     pub async fn purge_before(&self, first: u64) -> Result<(), StreamError> {
         self.stream

@@ -4,7 +4,7 @@
 
 use super::{Service, ServiceError};
 use crate::clock::now_ms;
-use crate::metrics::{PipelineView, ProcessStats, Scrape};
+use crate::metrics::{PARTITION_KEYS, PARTITION_LAG, PipelineView, ProcessStats, Scrape};
 use std::sync::atomic::Ordering;
 
 impl Service {
@@ -19,12 +19,36 @@ impl Service {
             let view = PipelineView {
                 name: pipeline.name().to_owned(),
                 watermark: status.watermark,
-                keys: status.keys,
+                // A leader of spread partitions applies none: their owners publish the keys
+                // (`eddy_partition_keys`).
+                keys: match pipeline.owned().is_empty() {
+                    true => Vec::new(),
+                    false => status.keys,
+                },
                 changed_keys: status.changed_keys,
                 queue_depths: pipeline.queue_depths(),
                 checkpoint_interval_ms: pipeline.spec().map(|s| s.checkpoint_interval.millis()),
             };
             scrape.pipeline(&view, now_ms());
+        }
+        if let Some(cluster) = &self.cluster {
+            for (name, partition, owning) in cluster.owned_partitions() {
+                let labels = || {
+                    vec![
+                        ("pipeline", name.clone()),
+                        ("partition", partition.to_string()),
+                    ]
+                };
+                scrape.add(&PARTITION_LAG, labels(), owning.lag() as f64);
+                let Some(status) = owning.status().await else {
+                    continue;
+                };
+                for (operator, keys) in status.keys {
+                    let mut labels = labels();
+                    labels.push(("operator", operator));
+                    scrape.add(&PARTITION_KEYS, labels, keys as f64);
+                }
+            }
         }
         crate::metrics::render(&scrape)
     }

@@ -237,6 +237,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Every partition owned here: its pipeline, number and state.
+    pub fn owned_partitions(&self) -> Vec<(String, u16, Arc<Owning>)> {
+        let owned = self.owned.lock().expect("cluster lock");
+        let mut all: Vec<_> = owned
+            .iter()
+            .map(|((name, p), o)| (name.clone(), *p, o.owning.clone()))
+            .collect();
+        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        all
+    }
+
     /// The partition `partition` of `pipeline` owned here under a lease still valid.
     fn owning(&self, pipeline: &str, partition: u16) -> Option<Arc<Owning>> {
         let owned = self.owned.lock().expect("cluster lock");
