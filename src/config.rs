@@ -88,6 +88,9 @@ pub struct LoadOptions {
     /// Distinct users in the stream.
     #[arg(long, default_value_t = 100_000)]
     users: u64,
+    /// Partitions of the pipeline created (cluster mode spreads them over the instances).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    partitions: u16,
     /// Open loop: batches per second over all connections (latency from the intended send
     /// time); without it, each connection sends as soon as it is answered.
     #[arg(long)]
@@ -118,6 +121,7 @@ impl LoadOptions {
             batch: self.batch,
             connections: self.connections,
             users: self.users,
+            partitions: self.partitions,
             rate: self.rate,
             queries: self.queries,
             token: self.token,

@@ -27,6 +27,8 @@ pub struct LoadArgs {
     pub batch: usize,
     pub connections: usize,
     pub users: u64,
+    /// Partitions of the pipeline created.
+    pub partitions: u16,
     /// Batches per second over all connections (open loop); `None`: as fast as acknowledged.
     pub rate: Option<f64>,
     /// Also query state and long-poll the output.
@@ -186,6 +188,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
     };
     let mut spec = seed_spec(&args.pipeline);
     spec["checkpoint_interval"] = serde_json::json!("1h");
+    spec["partitions"] = serde_json::json!(args.partitions);
     let first = args.urls.first().ok_or("no URL to load")?.clone();
     let created = auth(client.post(format!("{first}/v1/pipelines")))
         .json(&spec)

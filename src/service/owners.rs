@@ -127,7 +127,15 @@ impl Cluster {
             partition,
             detail,
         };
-        let payload = serde_json::to_vec(&Request { lsn, ask }).expect("requests serialise");
+        let request = Request { lsn, ask };
+        // Owned here: answered in this process, without the round trip.
+        if let Some(owning) = self.owning(pipeline, partition) {
+            return match answer(&owning, request).await {
+                Reply::Unavailable(detail) => Err(unavailable(detail)),
+                reply => Ok(reply),
+            };
+        }
+        let payload = serde_json::to_vec(&request).expect("requests serialise");
         let subject = self.owner_subject(pipeline, partition);
         let asked = self.streams.client().request(subject, payload.into());
         let message = match tokio::time::timeout(ASK_TIMEOUT, asked).await {
