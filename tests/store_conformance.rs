@@ -424,6 +424,105 @@ async fn a_chunk_under_an_impossible_key_group_fails_the_load(backend: Backend) 
     assert!(err.to_string().contains("out of range"), "{err}");
 }
 
+/// Partitions spread over instances: each owner writes its partition at a checkpoint's
+/// barrier, once, only under the partition lease it holds; what the partitions wrote is
+/// counted into the checkpoint, read back with its state, and goes with a restore.
+async fn partition_writes_are_fenced_counted_once_and_go_with_a_restore(backend: Backend) {
+    let (store, _dir, raw) = open_raw(backend).await;
+    let store = &*store;
+    store.insert_pipeline("p", &json!({})).await.unwrap();
+    let expires = match raw {
+        Raw::Sqlite(_) => "0",
+        Raw::Postgres(_) => "now()",
+    };
+    raw.execute(&format!(
+        "insert into cluster_partitions (pipeline, partition, holder, epoch, expires_at) \
+         values ('p', 0, 'a', 2, {expires})"
+    ))
+    .await;
+    let before = checkpoint(store, "p", &[row(0, "old", Some("1"))])
+        .await
+        .unwrap();
+    let id = store
+        .begin_checkpoint("p", Trigger::Manual, 1, None)
+        .await
+        .unwrap();
+    let rows = [
+        row(0, "k1", Some("v1")),
+        row(1, "k2", Some("v2")),
+        row(0, "old", None),
+    ];
+    let write = |node, epoch, checkpoint| store::PartitionWrite {
+        pipeline: "p",
+        node,
+        checkpoint,
+        partition: 0,
+        epoch,
+        lsn: 40,
+        output_position: 7,
+        generation: 3,
+        rows: &rows,
+    };
+    assert!(store.write_partition(&write("a", 2, id)).await.unwrap());
+    assert!(
+        !store.write_partition(&write("a", 2, id)).await.unwrap(),
+        "a partition writes once per checkpoint"
+    );
+    for (node, epoch) in [("a", 1), ("b", 2)] {
+        let refused = store.write_partition(&write(node, epoch, id + 1)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        store.partitions_done("p", id + 1).await.unwrap(),
+        Vec::<u16>::new()
+    );
+    assert_eq!(store.partitions_done("p", id).await.unwrap(), vec![0]);
+    let written = store.partitions_written("p", id).await.unwrap();
+    assert_eq!(
+        (
+            written.partitions,
+            written.keys_written,
+            written.keys_deleted
+        ),
+        (1, 2, 1)
+    );
+    assert_eq!(store.output_position("p", id, 0).await.unwrap(), (7, 3));
+    assert_eq!(store.output_position("p", id, 1).await.unwrap(), (0, 0));
+    let commit = CheckpointWrite {
+        pipeline: "p",
+        id,
+        progress: Progress::default(),
+        rows: &[],
+        outputs: &[],
+        idempotency: &[],
+        fence: None,
+        partitions: Some(written),
+    };
+    let done = store.commit_checkpoint(&commit).await.unwrap();
+    assert_eq!((done.keys_written, done.keys_deleted), (2, 1));
+    let expected = vec![
+        (0, "k1".to_owned(), "v1".to_owned()),
+        (1, "k2".to_owned(), "v2".to_owned()),
+    ];
+    assert_eq!(state_at(store, "p", id).await, expected);
+    let floors = store.floors("p").await.unwrap();
+    store.restore_checkpoint("p", before, floors).await.unwrap();
+    assert_eq!(
+        store.partitions_done("p", id).await.unwrap(),
+        Vec::<u16>::new()
+    );
+    assert_eq!(store.output_position("p", id, 0).await.unwrap(), (0, 0));
+    assert!(store.write_partition(&write("a", 2, id + 2)).await.unwrap());
+    assert!(store.delete_pipeline("p").await.unwrap());
+    let left = raw
+        .number("select count(*) from checkpoint_partitions where pipeline = 'p'")
+        .await;
+    assert_eq!(left, 0, "a pipeline's partition writes go with it");
+}
+
 #[tokio::test]
 async fn an_unsupported_url_names_the_url_without_its_password() {
     let err = store::connect("mysql://u:pw@h/db")
@@ -447,4 +546,5 @@ backend_tests!(
     state_rows_of_an_older_eddy_are_moved_into_chunks_at_migrate,
     a_damaged_chunk_fails_the_load_naming_where_it_is,
     a_chunk_under_an_impossible_key_group_fails_the_load,
+    partition_writes_are_fenced_counted_once_and_go_with_a_restore,
 );
