@@ -23,7 +23,7 @@ mod sqlite;
 pub use checkpoints::{CheckpointRecord, CheckpointStatus, Progress, Trigger};
 pub use contents::{CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow, RowSink};
 pub use leases::{Fence, Lease, Leases, MemberRow};
-pub use partitions::{PartitionLease, PartitionWrite, PartitionsWritten};
+pub use partitions::{PartitionLease, PartitionWrite, PartitionWritten, PartitionsWritten};
 pub use pipelines::Floors;
 pub use postgres::PostgresStore;
 pub use sql::SqlStore;
@@ -224,9 +224,11 @@ pub trait Store: Send + Sync + 'static {
     /// The WAL was cut after a restore: forget the pending discard.
     async fn clear_discard(&self, pipeline: &str) -> Result<(), StoreError>;
     /// Cluster mode, partitions spread: writes a partition's state at a checkpoint's barrier,
-    /// fenced by its owner lease ([`StoreError::Fenced`] when another instance holds it now);
-    /// false when the partition had written at that checkpoint already (nothing is written).
-    async fn write_partition(&self, w: &PartitionWrite<'_>) -> Result<bool, StoreError>;
+    /// fenced by its owner lease ([`StoreError::Fenced`] when another instance holds it now),
+    /// only while the checkpoint is in progress (its row is locked against a restore that
+    /// would delete it meanwhile) and once per partition.
+    async fn write_partition(&self, w: &PartitionWrite<'_>)
+    -> Result<PartitionWritten, StoreError>;
     /// What the partitions wrote at a checkpoint so far.
     async fn partitions_written(
         &self,

@@ -4,7 +4,7 @@ mod common;
 
 use common::{Backend, database_for};
 use eddy::state::StateRow;
-use eddy::store::{self, CheckpointWrite, Progress, Store, StoreError, Trigger};
+use eddy::store::{self, CheckpointWrite, PartitionWritten, Progress, Store, StoreError, Trigger};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -463,20 +463,36 @@ async fn partition_writes_are_fenced_counted_once_and_go_with_a_restore(backend:
         generation: 3,
         rows: &rows,
     };
-    assert!(store.write_partition(&write("a", 2, id)).await.unwrap());
-    assert!(
-        !store.write_partition(&write("a", 2, id)).await.unwrap(),
+    assert_eq!(
+        store.write_partition(&write("a", 2, id)).await.unwrap(),
+        PartitionWritten::Written
+    );
+    assert_eq!(
+        store.write_partition(&write("a", 2, id)).await.unwrap(),
+        PartitionWritten::Already,
         "a partition writes once per checkpoint"
     );
+    assert_eq!(
+        store
+            .write_partition(&write("a", 2, id + 100))
+            .await
+            .unwrap(),
+        PartitionWritten::NotInProgress,
+        "no checkpoint of that id is in progress"
+    );
+    let other = store
+        .begin_checkpoint("p", Trigger::Manual, 1, None)
+        .await
+        .unwrap();
     for (node, epoch) in [("a", 1), ("b", 2)] {
-        let refused = store.write_partition(&write(node, epoch, id + 1)).await;
+        let refused = store.write_partition(&write(node, epoch, other)).await;
         assert!(
             matches!(refused, Err(StoreError::Fenced { .. })),
             "{refused:?}"
         );
     }
     assert_eq!(
-        store.partitions_done("p", id + 1).await.unwrap(),
+        store.partitions_done("p", other).await.unwrap(),
         Vec::<u16>::new()
     );
     assert_eq!(store.partitions_done("p", id).await.unwrap(), vec![0]);
@@ -503,6 +519,11 @@ async fn partition_writes_are_fenced_counted_once_and_go_with_a_restore(backend:
     };
     let done = store.commit_checkpoint(&commit).await.unwrap();
     assert_eq!((done.keys_written, done.keys_deleted), (2, 1));
+    assert_eq!(
+        store.write_partition(&write("a", 2, id)).await.unwrap(),
+        PartitionWritten::NotInProgress,
+        "a completed checkpoint takes no more writes"
+    );
     let expected = vec![
         (0, "k1".to_owned(), "v1".to_owned()),
         (1, "k2".to_owned(), "v2".to_owned()),
@@ -515,7 +536,14 @@ async fn partition_writes_are_fenced_counted_once_and_go_with_a_restore(backend:
         Vec::<u16>::new()
     );
     assert_eq!(store.output_position("p", id, 0).await.unwrap(), (0, 0));
-    assert!(store.write_partition(&write("a", 2, id + 2)).await.unwrap());
+    let after = store
+        .begin_checkpoint("p", Trigger::Manual, 1, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.write_partition(&write("a", 2, after)).await.unwrap(),
+        PartitionWritten::Written
+    );
     assert!(store.delete_pipeline("p").await.unwrap());
     let left = raw
         .number("select count(*) from checkpoint_partitions where pipeline = 'p'")

@@ -25,7 +25,7 @@ use super::{CheckpointError, Checkpointer, stored};
 use crate::engine::{Barrier, EngineError, Output, Pipeline, Snapshot};
 use crate::log::outputs::OutputStream;
 use crate::spec::{KeyGroups, PipelineSpec};
-use crate::store::{CheckpointRecord, Fence, PartitionWrite};
+use crate::store::{CheckpointRecord, Fence, PartitionWrite, PartitionWritten};
 use crate::wal::Record;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -346,7 +346,10 @@ impl Checkpointer {
                 rows: &barrier.rows,
             };
             match store.write_partition(&write).await {
-                Ok(_) => {}
+                Ok(PartitionWritten::Written | PartitionWritten::Already) => {}
+                Ok(PartitionWritten::NotInProgress) => {
+                    let _ = pipeline.unbarrier(barrier).await;
+                }
                 Err(e) => {
                     tracing::warn!(pipeline = pipeline.name(), partition, checkpoint, reason = %e, next = "the next barrier writes its changes", "partition not written at the barrier");
                     let _ = pipeline.unbarrier(barrier).await;

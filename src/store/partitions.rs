@@ -41,6 +41,17 @@ pub struct PartitionWrite<'a> {
     pub rows: &'a [StateRow],
 }
 
+/// What came of a partition's write at a checkpoint's barrier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionWritten {
+    Written,
+    /// The partition had written at that checkpoint already (an owner before this one).
+    Already,
+    /// The checkpoint is not in progress (it failed, or a restore deleted it): nothing was
+    /// written, and the changes belong to the next checkpoint.
+    NotInProgress,
+}
+
 /// What the partitions wrote for one checkpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PartitionsWritten {

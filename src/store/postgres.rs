@@ -17,6 +17,7 @@ static DIALECT: Dialect = Dialect {
     lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2 for share",
     partition_epoch: "select epoch from cluster_partitions \
          where pipeline = $1 and partition = $2 and holder = $3 for share",
+    checkpoint_status: "select status from checkpoints where pipeline = $1 and id = $2 for share",
 };
 
 impl SqlStore<Postgres> {

@@ -13,7 +13,10 @@ use super::checkpoints::{self, CheckpointRecord, CheckpointStatus, NewCheckpoint
 use super::chunks;
 use super::contents::{self, CheckpointWrite, IdempotencyRow, LoadedCheckpoint, OutputRow};
 use super::pipelines::{self, Floors};
-use super::{Fence, PartitionWrite, PartitionsWritten, RowSink, Store, StoreError, StoredPipeline};
+use super::{
+    Fence, PartitionWrite, PartitionWritten, PartitionsWritten, RowSink, Store, StoreError,
+    StoredPipeline,
+};
 use crate::state::StateRow;
 use futures::TryStreamExt;
 use sqlx::migrate::{Migrate, Migrator};
@@ -44,6 +47,8 @@ pub(super) struct Dialect {
     /// (epoch) of the partition lease ($1 pipeline, $2 partition) while $3 holds it, locked
     /// against a takeover.
     pub partition_epoch: &'static str,
+    /// (status) of checkpoint $2 of pipeline $1, locked against a restore deleting it.
+    pub checkpoint_status: &'static str,
 }
 
 /// How many rows a statement changed: each backend's result type says it its own way.
@@ -395,8 +400,20 @@ where
         Ok(())
     }
 
-    async fn write_partition(&self, w: &PartitionWrite<'_>) -> Result<bool, StoreError> {
+    async fn write_partition(
+        &self,
+        w: &PartitionWrite<'_>,
+    ) -> Result<PartitionWritten, StoreError> {
         let mut tx = self.writer.begin().await.map_err(|e| self.db(e))?;
+        let status: Option<(String,)> = sqlx::query_as(self.dialect.checkpoint_status)
+            .bind(w.pipeline)
+            .bind(w.checkpoint)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.db(e))?;
+        if status.is_none_or(|(s,)| s != CheckpointStatus::InProgress.as_str()) {
+            return Ok(PartitionWritten::NotInProgress);
+        }
         let (written, deleted, bytes) = contents::row_sizes(w.rows);
         let inserted = sqlx::query(contents::INSERT_PARTITION_WRITE)
             .bind(w.pipeline)
@@ -412,7 +429,7 @@ where
             .await
             .map_err(|e| self.db(e))?;
         if inserted.rows() == 0 {
-            return Ok(false);
+            return Ok(PartitionWritten::Already);
         }
         self.insert_chunks(&mut *tx, w.pipeline, w.checkpoint, w.rows)
             .await
@@ -432,7 +449,7 @@ where
             });
         }
         tx.commit().await.map_err(|e| self.db(e))?;
-        Ok(true)
+        Ok(PartitionWritten::Written)
     }
 
     async fn partitions_written(

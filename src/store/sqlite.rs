@@ -28,6 +28,7 @@ static DIALECT: Dialect = Dialect {
     lease_epoch: "select epoch from cluster_leases where pipeline = $1 and holder = $2",
     partition_epoch: "select epoch from cluster_partitions \
          where pipeline = $1 and partition = $2 and holder = $3",
+    checkpoint_status: "select status from checkpoints where pipeline = $1 and id = $2",
 };
 
 impl SqlStore<Sqlite> {
