@@ -30,9 +30,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long an owner waits to catch up with the log before it says it cannot answer yet.
-const CATCH_UP: Duration = Duration::from_secs(3);
-/// How long a request to an owner may take.
-const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+const CATCH_UP: Duration = Duration::from_secs(1);
+/// How long one ask waits for its answer: a paused owner never answers, and its successor
+/// (subscribed once it takes the partition over) gets only the asks sent after.
+const ATTEMPT: Duration = Duration::from_millis(1_500);
+/// How long asking an owner may take, over every attempt.
+const ASK_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A partition owned here.
 pub(super) struct Owned {
@@ -137,11 +140,21 @@ impl Cluster {
         }
         let payload = serde_json::to_vec(&request).expect("requests serialise");
         let subject = self.owner_subject(pipeline, partition);
-        let asked = self.streams.client().request(subject, payload.into());
-        let message = match tokio::time::timeout(ASK_TIMEOUT, asked).await {
-            Ok(Ok(message)) => message,
-            Ok(Err(e)) => return Err(unavailable(format!("its owner does not answer: {e}"))),
-            Err(_) => return Err(unavailable("its owner did not answer in time".into())),
+        let payload = bytes::Bytes::from(payload);
+        let deadline = Instant::now() + ASK_TIMEOUT;
+        let message = loop {
+            let asked = self
+                .streams
+                .client()
+                .request(subject.clone(), payload.clone());
+            match tokio::time::timeout(ATTEMPT, asked).await {
+                Ok(Ok(message)) => break message,
+                Ok(Err(e)) => return Err(unavailable(format!("its owner does not answer: {e}"))),
+                // A paused owner: ask again (a successor answers the asks sent after it
+                // took the partition over).
+                Err(_) if Instant::now() + ATTEMPT <= deadline => continue,
+                Err(_) => return Err(unavailable("its owner did not answer in time".into())),
+            }
         };
         match serde_json::from_slice(&message.payload) {
             Ok(Reply::Unavailable(detail)) => Err(unavailable(detail)),

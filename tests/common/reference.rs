@@ -1,11 +1,15 @@
 //! The reference side of the cluster tests: the seeded workload (the contract's example
 //! pipeline, batches of clicks), acknowledged batches, concurrent retrying clients, an
-//! in-process reference pipeline fed the acknowledged batches in offset order, and the
-//! answers of a cluster (status, every operator's state, the output feed) in the shape of the
-//! reference's, with comparisons that name the first difference.
+//! in-process reference pipeline fed the acknowledged batches in offset order (or a single
+//! instance on SQLite fed the same batches), and the answers of a cluster (status, every
+//! operator's state, the output feed) in the shape of the reference's, with comparisons that
+//! name the first difference.
 //!
 //! Shared by `tests/cluster.rs` (one pipeline led by one instance) and `tests/partitions.rs`
 //! (a pipeline whose partitions are spread over instances).
+//!
+//! Over 400 lines for a reason: the workload, the reference, a cluster's answers in its shape
+//! and the comparisons are one model that both cluster test binaries use together.
 
 use super::cluster::{Ack, Cluster, ClusterClient, DEADLINE, Instance};
 use eddy::engine::{BodyFormat, EngineConfig, Pipeline, parse_batch};
@@ -103,6 +107,16 @@ pub struct Load {
 
 impl Load {
     pub fn start(client: &ClusterClient, per_client: Vec<Vec<(String, Vec<u8>)>>) -> Load {
+        Load::paced(client, per_client, Duration::ZERO)
+    }
+
+    /// As [`start`](Self::start), each client pausing `pause` after each acknowledged batch
+    /// (a load that lasts through slow faults without a huge state).
+    pub fn paced(
+        client: &ClusterClient,
+        per_client: Vec<Vec<(String, Vec<u8>)>>,
+        pause: Duration,
+    ) -> Load {
         let progress = Arc::new(AtomicUsize::new(0));
         let tasks = per_client
             .into_iter()
@@ -115,6 +129,9 @@ impl Load {
                         let ack = client.post_batch("clicks", key, body, c + i).await;
                         acked.push(Acked::new(ack, body));
                         progress.fetch_add(1, Ordering::SeqCst);
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
                     }
                     acked
                 })
@@ -138,6 +155,11 @@ impl Load {
                 i += 1;
             }
         }
+    }
+
+    /// Batches acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.progress.load(Ordering::SeqCst)
     }
 
     /// Waits until `target` batches are acknowledged.
@@ -230,7 +252,12 @@ pub async fn all_state_paged(
             path.push_str(&format!("&cursor={c}"));
         }
         let page = client.get_ok(&path, start).await;
-        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        let got = page["items"].as_array().expect("items");
+        assert!(
+            got.len() <= limit,
+            "a page of {op} over limit {limit}: {page}"
+        );
+        items.extend(got.iter().cloned());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => return items,
