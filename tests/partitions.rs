@@ -939,3 +939,138 @@ async fn a_partition_without_an_owner_answers_503_with_retry_after() {
     assert_equals_reference(&client, &spec, &acked, 1, false, "after kill -9 of all").await;
     consistent_checkpoints(&client, 2).await;
 }
+
+/// Every output record of `clicks` at the instances of `client`, by (operator, key), read in
+/// pages from the oldest kept (a restore leaves offsets that no record has any more, so
+/// offsets are not checked for density here).
+async fn feed_by_key(client: &ClusterClient) -> BTreeMap<(String, String), Vec<Value>> {
+    let (mut after, mut records) = (0, Vec::new());
+    loop {
+        let path = format!("/v1/pipelines/clicks/output?after={after}&limit=500");
+        let page = client.get_ok(&path, 0).await;
+        let got = page["records"].as_array().expect("records").clone();
+        if got.is_empty() {
+            return by_key(&records);
+        }
+        after = page["next"].as_u64().expect("next");
+        records.extend(got);
+    }
+}
+
+/// Status, every operator's state and the output per (operator, key) at `client`.
+async fn restored_answers(
+    client: &ClusterClient,
+) -> (
+    Value,
+    Vec<Vec<Value>>,
+    BTreeMap<(String, String), Vec<Value>>,
+) {
+    let status = client.get_ok("/v1/pipelines/clicks", 0).await;
+    let mut state = Vec::new();
+    for op in OPERATORS {
+        state.push(all_state_paged(client, "clicks", op, 0, 7).await);
+    }
+    (
+        status_fields(&status["status"]),
+        state,
+        feed_by_key(client).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_after_partitions_moved_equals_a_single_instances() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "2s")]).await;
+    let spec = spread_spec("1h");
+    let (_dir, _single, alone) = single_with(&cluster, &spec).await;
+    cluster.create(0, &spec).await;
+    wait_owners(&cluster, "the partitions spread", spread).await;
+    let parts = segments(batches("r", 57, 30), &[10, 10, 10]);
+    post_both(&cluster.client_of(&[1]), &alone, &parts[0]).await;
+    let checkpoints = "/v1/pipelines/clicks/checkpoints";
+    let (status, cp) = cluster.client_of(&[2]).post_empty(checkpoints, 0).await;
+    assert_eq!(status, StatusCode::CREATED, "{cp}");
+    assert_eq!(cp["status"], "completed", "{cp}");
+    let (status, want_cp) = alone.post_empty(checkpoints, 0).await;
+    assert_eq!(status, StatusCode::CREATED, "{want_cp}");
+    post_both(&cluster.client_of(&[2]), &alone, &parts[1]).await;
+
+    // An owner that does not lead dies; its partitions move before the restore.
+    let leader = cluster.leader_of("clicks").await;
+    let owners = wait_owners(&cluster, "every partition owned", all_owned).await;
+    let victim = owner_not_leading(&cluster, &owners, leader, 0);
+    let node = cluster.instances[victim].node.clone();
+    cluster.instances[victim].kill9();
+    wait_owners(&cluster, "the dead owner's partitions moved", |o| {
+        all_owned(o) && !o.contains(&node)
+    })
+    .await;
+    let at = (0..3).find(|&i| i != victim && i != leader).unwrap();
+    let restore = |id: &Value| format!("/v1/pipelines/clicks/checkpoints/{id}/restore");
+    let (status, restored) = cluster
+        .client_of(&[at])
+        .post_empty(&restore(&cp["id"]), 0)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    let (status, want) = alone.post_empty(&restore(&want_cp["id"]), 0).await;
+    assert_eq!(status, StatusCode::OK, "{want}");
+    assert_eq!(
+        restored["discarded_events"],
+        json!(10 * BATCH),
+        "{restored}"
+    );
+    let expected = restored_answers(&alone).await;
+    for i in (0..3).filter(|&i| i != victim) {
+        let got = restored_answers(&cluster.client_of(&[i])).await;
+        assert_eq!(got.0, expected.0, "status after the restore at n{i}");
+        assert_eq!(got.1, expected.1, "state after the restore at n{i}");
+        assert_eq!(
+            got.2, expected.2,
+            "output per key after the restore at n{i}"
+        );
+    }
+
+    // The dead owner comes back (partitions move to it again), events go on after the
+    // restore, and every partition answers as the single instance does.
+    cluster.instances[victim].restart();
+    cluster.instances[victim].wait_ready(&cluster.http).await;
+    wait_owners(
+        &cluster,
+        "the restarted instance owning partitions again",
+        |o| all_owned(o) && o.contains(&node),
+    )
+    .await;
+    post_both(&cluster.client_of(&[victim]), &alone, &parts[2]).await;
+    let expected = restored_answers(&alone).await;
+    for i in 0..3 {
+        let got = restored_answers(&cluster.client_of(&[i])).await;
+        assert_eq!(got.0, expected.0, "status after more events at n{i}");
+        assert_eq!(got.1, expected.1, "state after more events at n{i}");
+        assert_eq!(
+            got.2, expected.2,
+            "output per key after more events at n{i}"
+        );
+    }
+    kill_all_and_restart(&mut cluster).await;
+    let got = restored_answers(&cluster.client()).await;
+    let what = "after every instance was killed and restarted";
+    assert_eq!(got.0, expected.0, "status {what}");
+    assert_eq!(got.1, expected.1, "state {what}");
+    for (key, records) in &expected.2 {
+        assert_eq!(got.2.get(key), Some(records), "output of {key:?} {what}");
+    }
+    assert_eq!(got.2.len(), expected.2.len(), "output keys {what}");
+}
+
+/// Posts `part` to the cluster (through `cluster`'s instances) and to the single instance
+/// `alone`, batch by batch; both answer the same offsets.
+async fn post_both(cluster: &ClusterClient, alone: &ClusterClient, part: &[(String, Vec<u8>)]) {
+    for (i, (key, body)) in part.iter().enumerate() {
+        let got = cluster.post_batch("clicks", key, body, i).await;
+        let want = alone.post_batch("clicks", key, body, 0).await;
+        assert_eq!(
+            (got.first, got.last),
+            (want.first, want.last),
+            "the same offsets"
+        );
+    }
+}

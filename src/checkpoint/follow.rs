@@ -16,10 +16,11 @@
 //!   twice within the duplicate window stored once. A batch counts as applied only once its
 //!   records are in the stream, so "applied through LSN n" means their outputs are readable.
 //! - At a [`Record::Restore`] the owner starts again from the restored checkpoint, after
-//!   deleting the partition's output records beyond the checkpoint's position (idempotent:
-//!   whoever owns the partition then does it); its records from then on are of a new
-//!   generation (the restore record's LSN), so that no message id of a dropped record is
-//!   taken for theirs.
+//!   deleting the partition's output records beyond the checkpoint's position that are of
+//!   an older generation; its records from then on are of a new generation (the restore
+//!   record's LSN), so that no message id of a dropped record is taken for theirs. An owner
+//!   that reads the restore record again later (it started from the same checkpoint after a
+//!   crash) deletes nothing: the records after the position are then the new generation's.
 
 use super::{CheckpointError, Checkpointer, stored};
 use crate::engine::{Barrier, EngineError, Output, Pipeline, Snapshot};
@@ -183,9 +184,9 @@ impl Checkpointer {
         let generation = generation.max(restored.unwrap_or(0));
         let pipeline = Arc::new(pipeline);
         let outputs = streams.outputs(name).await?;
-        if let (Some(_), Some(cp)) = (restored, &latest) {
+        if let (Some(restore), Some(cp)) = (restored, &latest) {
             let deleted = outputs
-                .delete_partition_after(run.partition, position, cp.started_at)
+                .delete_partition_after(run.partition, position, restore, cp.started_at)
                 .await?;
             tracing::info!(
                 pipeline = name,

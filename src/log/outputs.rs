@@ -27,6 +27,9 @@ use std::time::Duration;
 const EPOCH_HEADER: &str = "Eddy-Epoch";
 /// The header that carries a partition record's position among its partition's records.
 const POSITION_HEADER: &str = "Eddy-Position";
+/// The header that carries a partition record's generation (the LSN of the newest restore
+/// record its owner had read).
+const GENERATION_HEADER: &str = "Eddy-Generation";
 
 /// One pipeline's output stream.
 #[derive(Clone)]
@@ -182,7 +185,8 @@ impl OutputStream {
         let message = PublishMessage::build()
             .payload(payload)
             .message_id(format!("{generation}:{partition}:{position}"))
-            .header(POSITION_HEADER, position.to_string().as_str());
+            .header(POSITION_HEADER, position.to_string().as_str())
+            .header(GENERATION_HEADER, generation.to_string().as_str());
         self.streams
             .js()
             .send_publish(format!("{}.{partition}", self.subject), message)
@@ -211,15 +215,17 @@ impl OutputStream {
         }
     }
 
-    /// Deletes partition `partition`'s records after position `position` (a restore
-    /// dropped them), reading the partition's records stored since `since` (epoch ms: when
-    /// the restored checkpoint began, so that every record after its position is among
-    /// them); answers how many went. (The last message of a subject is not looked up:
-    /// nats-server 2.9 can lose track of it once it is deleted.)
+    /// Deletes partition `partition`'s records after position `position` made before the
+    /// restore of generation `generation` (the restore dropped them; records of that
+    /// generation or a later one were made after it), reading the partition's records stored
+    /// since `since` (epoch ms: when the restored checkpoint began, so that every record
+    /// after its position is among them); answers how many went. (The last message of a
+    /// subject is not looked up: nats-server 2.9 can lose track of it once it is deleted.)
     pub async fn delete_partition_after(
         &self,
         partition: u16,
         position: u64,
+        generation: u64,
         since: i64,
     ) -> Result<u64, StreamError> {
         let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
@@ -255,13 +261,15 @@ impl OutputStream {
             let message = message.map_err(|e| error(&self.name, "read", e))?;
             let info = message.info().map_err(|e| error(&self.name, "read", e))?;
             pending = info.pending;
-            let at: u64 = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(POSITION_HEADER))
-                .and_then(|v| v.as_str().parse().ok())
-                .unwrap_or(0);
-            if at > position {
+            let header = |name: &str| -> u64 {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0)
+            };
+            if header(POSITION_HEADER) > position && header(GENERATION_HEADER) < generation {
                 doomed.push(info.stream_sequence);
             }
         }
