@@ -3,12 +3,15 @@
 use super::AppState;
 use super::page_limit;
 use super::problem::ApiError;
+use crate::engine::Pipeline;
 use crate::service::cluster::Cluster;
 use crate::spec::PipelineSpec;
+use crate::state::Key;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -76,12 +79,18 @@ async fn get_state(
     Path((name, op)): Path<(String, String)>,
     Query(params): Query<StateParams>,
 ) -> Result<Json<StateAnswer>, ApiError> {
-    if let Some((cluster, spec)) = app.spread(&name).await? {
-        return spread_state(&cluster, &spec, op, params).await;
-    }
-    let pipeline = app.pipeline(&name)?;
+    let source = match app.spread(&name).await? {
+        Some((_, spec)) if spec.operator_index(&op).is_none() => {
+            return Err(ApiError::OperatorNotFound {
+                pipeline: spec.name.clone(),
+                operator: op,
+            });
+        }
+        Some((cluster, spec)) => Source::Owners(cluster, spec),
+        None => Source::Here(app.pipeline(&name)?),
+    };
     if let Some(key) = params.key {
-        let value = pipeline.state(&op, &key).await?;
+        let value = source.get(&op, &key).await?;
         let value = value.ok_or_else(|| ApiError::KeyNotFound {
             operator: op,
             key: key.clone(),
@@ -91,45 +100,43 @@ async fn get_state(
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let prefix = params.prefix.unwrap_or_default();
-    let (items, more) = pipeline
-        .list_state(&op, after.as_deref(), &prefix, limit)
-        .await?;
+    let (items, more) = source.list(&op, after.as_deref(), &prefix, limit).await?;
     Ok(Json(page(items, more)))
 }
 
-/// Cluster mode, partitions spread: a key's state from its partition's owner, or a page
-/// merged from every owner.
-async fn spread_state(
-    cluster: &Cluster,
-    spec: &PipelineSpec,
-    op: String,
-    params: StateParams,
-) -> Result<Json<StateAnswer>, ApiError> {
-    if spec.operator_index(&op).is_none() {
-        return Err(ApiError::OperatorNotFound {
-            pipeline: spec.name.clone(),
-            operator: op,
-        });
+/// Where an operator's state is read: the pipeline running here, or (cluster mode,
+/// partitions spread) every partition's owner, a key at its own.
+enum Source {
+    Here(Arc<Pipeline>),
+    Owners(Arc<Cluster>, Arc<PipelineSpec>),
+}
+
+impl Source {
+    async fn get(&self, op: &str, key: &str) -> Result<Option<Value>, ApiError> {
+        Ok(match self {
+            Source::Here(pipeline) => pipeline.state(op, key).await?,
+            Source::Owners(cluster, spec) => cluster.owned_state(spec, op, key).await?,
+        })
     }
-    if let Some(key) = params.key {
-        let value = cluster.owned_state(spec, &op, &key).await?;
-        let value = value.ok_or_else(|| ApiError::KeyNotFound {
-            operator: op,
-            key: key.clone(),
-        })?;
-        return Ok(Json(StateAnswer::One(StateItem { key, value })));
+
+    async fn list(
+        &self,
+        op: &str,
+        after: Option<&str>,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<(Vec<(Key, Value)>, bool), ApiError> {
+        Ok(match self {
+            Source::Here(pipeline) => pipeline.list_state(op, after, prefix, limit).await?,
+            Source::Owners(cluster, spec) => {
+                cluster.owned_list(spec, op, after, prefix, limit).await?
+            }
+        })
     }
-    let limit = page_limit(params.limit)?;
-    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let prefix = params.prefix.unwrap_or_default();
-    let (items, more) = cluster
-        .owned_list(spec, &op, after.as_deref(), &prefix, limit)
-        .await?;
-    Ok(Json(page(items, more)))
 }
 
 /// A page of keys and their state; the cursor names its last key when more follow.
-fn page(items: Vec<(crate::state::Key, Value)>, more: bool) -> StateAnswer {
+fn page(items: Vec<(Key, Value)>, more: bool) -> StateAnswer {
     let next_cursor = more
         .then(|| items.last().map(|(k, _)| hex::encode(k.as_bytes())))
         .flatten();

@@ -3,7 +3,7 @@
 //! ephemeral ordered pull consumer, deleted when the follower is dropped). Records of a stale
 //! leader after a newer epoch record are skipped, as the leader's own read skips them.
 
-use super::stream::{EPOCH_HEADER, StreamError, Streams, error, not_found};
+use super::stream::{StreamError, Streams, error, not_found};
 use crate::wal::Record;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream;
@@ -90,25 +90,10 @@ impl Follower {
             let info = message.info().map_err(|e| error(&self.name, "follow", e))?;
             let seq = info.stream_sequence;
             self.pending = info.pending;
-            let (lsn, record, _) =
-                Record::decode(&message.payload).map_err(|e| error(&self.name, "decode", e))?;
-            if lsn != seq {
-                let detail = format!("record at sequence {seq} says LSN {lsn}");
-                return Err(error(&self.name, "decode", detail));
+            if let Some(record) = super::stream::logged(&self.name, &message, seq, &mut self.epoch)?
+            {
+                return Ok(Some(record));
             }
-            let of = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(EPOCH_HEADER))
-                .and_then(|v| v.as_str().parse::<i64>().ok())
-                .unwrap_or(0);
-            if let Record::Epoch { epoch } = record {
-                self.epoch = self.epoch.max(epoch);
-            }
-            if of < self.epoch && !matches!(record, Record::Epoch { .. }) {
-                continue;
-            }
-            return Ok(Some((lsn, record)));
         }
     }
 }

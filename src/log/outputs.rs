@@ -232,35 +232,14 @@ impl OutputStream {
             i128::from(since.saturating_sub(60_000)) * 1_000_000,
         )
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let consumer = self
-            .stream
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartTime { start_time },
-                filter_subject: format!("{}.{partition}", self.subject),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                num_replicas: 1,
-                memory_storage: true,
-                ..pull::Config::default()
-            })
-            .await
-            .map_err(|e| error(&self.name, "read", e))?;
-        let mut pending = consumer.cached_info().num_pending;
-        let name = consumer.cached_info().name.clone();
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(1000)
-            .messages()
-            .await
-            .map_err(|e| error(&self.name, "read", e))?;
+        let subject = format!("{}.{partition}", self.subject);
+        let by_time = DeliverPolicy::ByStartTime { start_time };
+        let mut feed = self.feed_from(by_time, subject).await?;
         let mut doomed = Vec::new();
-        while pending > 0 {
-            let Some(message) = messages.next().await else {
+        while !feed.caught_up() {
+            let Some(message) = feed.next_message().await? else {
                 break;
             };
-            let message = message.map_err(|e| error(&self.name, "read", e))?;
-            let info = message.info().map_err(|e| error(&self.name, "read", e))?;
-            pending = info.pending;
             let header = |name: &str| -> u64 {
                 message
                     .headers
@@ -270,11 +249,11 @@ impl OutputStream {
                     .unwrap_or(0)
             };
             if header(POSITION_HEADER) > position && header(GENERATION_HEADER) < generation {
+                let info = message.info().map_err(|e| error(&self.name, "read", e))?;
                 doomed.push(info.stream_sequence);
             }
         }
-        drop(messages);
-        let _ = self.stream.delete_consumer(&name).await;
+        drop(feed);
         for sequence in &doomed {
             self.stream
                 .delete_message(*sequence)
@@ -343,10 +322,23 @@ impl OutputStream {
             },
             None => DeliverPolicy::All,
         };
+        self.feed_from(deliver_policy, String::new()).await
+    }
+}
+
+impl OutputStream {
+    /// The messages from `deliver_policy` on, of `filter_subject` only (empty: every one),
+    /// through an ephemeral consumer deleted when the feed is dropped.
+    async fn feed_from(
+        &self,
+        deliver_policy: DeliverPolicy,
+        filter_subject: String,
+    ) -> Result<OutputFeed, StreamError> {
         let consumer = self
             .stream
             .create_consumer(pull::Config {
                 deliver_policy,
+                filter_subject,
                 ack_policy: AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 num_replicas: 1,
@@ -390,14 +382,25 @@ impl OutputFeed {
     /// The next message: its offset and payload (empty: an offset without a record);
     /// waits for one when caught up. `None`: the feed ended.
     pub async fn next(&mut self) -> Result<Option<(u64, Bytes)>, StreamError> {
+        let Some(message) = self.next_message().await? else {
+            return Ok(None);
+        };
+        let info = message.info().map_err(|e| error(&self.name, "read", e))?;
+        let offset = info.stream_sequence;
+        Ok(Some((offset, message.payload.clone())))
+    }
+
+    /// The next message as stored (headers too); waits for one when caught up.
+    async fn next_message(
+        &mut self,
+    ) -> Result<Option<async_nats::jetstream::Message>, StreamError> {
         let Some(message) = self.messages.next().await else {
             return Ok(None);
         };
         let message = message.map_err(|e| error(&self.name, "read", e))?;
         let info = message.info().map_err(|e| error(&self.name, "read", e))?;
         self.pending = info.pending;
-        let offset = info.stream_sequence;
-        Ok(Some((offset, message.payload.clone())))
+        Ok(Some(message))
     }
 }
 

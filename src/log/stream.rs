@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 /// The header that carries a record's epoch.
-pub(super) const EPOCH_HEADER: &str = "Eddy-Epoch";
+const EPOCH_HEADER: &str = "Eddy-Epoch";
 /// Acks awaited at once (the publisher waits when this many are outstanding).
 const IN_FLIGHT: usize = 4096;
 /// JetStream's error code for a failed `Nats-Expected-Last-Sequence`.
@@ -312,31 +312,45 @@ async fn read(
         if seq > last {
             break;
         }
-        let (lsn, record, _) =
-            Record::decode(&message.payload).map_err(|e| error(name, "decode", e))?;
-        if lsn != seq {
-            let detail = format!("record at sequence {seq} says LSN {lsn}");
-            return Err(error(name, "decode", detail));
-        }
-        let of = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(EPOCH_HEADER))
-            .and_then(|v| v.as_str().parse::<i64>().ok())
-            .unwrap_or(0);
-        if let Record::Epoch { epoch: new } = record {
-            *epoch = (*epoch).max(new);
-        }
-        if of < *epoch && !matches!(record, Record::Epoch { .. }) {
-            tracing::warn!(stream = %name, seq, of, epoch = *epoch, "record of a stale leader skipped");
-        } else {
-            records.push((lsn, record));
+        match logged(name, &message, seq, epoch)? {
+            Some(record) => records.push(record),
+            None => {
+                tracing::warn!(stream = %name, seq, epoch = *epoch, "record of a stale leader skipped")
+            }
         }
         if seq == last {
             break;
         }
     }
     Ok(())
+}
+
+/// The record of the log message at stream sequence `seq` and its LSN (which must be `seq`),
+/// or `None` for a record of a leader older than an epoch record before it; `epoch` is the
+/// newest epoch record read so far, raised by this one if it is one.
+pub(super) fn logged(
+    name: &str,
+    message: &async_nats::Message,
+    seq: u64,
+    epoch: &mut i64,
+) -> Result<Option<(u64, Record)>, StreamError> {
+    let (lsn, record, _) =
+        Record::decode(&message.payload).map_err(|e| error(name, "decode", e))?;
+    if lsn != seq {
+        let detail = format!("record at sequence {seq} says LSN {lsn}");
+        return Err(error(name, "decode", detail));
+    }
+    let of = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(EPOCH_HEADER))
+        .and_then(|v| v.as_str().parse::<i64>().ok())
+        .unwrap_or(0);
+    if let Record::Epoch { epoch: new } = record {
+        *epoch = (*epoch).max(new);
+        return Ok(Some((lsn, record)));
+    }
+    Ok((of >= *epoch).then_some((lsn, record)))
 }
 
 /// The message of record `lsn` under `epoch`: it must follow record `lsn - 1` and, unless it
