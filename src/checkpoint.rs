@@ -11,6 +11,7 @@
 //! place ([`Checkpointer::failed`]): counted, logged once, and listed as `failed` — at once,
 //! or, when the store cannot take even that, as soon as it answers again.
 
+mod barrier_writes;
 mod claim;
 mod failures;
 mod follow;

@@ -1074,3 +1074,65 @@ async fn post_both(cluster: &ClusterClient, alone: &ClusterClient, part: &[(Stri
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_fails_naming_the_partitions_a_paused_owner_did_not_write() {
+    // A lease longer than the checkpoint's wait for its partitions (30 s): the paused owner's
+    // partitions are not taken over meanwhile, so nobody writes them.
+    let mut cluster = Cluster::start(2, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "40s")]).await;
+    let spec = spread_spec("1h");
+    cluster.create(0, &spec).await;
+    let owners = wait_owners(&cluster, "the partitions spread", spread).await;
+    let client = cluster.client();
+    let acked = post_all(&client, "clicks", &batches("f", 31, 6), 0).await;
+    let leader = cluster.leader_of("clicks").await;
+    let victim = 1 - leader;
+    let node = cluster.instances[victim].node.clone();
+    let held: Vec<u16> = (0..PARTITIONS)
+        .filter(|&p| owners[usize::from(p)] == node)
+        .collect();
+    assert!(!held.is_empty(), "{node} owns partitions: {owners:?}");
+    cluster.instances[victim].sigstop();
+    let (status, headers, body) = checkpoint_at(&cluster, leader).await;
+    cluster.instances[victim].sigcont();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        headers.contains_key(reqwest::header::RETRY_AFTER),
+        "{headers:?}"
+    );
+    assert_eq!(body["code"], "unavailable", "{body}");
+    let named = format!("partitions {held:?} did not write their state");
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(detail.contains(&named), "{detail}");
+    let list = client.get_ok("/v1/pipelines/clicks/checkpoints", 0).await;
+    let failed = &list["items"][0];
+    assert_eq!(failed["status"], "failed", "{list}");
+    let error = failed["error"].as_str().unwrap_or("");
+    assert!(error.contains(&named), "{failed}");
+
+    // Awake, the owner reads the failed checkpoint's barrier and writes nothing for it; the
+    // next checkpoint covers every partition, and nothing acknowledged is lost.
+    let (status, _, cp) = checkpoint_at(&cluster, leader).await;
+    assert_eq!(status, StatusCode::CREATED, "{cp}");
+    assert_eq!(cp["status"], "completed", "{cp}");
+    assert_eq!(cp["input_offset"], json!(acked.len() * BATCH), "{cp}");
+    assert_equals_reference(
+        &client,
+        &spec,
+        &acked,
+        0,
+        false,
+        "after a failed checkpoint",
+    )
+    .await;
+    kill_all_and_restart(&mut cluster).await;
+    assert_equals_reference(
+        &client,
+        &spec,
+        &acked,
+        0,
+        false,
+        "recovered from the next one",
+    )
+    .await;
+}

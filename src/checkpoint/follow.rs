@@ -7,8 +7,8 @@
 //!
 //! - At a [`Record::Barrier`] the owner hands over its partition's changes since its previous
 //!   barrier and writes them as the checkpoint's chunks, in a transaction fenced by its
-//!   partition lease (`Store::write_partition`); the leader completes the checkpoint once
-//!   every partition has written.
+//!   partition lease (`Store::write_partition`, one write after the other: `barrier_writes`);
+//!   the leader completes the checkpoint once every partition has written.
 //! - Output records go to the pipeline's output stream on the partition's own subject, each
 //!   with its position among the partition's records (dense, a function of the log, restored
 //!   from the checkpoint): a new owner starts publishing after the partition's last stored
@@ -22,11 +22,12 @@
 //!   that reads the restore record again later (it started from the same checkpoint after a
 //!   crash) deletes nothing: the records after the position are then the new generation's.
 
+use super::barrier_writes::{BarrierWrite, Writer};
 use super::{CheckpointError, Checkpointer, stored};
 use crate::engine::{Barrier, EngineError, Output, Pipeline, Snapshot};
 use crate::log::outputs::OutputStream;
 use crate::spec::{KeyGroups, PipelineSpec};
-use crate::store::{CheckpointRecord, Fence, PartitionWrite, PartitionWritten};
+use crate::store::{CheckpointRecord, Fence};
 use crate::wal::Record;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -76,11 +77,13 @@ impl Owning {
     }
 
     /// Records of the log not applied yet: read and still applying, or still in the stream
-    /// when the newest one was read.
-    pub fn lag(&self) -> u64 {
+    /// when the newest one was read (`None` while the partition starts: its lag is not known
+    /// before it follows the log).
+    pub fn lag(&self) -> Option<u64> {
+        self.pipeline()?;
         let read = self.read.load(Ordering::Relaxed);
         let pending = self.pending.load(Ordering::Relaxed);
-        read.saturating_sub(self.applied()) + pending
+        Some(read.saturating_sub(self.applied()) + pending)
     }
 
     /// The partition's status (its keys), once it has started.
@@ -212,6 +215,10 @@ impl Checkpointer {
             generation.clone(),
             pipeline.closed(),
         ));
+        run.owning.read.store(from - 1, Ordering::Relaxed);
+        run.owning
+            .pending
+            .store(follower.pending(), Ordering::Relaxed);
         run.owning.start(pipeline.clone(), from - 1);
         tracing::info!(
             pipeline = name,
@@ -279,6 +286,15 @@ impl Checkpointer {
         generation: &AtomicU64,
     ) -> Result<Ended, CheckpointError> {
         let mut applying: FuturesOrdered<Applying> = FuturesOrdered::new();
+        // The barriers' writes, in order, on their own task (it ends once `writes` is gone).
+        let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
+        let writer = Writer::new(
+            self.store.clone(),
+            pipeline.name(),
+            run.partition,
+            run.fence.clone(),
+        );
+        tokio::spawn(writer.run(queue));
         loop {
             tokio::select! {
                 _ = run.stop.cancelled() => return Ok(Ended::Stopped),
@@ -302,7 +318,9 @@ impl Checkpointer {
                         }
                         Record::Barrier { checkpoint } => {
                             let barrier = barrier(pipeline).await?;
-                            self.write_barrier(run, pipeline, checkpoint, lsn, barrier, generation.load(Ordering::Acquire));
+                            let generation = generation.load(Ordering::Acquire);
+                            let write = BarrierWrite { checkpoint, lsn, generation, barrier };
+                            let _ = writes.send(write);
                             None
                         }
                         Record::Epoch { .. } | Record::Restore { .. } => None,
@@ -318,45 +336,6 @@ impl Checkpointer {
                 }
             }
         }
-    }
-
-    /// Writes the partition's changes at checkpoint `checkpoint`'s barrier (LSN `lsn`), on
-    /// its own task; a failed write hands the changes back, so the next barrier writes them.
-    fn write_barrier(
-        &self,
-        run: &Run<'_>,
-        pipeline: &Arc<Pipeline>,
-        checkpoint: i64,
-        lsn: u64,
-        barrier: Barrier,
-        generation: u64,
-    ) {
-        let store = self.store.clone();
-        let pipeline = pipeline.clone();
-        let (partition, fence) = (run.partition, run.fence.clone());
-        tokio::spawn(async move {
-            let write = PartitionWrite {
-                pipeline: pipeline.name(),
-                node: &fence.node,
-                checkpoint,
-                partition,
-                epoch: fence.epoch,
-                lsn,
-                output_position: barrier.output_offset,
-                generation,
-                rows: &barrier.rows,
-            };
-            match store.write_partition(&write).await {
-                Ok(PartitionWritten::Written | PartitionWritten::Already) => {}
-                Ok(PartitionWritten::NotInProgress) => {
-                    let _ = pipeline.unbarrier(barrier).await;
-                }
-                Err(e) => {
-                    tracing::warn!(pipeline = pipeline.name(), partition, checkpoint, reason = %e, next = "the next barrier writes its changes", "partition not written at the barrier");
-                    let _ = pipeline.unbarrier(barrier).await;
-                }
-            }
-        });
     }
 }
 

@@ -44,6 +44,7 @@ impl Streams {
             .await
             .map_err(|e| error(&name, "follow", e))?;
         let consumer_name = consumer.cached_info().name.clone();
+        let pending = consumer.cached_info().num_pending;
         let messages = consumer
             .stream()
             .max_messages_per_batch(1000)
@@ -56,7 +57,7 @@ impl Streams {
             consumer: Some((stream, consumer_name)),
             name,
             epoch: 0,
-            pending: 0,
+            pending,
         })
     }
 }

@@ -39,7 +39,9 @@ impl Service {
                         ("partition", partition.to_string()),
                     ]
                 };
-                scrape.add(&PARTITION_LAG, labels(), owning.lag() as f64);
+                if let Some(lag) = owning.lag() {
+                    scrape.add(&PARTITION_LAG, labels(), lag as f64);
+                }
                 let Some(status) = owning.status().await else {
                     continue;
                 };
