@@ -1136,3 +1136,35 @@ async fn a_checkpoint_fails_naming_the_partitions_a_paused_owner_did_not_write()
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_an_owner_takes_a_shutdown_checkpoint_and_hands_its_partitions_over() {
+    let mut cluster = Cluster::start(3, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "2s")]).await;
+    let spec = spread_spec("1h");
+    cluster.create(0, &spec).await;
+    let owners = wait_owners(&cluster, "the partitions spread", spread).await;
+    let client = cluster.client();
+    let acked = post_all(&client, "clicks", &batches("t", 41, 8), 0).await;
+    let leader = cluster.leader_of("clicks").await;
+    let victim = owner_not_leading(&cluster, &owners, leader, 0);
+    let node = cluster.instances[victim].node.clone();
+    cluster.instances[victim].sigterm().await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    let survivors = cluster.client_of(&others);
+    let list = survivors
+        .get_ok("/v1/pipelines/clicks/checkpoints", 0)
+        .await;
+    let newest = &list["items"][0];
+    assert_eq!(newest["trigger"], "shutdown", "{list}");
+    assert_eq!(newest["status"], "completed", "{newest}");
+    assert_eq!(
+        newest["input_offset"],
+        json!(acked.len() * BATCH),
+        "{newest}"
+    );
+    wait_owners(&cluster, "its partitions handed over", |o| {
+        all_owned(o) && !o.contains(&node)
+    })
+    .await;
+    assert_equals_reference(&survivors, &spec, &acked, 0, false, "after the hand-over").await;
+}

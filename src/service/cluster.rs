@@ -457,7 +457,13 @@ impl Service {
 
     /// Recovers a pipeline whose lease was just taken and serves it; on failure the lease
     /// is released (a later round, here or elsewhere, tries again).
-    async fn recover_led(&self, cluster: &Cluster, spec: PipelineSpec, epoch: i64, taken: Instant) {
+    async fn recover_led(
+        &self,
+        cluster: &Arc<Cluster>,
+        spec: PipelineSpec,
+        epoch: i64,
+        taken: Instant,
+    ) {
         let name = spec.name.clone();
         let fence = Fence {
             node: cluster.node().to_owned(),
@@ -523,6 +529,7 @@ impl Service {
         let Some(cluster) = &self.cluster else {
             return;
         };
+        self.checkpoint_owned(cluster).await;
         self.stop_partitions(cluster);
         match cluster.leases.leave().await {
             Ok(()) => {

@@ -20,7 +20,7 @@ use crate::checkpoint::Owning;
 use crate::engine::{Pipeline, Status};
 use crate::spec::PipelineSpec;
 use crate::state::Key;
-use crate::store::{Fence, PartitionLease, StoreError, StoredPipeline};
+use crate::store::{Fence, PartitionLease, StoreError, StoredPipeline, Trigger};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +34,9 @@ const CATCH_UP: Duration = Duration::from_secs(1);
 /// How long one ask waits for its answer: a paused owner never answers, and its successor
 /// (subscribed once it takes the partition over) gets only the asks sent after.
 const ATTEMPT: Duration = Duration::from_millis(1_500);
+/// How long an owner stopping waits for the leader's shutdown checkpoint (longer than a
+/// checkpoint waits for its partitions).
+const SHUTDOWN_CHECKPOINT: Duration = Duration::from_secs(40);
 /// How long asking an owner may take, over every attempt.
 const ASK_TIMEOUT: Duration = Duration::from_secs(6);
 
@@ -543,6 +546,71 @@ impl Service {
                 .await
         {
             tracing::warn!(pipeline = %name, partition, reason = %e, next = "it expires after the lease timeout", "partition lease not released");
+        }
+    }
+
+    /// Answers the shutdown-checkpoint asks of owners of `pipeline`'s partitions (on
+    /// `<cluster>.lead.<pipeline>`) while it is led here: an owner stopping with SIGTERM
+    /// has the leader take a `shutdown` checkpoint, which its partitions write before it
+    /// lets them go.
+    pub(super) fn serve_lead(&self, cluster: &Arc<Cluster>, pipeline: Arc<Pipeline>) {
+        let subject = format!(
+            "{}.lead.{}",
+            cluster.streams.cluster_name(),
+            pipeline.name()
+        );
+        let (service, cluster) = (self.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let Ok(mut asks) = cluster.streams.client().subscribe(subject).await else {
+                return;
+            };
+            let closed = pipeline.closed();
+            loop {
+                let ask = tokio::select! {
+                    _ = closed.cancelled() => return,
+                    ask = asks.next() => match ask {
+                        Some(ask) => ask,
+                        None => return,
+                    },
+                };
+                let Some(reply) = ask.reply else {
+                    continue;
+                };
+                let taken = service.checkpoints.take(&pipeline, Trigger::Shutdown).await;
+                let answer = match taken {
+                    Ok(cp) => format!("checkpoint {} completed", cp.id),
+                    Err(e) => format!("checkpoint failed: {e}"),
+                };
+                let _ = cluster.streams.client().publish(reply, answer.into()).await;
+            }
+        });
+    }
+
+    /// At shutdown, before this instance's partitions stop: for each pipeline led elsewhere
+    /// whose partitions it owns, its leader takes a `shutdown` checkpoint (which they write).
+    pub(super) async fn checkpoint_owned(&self, cluster: &Cluster) {
+        let mut pipelines: Vec<String> = cluster
+            .owned_partitions()
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .filter(|name| cluster.leads(name).is_none())
+            .collect();
+        pipelines.dedup();
+        for name in pipelines {
+            let subject = format!("{}.lead.{name}", cluster.streams.cluster_name());
+            let asked = cluster.streams.client().request(subject, "shutdown".into());
+            match tokio::time::timeout(SHUTDOWN_CHECKPOINT, asked).await {
+                Ok(Ok(answer)) => {
+                    let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+                    tracing::info!(pipeline = %name, answer = %answer, "shutdown checkpoint of the partitions owned here");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(pipeline = %name, reason = %e, next = "the next owners replay the log from the latest checkpoint", "no shutdown checkpoint of the partitions owned here")
+                }
+                Err(_) => {
+                    tracing::warn!(pipeline = %name, next = "the next owners replay the log from the latest checkpoint", "the leader did not take a shutdown checkpoint in time")
+                }
+            }
         }
     }
 

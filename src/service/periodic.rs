@@ -21,6 +21,10 @@ impl Service {
         });
         let (weak, closed) = (Arc::downgrade(&pipeline), pipeline.closed());
         tokio::spawn(self.clone().periodic(weak, closed, interval));
+        let spread = pipeline.spec().is_some_and(|s| s.partitions > 1);
+        if let (Some(cluster), true) = (&self.cluster, spread && pipeline.fence().is_some()) {
+            self.serve_lead(cluster, pipeline.clone());
+        }
         pipeline
     }
 
