@@ -31,11 +31,11 @@
 # BENCH_POLL_MS (20), BENCH_QUERIES (2000), BENCH_QUERY_KEYSPACE (1000000), BENCH_BATCH (1000),
 # BENCH_CONNECTIONS (9), BENCH_LEASE_TIMEOUT (5s), BENCH_KEEP (set: the temp dir with every log
 # is kept when the run fails).
+# What it shares with scripts/cluster-bench.sh is in scripts/bench-lib.sh.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
 
-: "${DATABASE_URL:?set DATABASE_URL=postgres://… (a server where a database may be created)}"
 partitions=${BENCH_PARTITIONS:-6}
 mem_instances=${BENCH_MEM_INSTANCES-1 2 3}
 users=${BENCH_USERS:-1500000}
@@ -51,61 +51,11 @@ batch=${BENCH_BATCH:-1000}
 connections=${BENCH_CONNECTIONS:-9}
 lease_timeout=${BENCH_LEASE_TIMEOUT:-5s}
 
-# Only what each process is given here: no EDDY_* of the caller's environment leaks in.
-for var in $(compgen -e | grep '^EDDY_' || true); do unset "$var"; done
+bench_name=partition-bench
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 
-say() { printf '\n== %s\n' "$*"; }
-fail() {
-  echo "partition-bench: $*" >&2
-  exit 1
-}
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-# Seconds between two $EPOCHREALTIME readings.
-elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 mib() { python3 -c "print(f'{$1 / 1048576:.0f}')"; }
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/eddy-partition-bench.XXXXXX")
-db="eddy_bench_$$"
-db_created=
-declare -A running=() # pid -> what it is
-
-# Every process started here, by PID; the database; the temp dir. Logs' tails on failure.
-cleanup() {
-  local rc=$?
-  trap - EXIT
-  local pid
-  for pid in "${!running[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  for pid in "${!running[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "$rc" != 0 ]; then
-    local log
-    for log in "$work"/*.log; do
-      [ -f "$log" ] || continue
-      echo "--- tail of $(basename "$log")" >&2
-      tail -n 15 "$log" | sed 's/\x1b\[[0-9;]*m//g' >&2 || true
-    done
-  fi
-  if [ -n "$db_created" ]; then
-    psql "$DATABASE_URL" -qc "drop database if exists $db with (force)" >/dev/null 2>&1 \
-      || echo "partition-bench: could not drop database $db" >&2
-  fi
-  if [ "$rc" != 0 ] && [ -n "${BENCH_KEEP:-}" ]; then
-    echo "partition-bench: logs kept in $work" >&2
-  else
-    rm -rf "$work"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-started() { running[$1]=$2; }
-# Waits for a process started here to exit (it was signalled) and forgets its PID.
-reap() {
-  { wait "$1"; } 2>/dev/null || true
-  unset "running[$1]"
-}
 
 # The helper: /metrics parsing, key → partition (CRC-32C), the move watcher (polls every
 # BENCH_POLL_MS on keep-alive connections, one thread per poll), the query timer. Python's
@@ -541,64 +491,33 @@ if __name__ == "__main__":
 PY
 bench() { python3 "$helper" "$@"; }
 
-say "machine"
-uptime | tee "$work/uptime.before"
-load_before=$(cat "$work/uptime.before")
+machine_before
 cores=$(nproc)
 date_started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 
-say "cargo build --release"
-cargo build --release --locked --quiet --bin eddy
-eddy=target/release/eddy
+build_eddy
 tree="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git status --porcelain -- src 2>/dev/null | grep -q . && echo ' + uncommitted changes in src/' || true)"
 echo "built from $tree"
 
-bench_db_url=$(python3 -c '
-import sys, urllib.parse
-u = urllib.parse.urlsplit(sys.argv[1])
-print(urllib.parse.urlunsplit(u._replace(path="/" + sys.argv[2])))' "$DATABASE_URL" "$db")
 # fresh_db: database $db dropped (with its connections) and made again: each cluster its own.
 fresh_db() {
-  PGOPTIONS='-c client_min_messages=warning' psql "$DATABASE_URL" -qc "drop database if exists $db with (force)" >/dev/null
+  drop_db
   db_created=
-  psql "$DATABASE_URL" -qc "create database $db" >/dev/null
-  db_created=1
+  create_db
   echo "PostgreSQL: fresh database $db"
 }
 
-say "NATS: a throwaway nats-server -js"
-nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
-[ -x "$nats_bin" ] || fail "nats-server not found (on PATH or in /usr/sbin)"
-nats_port=$(free_port)
-nats_monitor=$(free_port)
-"$nats_bin" -js -a 127.0.0.1 -p "$nats_port" -m "$nats_monitor" -sd "$work/nats-store" \
-  -l "$work/nats-server.log" &
-nats_pid=$!
-started "$nats_pid" nats-server
-for i in $(seq 1 600); do
-  kill -0 "$nats_pid" 2>/dev/null || fail "nats-server exited at start"
-  curl -fs --max-time 2 "http://127.0.0.1:$nats_monitor/healthz" >/dev/null 2>&1 && break
-  [ "$i" = 600 ] && fail "nats-server was not healthy within a minute"
-  sleep 0.1
-done
-"$nats_bin" --version
-echo "nats-server on 127.0.0.1:$nats_port, store in $work/nats-store"
+start_nats
 
 # The instances of the current cluster: n0..n2, named "$cluster-n<i>" for their data dir and
 # log ($work/<name>.log, appended: a restarted instance keeps its history).
 cluster=""
 declare -a node_port=() node_url=() node_pid=() node_up=()
 start_node() {
-  local i=$1 name="$cluster-n$1"
-  mkdir -p "$work/$name"
-  env DATABASE_URL="$bench_db_url" EDDY_LISTEN="127.0.0.1:${node_port[$i]}" \
-    EDDY_DATA_DIR="$work/$name" EDDY_LOG=info EDDY_NATS_URL="nats://127.0.0.1:$nats_port" \
-    EDDY_NODE_ID="n$i" EDDY_ADVERTISE_URL="${node_url[$i]}" EDDY_CLUSTER_NAME="b$$$cluster" \
-    EDDY_NATS_REPLICAS=1 EDDY_LEASE_TIMEOUT="$lease_timeout" \
-    "$eddy" serve >>"$work/$name.log" 2>&1 &
-  node_pid[$i]=$!
+  local i=$1
+  start_member "$cluster-n$i" "${node_port[$i]}" "n$i" "${node_url[$i]}" "b$$$cluster"
+  node_pid[$i]=$STARTED
   node_up[$i]=1
-  started "${node_pid[$i]}" "eddy $name"
 }
 # new_cluster NAME N: a fresh database and N instances n0..n(N-1) on free ports, not started.
 new_cluster() {
@@ -613,35 +532,9 @@ new_cluster() {
 }
 log_of() { echo "$work/$cluster-$1.log"; }
 
-# wait_ready I: until n<I>'s /readyz answers 200 (two minutes at most).
-wait_ready() {
-  local i
-  for i in $(seq 1 1200); do
-    kill -0 "${node_pid[$1]}" 2>/dev/null || fail "$cluster-n$1 exited at start (see its log)"
-    curl -fs --max-time 2 "${node_url[$1]}/readyz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  fail "$cluster-n$1 was not ready within two minutes"
-}
+# wait_node I: until n<I>'s /readyz answers 200 (two minutes at most).
+wait_node() { wait_ready "${node_pid[$1]}" "${node_url[$1]}" "$cluster-n$1"; }
 
-# alive PID: running (not exited, not a zombie waiting to be reaped).
-alive() { [ -e "/proc/$1" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null; }
-# stop PID NAME: SIGTERM, then its exit; kill -9 after a minute, noted in the summary.
-stop_notes=""
-stop() {
-  kill -TERM "$1" 2>/dev/null || true
-  local i
-  for i in $(seq 1 600); do
-    alive "$1" || break
-    if [ "$i" = 600 ]; then
-      echo "$2 did not exit within a minute of SIGTERM: kill -9" >&2
-      stop_notes+="$2 ignored SIGTERM (killed -9). "
-      kill -9 "$1" 2>/dev/null || true
-    fi
-    sleep 0.1
-  done
-  reap "$1"
-}
 # stop_cluster PIPELINE: the pipeline deleted (no shutdown checkpoint, no partition moving
 # while the instances go), then every instance up stopped.
 stop_cluster() {
@@ -659,19 +552,6 @@ stop_cluster() {
   done
 }
 
-# status URL PIPELINE: the pipeline's status document, asked again while it is unavailable
-# for five minutes at most.
-status() {
-  local i doc
-  for i in $(seq 1 300); do
-    if doc=$(curl -fs --max-time 10 "$1/v1/pipelines/$2"); then
-      echo "$doc" | jq -c .status
-      return 0
-    fi
-    sleep 1
-  done
-  fail "the status of $2 at $1 was not answered within five minutes"
-}
 up_urls() {
   local i
   for i in "${!node_up[@]}"; do [ -z "${node_up[$i]}" ] || echo "${node_url[$i]}"; done
@@ -685,34 +565,7 @@ settle() {
   bench settle "$1" "$first" 300 $(up_urls) || fail "$1 did not settle (owners, lag 0) within 300 s"
 }
 
-# load_until PIPELINE PARTITIONS KEYS FILE URL…: `eddy load` (the pipeline created at the first
-# URL) until status.keys.sessions holds KEYS; the generator keeps running, its PID in $LOAD_PID.
-load_until() {
-  local name=$1 parts=$2 want=$3 out=$4
-  shift 4
-  local urls
-  urls=$(IFS=,; echo "$*")
-  "$eddy" load --url "$urls" --pipeline "$name" --partitions "$parts" --users "$users" \
-    --batch "$batch" --connections "$connections" --duration 1800s >"$out" 2>&1 &
-  LOAD_PID=$!
-  started "$LOAD_PID" "eddy load $name"
-  local load_started=$EPOCHREALTIME keys=0 deadline=$((SECONDS + 1800)) last=-1 same=0
-  while [ "$keys" -lt "$want" ]; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "$name did not reach $want keys in 30 minutes"
-    kill -0 "$LOAD_PID" 2>/dev/null || { cat "$out" >&2; fail "eddy load of $name exited"; }
-    sleep 2
-    keys=$(status "$1" "$name" 2>/dev/null | jq -r '.keys.sessions // 0' || echo 0)
-    keys=${keys:-0}
-    if [ "$keys" = "$last" ]; then same=$((same + 1)); else same=0 last=$keys; fi
-    [ "$same" -lt 30 ] || fail "$name stays at $keys session keys (--users $users too few for $want?)"
-  done
-  LOAD_SECONDS=$(elapsed "$load_started" "$EPOCHREALTIME")
-  echo "$keys session keys after $LOAD_SECONDS s of load"
-}
-stop_load() {
-  kill -TERM "$LOAD_PID" 2>/dev/null || true
-  reap "$LOAD_PID"
-}
+load_stall_polls=30 # load_until fails once 30 polls (a minute) read the same count
 
 # ---------------------------------------------------------------------------------------------
 declare -a mem_rows=()
@@ -722,15 +575,15 @@ for n in $mem_instances; do
   say "1. memory, $n instance(s): $name with $partitions partitions, --users $users until $mem_keys session keys"
   new_cluster "m$n" "$n"
   for i in $(seq 0 $((n - 1))); do start_node "$i"; done
-  for i in $(seq 0 $((n - 1))); do wait_ready "$i"; done
+  for i in $(seq 0 $((n - 1))); do wait_node "$i"; done
   declare -a rss0=()
   for i in $(seq 0 $((n - 1))); do
     read -r rss0[$i] _ _ _ < <(bench metrics "${node_url[$i]}" "$name" "${node_pid[$i]}")
     echo "n$i at start (empty): RSS $(mib "${rss0[$i]}") MiB"
   done
   [ -n "$baseline_rss" ] || baseline_rss=${rss0[0]}
-  # shellcheck disable=SC2046
-  load_until "$name" "$partitions" "$mem_keys" "$work/$name-load.txt" "${node_url[@]}"
+  load_until "$name" "$users" "$mem_keys" "$work/$name-load.txt" "${node_url[0]}" \
+    "$(IFS=,; echo "${node_url[*]}")" --partitions "$partitions"
   stop_load
   settle "$name" >/dev/null
   total=$(status "${node_url[0]}" "$name" | jq -r '.keys.sessions')
@@ -757,27 +610,18 @@ say "2. moves: $name with $move_partitions partitions on 2 instances, --users $u
 new_cluster mv 3
 start_node 0
 start_node 1
-wait_ready 0
-wait_ready 1
+wait_node 0
+wait_node 1
 node_up[2]=""
-load_until "$name" "$move_partitions" "$move_keys" "$work/$name-load.txt" "${node_url[0]}" "${node_url[1]}"
+load_until "$name" "$users" "$move_keys" "$work/$name-load.txt" "${node_url[0]}" \
+  "${node_url[0]},${node_url[1]}" --partitions "$move_partitions"
 move_load_seconds=$LOAD_SECONDS
 # The generator is paused (SIGSTOP) while the checkpoint is written, so that the events after
 # it are a measured few (it continues in event time on SIGCONT, nothing late).
 kill -STOP "$LOAD_PID"
-checkpoint_started=$EPOCHREALTIME
-checkpoint=$(curl -fs --max-time 900 -X POST "${node_url[0]}/v1/pipelines/$name/checkpoints") \
-  || fail "the manual checkpoint of $name failed"
-checkpoint_seconds=$(elapsed "$checkpoint_started" "$EPOCHREALTIME")
-echo "checkpoint, answered after $checkpoint_seconds s: $(echo "$checkpoint" | jq -c '{id, status, input_offset, duration_ms, keys_written, bytes}')"
-checkpoint_offset=$(echo "$checkpoint" | jq .input_offset)
+manual_checkpoint "${node_url[0]}" "$name"
 kill -CONT "$LOAD_PID"
-for i in $(seq 1 3000); do
-  offset=$(status "${node_url[0]}" "$name" | jq '.wal_offset // 0')
-  [ $((offset - checkpoint_offset)) -ge "$after_events_wanted" ] && break
-  [ "$i" = 3000 ] && fail "$name did not take $after_events_wanted events after its checkpoint"
-  sleep 0.1
-done
+await_after_events "${node_url[0]}" "$name"
 stop_load
 before=$(status "${node_url[0]}" "$name")
 after_events=$(($(echo "$before" | jq .wal_offset) - checkpoint_offset))
@@ -847,7 +691,7 @@ for r in $(seq 1 "$runs"); do
     \"query_urls\": $(url_json "$leader" "$joining"), \"giveup_nodes\": [\"n$leader\"],
     \"logs\": $(logs_json), \"out\": \"$work/planned$r.json\", \"timeout\": 180, \"settle\": 2}" "watch-p$r"
   start_node "$joining"
-  wait_ready "$joining"
+  wait_node "$joining"
   watched "watch-p$r"
   planned_rows+=("planned $r n$joining+ $(move_row "$work/planned$r.json")")
   entry=$(settle "$name")
@@ -879,7 +723,7 @@ for r in $(seq 1 "$runs"); do
 done
 # The killed instance back (not measured), for the queries on three instances.
 start_node "$joining"
-wait_ready "$joining"
+wait_node "$joining"
 sleep 2
 entry=$(settle "$name")
 echo "owners: $(echo "$entry" | jq -c '[.partitions[] | {id, owner}]'), leader $(echo "$entry" | jq -r .leader)"
@@ -895,11 +739,8 @@ say "3. $queries state queries at n$asked (not the leader n$leader), sequential,
 bench queries "${node_url[$asked]}" "$name" "$queries" "$query_keyspace" 14 "$work/queries.json" \
   | tee "$work/queries.txt"
 stop_cluster "$name"
-kill -TERM "$nats_pid" 2>/dev/null || true
-reap "$nats_pid"
-
-say "machine"
-uptime | tee "$work/uptime.after"
+stop_nats
+machine_after
 
 say "summary (one run, this machine: $cores cores, $date_started; lease timeout $lease_timeout)"
 if [ "${#mem_rows[@]}" -gt 0 ]; then
@@ -940,5 +781,4 @@ done
 echo "   forwarded/local: p50 $(jq -r '.forwarded.p50 / .local.p50 * 100 | round / 100' "$q")x, p99 $(jq -r '.forwarded.p99 / .local.p99 * 100 | round / 100' "$q")x"
 [ -z "$stop_notes" ] || echo "notes: $stop_notes"
 echo "cores: $cores; date: $date_started to $(date -u '+%H:%M:%S UTC'); eddy built from $tree"
-echo "load before: $load_before"
-echo "load after:  $(cat "$work/uptime.after")"
+print_load
