@@ -737,14 +737,7 @@ async fn kill9_of_the_leader_under_load_loses_nothing() {
         "a consumer reading across every fail-over saw each record once, offsets stable"
     );
     consistent_checkpoints(&client, 2).await;
-    for instance in &mut cluster.instances {
-        assert!(
-            !instance.has_exited(),
-            "{} exited by itself:\n{}",
-            instance.node,
-            instance.log_tail(30)
-        );
-    }
+    cluster.assert_none_exited();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -527,14 +527,7 @@ async fn partitions_move_when_instances_join_and_leave_under_load() {
         "a consumer reading across every move saw each record once, offsets stable"
     );
     consistent_checkpoints(&client, 2).await;
-    for instance in &mut cluster.instances {
-        assert!(
-            !instance.has_exited(),
-            "{} exited by itself:\n{}",
-            instance.node,
-            instance.log_tail(30)
-        );
-    }
+    cluster.assert_none_exited();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1079,12 +1072,8 @@ async fn post_both(cluster: &ClusterClient, alone: &ClusterClient, part: &[(Stri
 async fn a_checkpoint_fails_naming_the_partitions_a_paused_owner_did_not_write() {
     // A lease longer than the checkpoint's wait for its partitions (30 s): the paused owner's
     // partitions are not taken over meanwhile, so nobody writes them.
-    let mut cluster = Cluster::start(2, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "40s")]).await;
-    let spec = spread_spec("1h");
-    cluster.create(0, &spec).await;
-    let owners = wait_owners(&cluster, "the partitions spread", spread).await;
+    let (mut cluster, spec, owners, acked) = spread_and_post(2, "40s", ("f", 31, 6)).await;
     let client = cluster.client();
-    let acked = post_all(&client, "clicks", &batches("f", 31, 6), 0).await;
     let leader = cluster.leader_of("clicks").await;
     let victim = 1 - leader;
     let node = cluster.instances[victim].node.clone();
@@ -1139,12 +1128,7 @@ async fn a_checkpoint_fails_naming_the_partitions_a_paused_owner_did_not_write()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_an_owner_takes_a_shutdown_checkpoint_and_hands_its_partitions_over() {
-    let mut cluster = Cluster::start(3, &nats_url(), &[("EDDY_LEASE_TIMEOUT", "2s")]).await;
-    let spec = spread_spec("1h");
-    cluster.create(0, &spec).await;
-    let owners = wait_owners(&cluster, "the partitions spread", spread).await;
-    let client = cluster.client();
-    let acked = post_all(&client, "clicks", &batches("t", 41, 8), 0).await;
+    let (mut cluster, spec, owners, acked) = spread_and_post(3, "2s", ("t", 41, 8)).await;
     let leader = cluster.leader_of("clicks").await;
     let victim = owner_not_leading(&cluster, &owners, leader, 0);
     let node = cluster.instances[victim].node.clone();
@@ -1167,4 +1151,20 @@ async fn sigterm_of_an_owner_takes_a_shutdown_checkpoint_and_hands_its_partition
     })
     .await;
     assert_equals_reference(&survivors, &spec, &acked, 0, false, "after the hand-over").await;
+}
+
+/// `n` instances (lease timeout `lease`) with `clicks` in [`PARTITIONS`] partitions spread
+/// over them, and `count` batches of `(tag, seed, count)` posted through them: the cluster,
+/// the spec, the partitions' owners and what was acknowledged.
+async fn spread_and_post(
+    n: usize,
+    lease: &str,
+    (tag, seed, count): (&str, u64, usize),
+) -> (Cluster, Value, Vec<String>, Vec<Acked>) {
+    let cluster = Cluster::start(n, &nats_url(), &[("EDDY_LEASE_TIMEOUT", lease)]).await;
+    let spec = spread_spec("1h");
+    cluster.create(0, &spec).await;
+    let owners = wait_owners(&cluster, "the partitions spread", spread).await;
+    let acked = post_all(&cluster.client(), "clicks", &batches(tag, seed, count), 0).await;
+    (cluster, spec, owners, acked)
 }

@@ -289,6 +289,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Fails naming any instance that exited by itself (each was only ever stopped by the
+    /// test: killed and started again, or paused and woken).
+    pub fn assert_none_exited(&mut self) {
+        for instance in &mut self.instances {
+            assert!(
+                !instance.has_exited(),
+                "{} exited by itself:\n{}",
+                instance.node,
+                instance.log_tail(30)
+            );
+        }
+    }
+
     /// `n` instances `n0`, `n1`, … on the NATS servers `nats` (comma-separated URLs), a fresh
     /// PostgreSQL database, lease timeout 2s and R=1 unless `extra` says otherwise; waits until
     /// each is ready.
