@@ -62,7 +62,7 @@ pub enum Ask {
         prefix: String,
         limit: usize,
     },
-    /// Keys per operator and the applied offset.
+    /// Keys per operator.
     Keys,
     /// Nothing: only catch up (its output records are then in the output stream).
     Sync,
@@ -84,20 +84,11 @@ enum Reply {
         items: Vec<(String, Value)>,
         more: bool,
     },
-    Keys {
-        keys: Vec<usize>,
-        applied_offset: Option<u64>,
-    },
+    /// Keys with state per operator, in spec order.
+    Keys(Vec<usize>),
     Synced,
     /// It cannot answer now (catching up, moving, stopped): retry shortly.
     Unavailable(String),
-}
-
-/// A partition's keys per operator and applied offset.
-#[derive(Clone, Debug, Default)]
-pub struct PartitionKeys {
-    pub keys: Vec<usize>,
-    pub applied_offset: Option<u64>,
 }
 
 impl Cluster {
@@ -222,13 +213,13 @@ impl Cluster {
         Ok(merge_pages(pages, limit))
     }
 
-    /// Every partition's keys per operator and applied offset, once each has applied
+    /// Every partition's keys per operator, once each has applied
     /// through `lsn`.
     pub async fn owned_keys(
         &self,
         spec: &PipelineSpec,
         lsn: u64,
-    ) -> Result<Vec<PartitionKeys>, ServiceError> {
+    ) -> Result<Vec<Vec<usize>>, ServiceError> {
         let asks = (0..spec.partitions).map(|p| self.ask(&spec.name, p, lsn, Ask::Keys));
         let mut all = Vec::new();
         for (partition, reply) in futures::future::join_all(asks)
@@ -237,13 +228,7 @@ impl Cluster {
             .enumerate()
         {
             match reply? {
-                Reply::Keys {
-                    keys,
-                    applied_offset,
-                } => all.push(PartitionKeys {
-                    keys,
-                    applied_offset,
-                }),
+                Reply::Keys(keys) => all.push(keys),
                 other => return Err(unexpected(&spec.name, partition as u16, &other)),
             }
         }
@@ -338,10 +323,7 @@ async fn answer(owning: &Owning, request: Request) -> Reply {
             Err(e) => failed(e),
         },
         Ask::Keys => match pipeline.status().await {
-            Ok(status) => Reply::Keys {
-                keys: status.keys.into_iter().map(|(_, n)| n).collect(),
-                applied_offset: status.wal_offset,
-            },
+            Ok(status) => Reply::Keys(status.keys.into_iter().map(|(_, n)| n).collect()),
             Err(e) => failed(e),
         },
         Ask::Sync => Reply::Synced,
@@ -365,7 +347,7 @@ impl Service {
         for (operator, (_, keys)) in status.keys.iter_mut().enumerate() {
             *keys = partitions
                 .iter()
-                .map(|p| p.keys.get(operator).copied().unwrap_or(0))
+                .map(|p| p.get(operator).copied().unwrap_or(0))
                 .sum();
         }
         Ok(status)
