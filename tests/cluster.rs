@@ -984,15 +984,7 @@ async fn a_stale_leader_is_fenced() {
     consistent_checkpoints(&client, 0).await;
     assert_matches_reference(&client, &spec, &acked, 0).await;
     // Whatever was written survives recovery by everyone from the store and the log.
-    for instance in &mut cluster.instances {
-        instance.kill9();
-    }
-    for instance in &mut cluster.instances {
-        instance.restart();
-    }
-    for instance in &mut cluster.instances {
-        instance.wait_ready(&cluster.http).await;
-    }
+    cluster.kill_all_and_restart().await;
     assert_matches_reference(&client, &spec, &acked, 1).await;
     consistent_checkpoints(&client, 2).await;
 }

@@ -294,15 +294,7 @@ async fn checkpoint_at(
 /// Kills every instance (-9), starts them all again and waits until each is ready and every
 /// partition has an owner.
 async fn kill_all_and_restart(cluster: &mut Cluster) {
-    for instance in &mut cluster.instances {
-        instance.kill9();
-    }
-    for instance in &mut cluster.instances {
-        instance.restart();
-    }
-    for instance in &mut cluster.instances {
-        instance.wait_ready(&cluster.http).await;
-    }
+    cluster.kill_all_and_restart().await;
     wait_owners(
         cluster,
         "every partition owned after the restart",

@@ -289,6 +289,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Kills every instance (-9), starts them all again and waits until each is ready.
+    pub async fn kill_all_and_restart(&mut self) {
+        for instance in &mut self.instances {
+            instance.kill9();
+        }
+        for instance in &mut self.instances {
+            instance.restart();
+        }
+        for instance in &mut self.instances {
+            instance.wait_ready(&self.http).await;
+        }
+    }
+
     /// Fails naming any instance that exited by itself (each was only ever stopped by the
     /// test: killed and started again, or paused and woken).
     pub fn assert_none_exited(&mut self) {
