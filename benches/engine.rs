@@ -5,7 +5,8 @@
 //!
 //! at 100,000 and 1,000,000 users, on 1 and 2 shards. Batches of 1,000 events, 8 in flight as
 //! concurrent requests would have them, parsed on the runtime's two workers. `apply` starts
-//! from extracted events, to separate the engine from the parse.
+//! from extracted events, to separate the engine from the parse; `parse` is the parse alone
+//! (scan, extract, route) on one thread.
 //!
 //! Run: cargo bench --bench engine   (EDDY_BENCH_EVENTS=… changes the events per run)
 
@@ -106,6 +107,16 @@ fn engine(c: &mut Criterion) {
             }
         }
         if users == 100_000 {
+            for (name, spec) in &pipelines {
+                let p = pipeline(spec, 2);
+                group.bench_function(format!("parse/{name}/{users}_users"), |b| {
+                    b.iter(|| {
+                        for body in bodies.iter() {
+                            parse_batch(body, BodyFormat::NdJson, p.extractor()).unwrap();
+                        }
+                    })
+                });
+            }
             let spec = &pipelines[0].1;
             for shards in [1, 2] {
                 group.bench_function(format!("apply/six/{users}_users/{shards}_shards"), |b| {

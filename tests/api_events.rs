@@ -117,6 +117,36 @@ async fn ndjson_errors_are_numbered_by_line(backend: Backend) {
     assert_eq!(indices, [json!(1), json!(3)]);
 }
 
+/// Text a document parse refuses is refused where it is read, not only where it is skipped:
+/// a key with a lone surrogate and an amount beyond any f64 (each used to panic the parse).
+async fn unicode_and_numbers_a_document_cannot_hold_are_named(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.create_seed().await;
+    let body = [
+        r#"{"user_id": "a", "ts": 1, "page": "/p"}"#,
+        r#"{"user_id": "\ud800", "ts": 1, "page": "/p"}"#,
+        r#"{"user_id": "b", "ts": 1, "page": "/p", "amount": 1e400}"#,
+        r#"{"user_id": "c", "ts": 1, "page": "/p", "pad": "\udc00"}"#,
+    ]
+    .join("\n");
+    let resp = s.post_raw(EVENTS, Some("application/x-ndjson"), body).await;
+    let doc = expect_problem(resp, StatusCode::BAD_REQUEST, "invalid_events").await;
+    let errors: Vec<(u64, String)> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["detail"].to_string()))
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!((errors[0].0, errors[1].0, errors[2].0), (1, 2, 3));
+    assert!(errors[0].1.contains("lone surrogate"), "{errors:?}");
+    assert!(errors[1].1.contains("number out of range"), "{errors:?}");
+    assert!(errors[2].1.contains("lone surrogate"), "{errors:?}");
+    assert_eq!(status(&s).await["events"], 0, "nothing was applied");
+    s.post_events("clicks", &click("a", 1)).await;
+    assert_eq!(status(&s).await["events"], 1, "the server keeps serving");
+}
+
 async fn a_body_that_does_not_parse_is_400_with_its_position(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.create_seed().await;
@@ -382,6 +412,7 @@ backend_tests!(
     a_json_object_an_array_and_ndjson_are_batches_with_increasing_offsets,
     one_bad_event_refuses_the_whole_batch_naming_every_bad_one,
     ndjson_errors_are_numbered_by_line,
+    unicode_and_numbers_a_document_cannot_hold_are_named,
     a_body_that_does_not_parse_is_400_with_its_position,
     a_body_over_the_limit_is_413,
     a_missing_or_other_content_type_is_415,

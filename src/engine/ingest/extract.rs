@@ -13,7 +13,6 @@ use super::scan::{Captures, Plan, ScanError};
 use crate::engine::operator::Field;
 use crate::spec::{KeyGroups, Pointer, TimeFormat, TimeSpec};
 use crate::state::{JsonText, Key, Num, key_hash};
-use serde_json::value::RawValue;
 use serde_json::{Number, Value};
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -241,8 +240,7 @@ enum Leaf<'a> {
     Container,
 }
 
-fn leaf(raw: &RawValue) -> Leaf<'_> {
-    let text = raw.get();
+fn leaf(text: &str) -> Leaf<'_> {
     match text.as_bytes()[0] {
         b'n' => Leaf::Null,
         b't' => Leaf::Bool(true),
@@ -265,12 +263,12 @@ fn number(text: &str) -> Number {
 }
 
 /// The key at `pointer`, with its key group and hash.
-fn key_at(pointer: &Pointer, raw: Option<&RawValue>) -> Result<(Key, u16, u32), String> {
+fn key_at(pointer: &Pointer, raw: Option<&str>) -> Result<(Key, u16, u32), String> {
     let key = match raw.map(leaf) {
         None | Some(Leaf::Null) => return Err(format!("{pointer:?} is missing")),
         Some(Leaf::Str(s)) => Key::from(s.as_ref()),
         // An integer's text is its canonical decimal form (JSON allows no `+` or leading zero).
-        Some(Leaf::Number(n)) if n.is_i64() || n.is_u64() => Key::from(raw.expect("matched").get()),
+        Some(Leaf::Number(n)) if n.is_i64() || n.is_u64() => Key::from(raw.expect("matched")),
         Some(_) => return Err(format!("{pointer:?} must be a string or an integer")),
     };
     if key.len() > MAX_KEY_BYTES {
@@ -281,7 +279,7 @@ fn key_at(pointer: &Pointer, raw: Option<&RawValue>) -> Result<(Key, u16, u32), 
     Ok((key, group, hash))
 }
 
-fn value_at(pointer: &Pointer, kind: FieldKind, raw: Option<&RawValue>) -> Result<Field, String> {
+fn value_at(pointer: &Pointer, kind: FieldKind, raw: Option<&str>) -> Result<Field, String> {
     let Some(raw) = raw else {
         return Err(format!("{pointer:?} is missing"));
     };
@@ -295,14 +293,14 @@ fn value_at(pointer: &Pointer, kind: FieldKind, raw: Option<&RawValue>) -> Resul
     }
 }
 
-fn time_at(spec: &TimeSpec, raw: Option<&RawValue>) -> Result<i64, String> {
+fn time_at(spec: &TimeSpec, raw: Option<&str>) -> Result<i64, String> {
     let pointer = &spec.field;
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+    let Some(raw) = raw.filter(|r| *r != "null") else {
         return Err(format!("time {pointer:?} is missing"));
     };
     let time = match (spec.format, leaf(raw)) {
         (TimeFormat::EpochMs, Leaf::Number(n)) => n.as_i64(),
-        (TimeFormat::EpochS, Leaf::Number(n)) => seconds_to_millis(&n, raw.get()),
+        (TimeFormat::EpochS, Leaf::Number(n)) => seconds_to_millis(&n, raw),
         (TimeFormat::Rfc3339, Leaf::Str(s)) => rfc3339_millis(&s),
         _ => None,
     };
@@ -347,7 +345,7 @@ fn rfc3339_millis(text: &str) -> Option<i64> {
 }
 
 /// JSON equality for `where`, with numbers equal by value (`1` equals `1.0`).
-fn json_eq(raw: &RawValue, expected: &Value) -> bool {
+fn json_eq(raw: &str, expected: &Value) -> bool {
     match (leaf(raw), expected) {
         (Leaf::Null, Value::Null) => true,
         (Leaf::Bool(a), Value::Bool(b)) => a == *b,
@@ -357,7 +355,7 @@ fn json_eq(raw: &RawValue, expected: &Value) -> bool {
             _ => x.as_f64() == y.as_f64(),
         },
         (Leaf::Container, Value::Array(_) | Value::Object(_)) => {
-            serde_json::from_str::<Value>(raw.get()).is_ok_and(|a| a == *expected)
+            serde_json::from_str::<Value>(raw).is_ok_and(|a| a == *expected)
         }
         _ => false,
     }
