@@ -32,13 +32,11 @@ use crate::engine::EngineError;
 use crate::log::stream::{StreamError, Streams};
 use crate::store::{CheckpointRecord, CheckpointStatus, Store, StoreError};
 use crate::wal::{WalError, WalOptions};
-use claim::Holder;
 use failures::Failure;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Why a checkpoint, restore or recovery did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +85,7 @@ pub struct Checkpointer {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     /// Pipeline name → who holds its slot; waiters subscribe to learn the id or the release.
-    running: Mutex<HashMap<String, watch::Sender<Holder>>>,
+    running: claim::Slots,
     /// Pipeline name → failures not yet listed (the store was unreachable), oldest first.
     /// Only the holder of the pipeline's slot touches its entry.
     pending: Mutex<HashMap<String, VecDeque<Failure>>>,
@@ -107,7 +105,7 @@ impl Checkpointer {
             store,
             config,
             streams,
-            running: Mutex::new(HashMap::new()),
+            running: claim::Slots::default(),
             pending: Mutex::new(HashMap::new()),
             sinks: Mutex::new(HashMap::new()),
         }

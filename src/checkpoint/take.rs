@@ -1,13 +1,18 @@
 //! Taking a checkpoint: the slot, the barrier in the event order, ONE store transaction with
-//! what changed since the previous one, then the WAL and old checkpoints pruned. A failure
-//! goes to [`Checkpointer::failed`] before it is answered.
+//! what changed since the previous one, then the WAL trimmed. It is answered then; old
+//! checkpoints are pruned after the answer, still holding the slot (as Flink discards
+//! subsumed checkpoints asynchronously). A failure goes to [`Checkpointer::failed`] before
+//! it is answered.
 
+use super::claim::{Claim, Holder};
 use super::{CheckpointError, Checkpointer, stored};
 use crate::clock::now_ms;
 use crate::engine::{Barrier, EngineError, Pipeline};
+use crate::log::stream::Streams;
 use crate::store::{
-    CheckpointRecord, CheckpointStatus, CheckpointWrite, PartitionsWritten, Trigger,
+    CheckpointRecord, CheckpointStatus, CheckpointWrite, PartitionsWritten, Store, Trigger,
 };
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a checkpoint of a pipeline whose partitions are spread waits for every
@@ -51,6 +56,7 @@ impl Checkpointer {
         claim.set(id);
         match self.write(pipeline, id).await {
             Ok(meta) => {
+                self.after_commit(pipeline, &meta, claim).await;
                 crate::metrics::checkpoint_completed(crate::metrics::CheckpointDone {
                     pipeline: name,
                     trigger: trigger.as_str(),
@@ -107,7 +113,6 @@ impl Checkpointer {
             Ok(meta) => {
                 let committed = started.elapsed();
                 pipeline.output().mark_persisted(barrier.output_offset);
-                self.after_commit(pipeline, barrier.wal_lsn).await;
                 tracing::info!(
                     pipeline = name,
                     checkpoint = id,
@@ -115,7 +120,6 @@ impl Checkpointer {
                     duration_ms = meta.completed_at.unwrap_or(0) - meta.started_at,
                     barrier_ms,
                     write_ms = committed.as_millis() as u64 - barrier_ms,
-                    prune_ms = (started.elapsed() - committed).as_millis() as u64,
                     "checkpoint completed"
                 );
                 Ok(meta)
@@ -180,24 +184,24 @@ impl Checkpointer {
         }
     }
 
-    async fn after_commit(&self, pipeline: &Pipeline, wal_lsn: u64) {
+    /// After checkpoint `meta` committed: the WAL trimmed to what the checkpoints kept
+    /// need (local and quick, so before the answer), then, after the answer, the older
+    /// checkpoints pruned and compacted in the store (and a spread pipeline's output stream
+    /// trimmed), holding the slot as [`Holder::Pruning`] until done: the next checkpoint or
+    /// restore, and listings, wait for it.
+    async fn after_commit(&self, pipeline: &Pipeline, meta: &CheckpointRecord, claim: Claim) {
+        let name = pipeline.name().to_owned();
         let retain = pipeline
             .spec()
             .map_or(5, |s| i64::from(s.retain_checkpoints));
-        let keep_outputs = self.config.engine.output_retain as i64;
-        let keys_since = now_ms() - crate::engine::KEEP_MS;
-        if let Err(e) = self
-            .store
-            .prune(pipeline.name(), retain, keep_outputs, keys_since)
-            .await
-        {
-            tracing::warn!(pipeline = pipeline.name(), reason = %e, next = "the next completed checkpoint prunes them", "cannot prune old checkpoints");
-        }
         if let Some(log) = pipeline.log() {
-            let oldest = match self.store.checkpoints(pipeline.name()).await {
+            let wal_lsn = meta.progress.wal_lsn as u64;
+            // The checkpoints the prune keeps: the newest `retain` completed ones.
+            let oldest = match self.store.checkpoints(&name).await {
                 Ok(kept) => kept
                     .iter()
                     .filter(|c| c.status == CheckpointStatus::Completed)
+                    .take(retain.max(1) as usize)
                     .map(|c| c.progress.wal_lsn as u64)
                     .min()
                     .unwrap_or(0)
@@ -206,20 +210,60 @@ impl Checkpointer {
             };
             log.trim(wal_lsn, oldest);
         }
-        if spread_partitions(pipeline).is_some() {
-            self.trim_outputs(pipeline.name(), keep_outputs as u64)
-                .await;
-        }
+        claim.hold(Holder::Pruning);
+        let prune = Prune {
+            store: self.store.clone(),
+            streams: self
+                .streams
+                .clone()
+                .filter(|_| spread_partitions(pipeline).is_some()),
+            retain,
+            keep_outputs: self.config.engine.output_retain as i64,
+            checkpoint: meta.id,
+        };
+        tokio::spawn(async move {
+            prune.run(&name).await;
+            drop(claim);
+        });
     }
+}
 
-    /// Spread partitions publish their records themselves: the output stream keeps the
-    /// newest `keep` (at least what the contract keeps).
-    async fn trim_outputs(&self, name: &str, keep: u64) {
+/// What is pruned after a checkpoint.
+struct Prune {
+    store: Arc<dyn Store>,
+    /// The output stream to trim: a spread pipeline's partitions publish their records
+    /// themselves, so it keeps the newest `keep_outputs` (at least what the contract keeps).
+    streams: Option<Streams>,
+    retain: i64,
+    keep_outputs: i64,
+    /// The checkpoint that made the others old.
+    checkpoint: i64,
+}
+
+impl Prune {
+    async fn run(self, name: &str) {
+        let started = std::time::Instant::now();
+        let keys_since = now_ms() - crate::engine::KEEP_MS;
+        let pruned = self
+            .store
+            .prune(name, self.retain, self.keep_outputs, keys_since)
+            .await;
+        match pruned {
+            Ok(()) => tracing::debug!(
+                pipeline = name,
+                checkpoint = self.checkpoint,
+                prune_ms = started.elapsed().as_millis() as u64,
+                "old checkpoints pruned"
+            ),
+            Err(e) => {
+                tracing::warn!(pipeline = name, reason = %e, next = "the next completed checkpoint prunes them", "cannot prune old checkpoints")
+            }
+        }
         let Some(streams) = &self.streams else {
             return;
         };
         let trimmed = match streams.outputs(name).await {
-            Ok(outputs) => outputs.purge_keep(keep).await,
+            Ok(outputs) => outputs.purge_keep(self.keep_outputs as u64).await,
             Err(e) => Err(e),
         };
         if let Err(e) = trimmed {

@@ -188,9 +188,11 @@ impl Service {
         Ok(taken.await??)
     }
 
-    /// Every kept checkpoint of the pipeline `name` (running or failed), newest first.
+    /// Every kept checkpoint of the pipeline `name` (running or failed), newest first; once
+    /// the latest completed one has pruned what it made old.
     pub async fn checkpoint_list(&self, name: &str) -> Result<Vec<CheckpointRecord>, ServiceError> {
         self.served(name)?;
+        self.checkpoints.settled(name).await;
         Ok(self.store.checkpoints(name).await?)
     }
 
@@ -201,6 +203,7 @@ impl Service {
         id: i64,
     ) -> Result<CheckpointRecord, ServiceError> {
         self.served(name)?;
+        self.checkpoints.settled(name).await;
         let meta = self.store.checkpoint(name, id).await?;
         Ok(meta.ok_or(CheckpointError::NotFound { id })?)
     }
