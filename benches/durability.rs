@@ -1,7 +1,9 @@
 //! Durability figures on a real store (PostgreSQL from DATABASE_URL, or the SQLite default),
 //! with criterion:
 //! - `checkpoint/full`: a checkpoint of 1,000,000 keys, all changed;
-//! - `checkpoint/incremental`: 10,000 changed keys out of 1,000,000;
+//! - `checkpoint/incremental`: 10,000 changed keys out of 1,000,000, until answered;
+//! - `checkpoint/incremental+prune`: the same, until the older checkpoints it made old are
+//!   pruned and compacted (after the answer, see `checkpoint::take`);
 //! - `restore`: recovery of a pipeline from a checkpoint of 1,000,000 keys plus 1,000,000
 //!   events in the WAL after it;
 //! - `ingest_wal`: events/s through the WAL (no HTTP), fdatasync on and off.
@@ -170,11 +172,20 @@ impl Bench {
         (name, pipeline)
     }
 
-    fn checkpoint(&self, checkpointer: &Checkpointer, pipeline: &Pipeline) -> Duration {
+    /// A checkpoint, timed until answered (and until pruned if `pruned`); it always returns
+    /// pruned, so that no prune runs into the next step.
+    fn checkpoint(
+        &self,
+        checkpointer: &Checkpointer,
+        pipeline: &Pipeline,
+        pruned: bool,
+    ) -> Duration {
         self.runtime.block_on(async {
             let start = Instant::now();
             checkpointer.take(pipeline, Trigger::Manual).await.unwrap();
-            start.elapsed()
+            let answered = start.elapsed();
+            checkpointer.settled(pipeline.name()).await;
+            if pruned { start.elapsed() } else { answered }
         })
     }
 }
@@ -209,29 +220,31 @@ fn durability(c: &mut Criterion) {
         b.iter_custom(|iters| {
             each(iters, || {
                 let (_, pipeline) = bench.loaded(&checkpointer, KEYS);
-                bench.checkpoint(&checkpointer, &pipeline)
+                bench.checkpoint(&checkpointer, &pipeline, false)
             })
         })
     });
     let (_, pipeline) = bench.loaded(&checkpointer, KEYS);
-    bench.checkpoint(&checkpointer, &pipeline);
+    bench.checkpoint(&checkpointer, &pipeline, false);
     let mut round = 1;
-    group.bench_function("incremental/10000_of_1000000_keys", |b| {
-        b.iter_custom(|iters| {
-            each(iters, || {
-                round += 1;
-                let first = (round * KEYS / 100) % KEYS;
-                let changed = bodies(first, KEYS / 100, round as i64);
-                bench.runtime.block_on(ingest(&pipeline, changed));
-                bench.checkpoint(&checkpointer, &pipeline)
+    for (id, pruned) in [("incremental", false), ("incremental+prune", true)] {
+        group.bench_function(format!("{id}/10000_of_1000000_keys"), |b| {
+            b.iter_custom(|iters| {
+                each(iters, || {
+                    round += 1;
+                    let first = (round * KEYS / 100) % KEYS;
+                    let changed = bodies(first, KEYS / 100, round as i64);
+                    bench.runtime.block_on(ingest(&pipeline, changed));
+                    bench.checkpoint(&checkpointer, &pipeline, pruned)
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
     drop(pipeline);
 
     let (name, pipeline) = bench.loaded(&checkpointer, KEYS);
-    bench.checkpoint(&checkpointer, &pipeline);
+    bench.checkpoint(&checkpointer, &pipeline, false);
     bench
         .runtime
         .block_on(ingest(&pipeline, bodies(0, KEYS, 3)));
