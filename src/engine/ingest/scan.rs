@@ -11,7 +11,7 @@
 //! It is written byte by byte rather than as a serde visitor so that what it accepts is
 //! exactly what a document parse accepts, in read and skipped values alike (serde_json's
 //! skipping accepts lone surrogates and infinite numbers that its parse then refuses); it
-//! costs about what the visitor did (docs/architecture.md, "The hot path").
+//! costs about what the visitor did (docs/architecture.md, "Memory and the hot path").
 //!
 //! Over 400 lines for a reason: the scanner is about 300 lines read best whole; the rest are
 //! its unit tests.
