@@ -216,6 +216,10 @@ async fn a_missing_or_short_stream_fails_the_open() {
     let missing = streams.open("gone", 1, &fence(1), false).await;
     let e = missing.err().expect("a missing stream fails the open");
     assert!(e.to_string().contains("missing"), "{e}");
+    // A partition's owner follows the log; a deleted pipeline's stream is gone.
+    let followed = streams.follow("gone", 1).await;
+    let e = followed.err().expect("a missing stream fails the follow");
+    assert!(e.to_string().contains("the stream is missing"), "{e}");
     streams.create("short").await.unwrap();
     // A checkpoint said LSN 7 was covered, but the stream ends before it.
     let short = streams.open("short", 8, &fence(1), false).await;

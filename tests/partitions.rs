@@ -415,6 +415,13 @@ async fn spread_partitions_equal_the_reference() {
         remote > 0,
         "some keys were asked at an instance that does not own them"
     );
+    // An owner asked something unreadable says so, and goes on answering (below).
+    let nats = connect(&[nats_url()]).await.expect("connect");
+    let subject = format!("{}.own.clicks.0", cluster.name);
+    let answer = nats.request(subject, "not a request".into()).await;
+    let answer: Value = serde_json::from_slice(&answer.expect("an answer").payload).unwrap();
+    let detail = answer["unavailable"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("unreadable request"), "{answer}");
     // The status' keys are the sum over the owners, at every instance.
     let want = answers_of_reference(&reference).await.status;
     for at in 0..3 {
