@@ -379,15 +379,26 @@ pub async fn assert_matches_reference(
     acked: &[Acked],
     start: usize,
 ) -> Vec<Value> {
+    let (got, expected) = cluster_and_reference(client, spec, acked, start).await;
+    assert_same(&got, &expected, "cluster vs reference");
+    expected.output
+}
+
+/// What the cluster answers for `clicks` (its feed from offset `start`), and what a
+/// reference pipeline fed every acknowledged batch answers.
+pub async fn cluster_and_reference(
+    client: &ClusterClient,
+    spec: &Value,
+    acked: &[Acked],
+    start: usize,
+) -> (Answers, Answers) {
     let expected = answers_of_reference(&reference(spec, acked).await).await;
     assert_eq!(
         expected.status["events"],
         json!(acked.len() * BATCH),
         "the reference holds every acknowledged event"
     );
-    let got = answers_of(client, "clicks", start).await;
-    assert_same(&got, &expected, "cluster vs reference");
-    expected.output
+    (answers_of(client, "clicks", start).await, expected)
 }
 
 /// A consumer of the output feed that keeps its place across fail-overs: pages after its
