@@ -2,55 +2,74 @@
 
 use crate::engine::operator::{Context, Field, Input, Operator};
 use crate::state::JsonText;
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use smallvec::SmallVec;
 
 /// The `last_n` operator.
 pub struct LastN {
     pub n: usize,
 }
 
-/// The newest values of a key, at most `n`: a ring, inline up to five values, so that adding
-/// one touches no memory but the key's entry (and never allocates once the ring is full).
+/// The newest values of a key, at most `n`, packed into one string: each value's compact text
+/// followed by a newline (which compact JSON text never holds), oldest first, after `dead`
+/// bytes of values already dropped. A key's few short values sit inline in the entry (up to
+/// 24 bytes); adding one appends its text and drops the oldest by moving `dead` past it, so
+/// neither costs more than the value's own bytes (the dropped prefix is cut off once it is
+/// as long as what is kept).
 ///
-/// Invariant: `values[oldest..]` then `values[..oldest]` is arrival order; `oldest` is 0 until
-/// the ring is full.
+/// Invariant: `text[dead..]` is `len` values, each ended by `\n`; `dead <= text.len()`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Recent {
-    values: SmallVec<[JsonText; 5]>,
-    oldest: usize,
+    text: CompactString,
+    dead: u32,
+    len: u32,
 }
 
 impl Recent {
-    fn add(&mut self, value: JsonText, n: usize) {
-        if self.values.len() < n {
-            self.values.push(value);
-        } else {
-            self.values[self.oldest] = value;
-            self.oldest = (self.oldest + 1) % self.values.len();
+    fn add(&mut self, value: &str, n: usize) {
+        debug_assert!(!value.is_empty() && !value.contains('\n'));
+        if self.len as usize >= n {
+            let kept = &self.text[self.dead as usize..];
+            let oldest = kept.find('\n').expect("every value ends with a newline");
+            self.dead += oldest as u32 + 1;
+            self.len -= 1;
+            if self.dead as usize * 2 >= self.text.len() {
+                self.text.replace_range(..self.dead as usize, "");
+                self.dead = 0;
+            }
         }
+        self.text.push_str(value);
+        self.text.push('\n');
+        self.len += 1;
     }
 
     /// Values, oldest first.
-    fn iter(&self) -> impl DoubleEndedIterator<Item = &JsonText> {
-        let (newer, older) = self.values.split_at(self.oldest);
-        older.iter().chain(newer)
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &str> {
+        self.text[self.dead as usize..].split_terminator('\n')
     }
+}
+
+fn raw(text: &str) -> &RawValue {
+    serde_json::from_str(text).expect("last_n keeps valid JSON")
 }
 
 /// Checkpointed as the list of values, oldest first.
 impl Serialize for Recent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
+        s.collect_seq(self.iter().map(raw))
     }
 }
 
 impl<'de> Deserialize<'de> for Recent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Recent, D::Error> {
-        let values = SmallVec::<[JsonText; 5]>::deserialize(d)?;
-        Ok(Recent { values, oldest: 0 })
+        let values = Vec::<JsonText>::deserialize(d)?;
+        let mut recent = Recent::default();
+        for value in &values {
+            recent.add(value.as_str(), usize::MAX);
+        }
+        Ok(recent)
     }
 }
 
@@ -59,16 +78,16 @@ impl Operator for LastN {
 
     fn on_event(&self, state: &mut Recent, input: &Input<'_>, _cx: &mut Context<'_>) {
         if let Field::Json(value) = input.value {
-            state.add(value.clone(), self.n);
+            state.add(value.as_str(), self.n);
         }
     }
 
     fn is_empty(&self, state: &Recent) -> bool {
-        state.values.is_empty()
+        state.len == 0
     }
 
     fn query(&self, state: &Recent) -> Value {
-        let newest_first: Vec<&RawValue> = state.iter().rev().map(JsonText::as_raw).collect();
+        let newest_first: Vec<&RawValue> = state.iter().rev().map(raw).collect();
         json!({ "values": newest_first })
     }
 }
@@ -77,29 +96,34 @@ impl Operator for LastN {
 mod tests {
     use super::*;
 
-    fn text(n: i32) -> JsonText {
-        JsonText::compact(&n.to_string())
+    fn text(n: i32) -> String {
+        format!("\"{}{n}\"", "x".repeat(n as usize % 29))
     }
 
     #[test]
     fn the_ring_keeps_the_newest_n_in_order_and_checkpoints_them_oldest_first() {
-        for n in [1, 3, 5, 8] {
+        for n in [1, 3, 5, 8, 40] {
             let mut ring = Recent::default();
-            for v in 0..20 {
-                ring.add(text(v), n);
+            for v in 0..200 {
+                ring.add(&text(v), n);
                 let expected: Vec<String> = (0..=v)
                     .skip((v + 1 - n as i32).max(0) as usize)
-                    .map(|v| v.to_string())
+                    .map(text)
                     .collect();
-                let got: Vec<String> = ring.iter().map(|t| t.as_str().to_owned()).collect();
+                let got: Vec<String> = ring.iter().map(str::to_owned).collect();
                 assert_eq!(got, expected, "n={n} after {v}");
+                let kept = ring.text.len() - ring.dead as usize;
+                assert!(
+                    ring.dead as usize <= kept,
+                    "n={n}: what was dropped is cut off"
+                );
             }
             let saved = serde_json::to_string(&ring).unwrap();
             let restored: Recent = serde_json::from_str(&saved).unwrap();
             assert!(restored.iter().eq(ring.iter()), "n={n}");
             let mut both = (ring, restored);
-            both.0.add(text(99), n);
-            both.1.add(text(99), n);
+            both.0.add(&text(99), n);
+            both.1.add(&text(99), n);
             assert!(
                 both.0.iter().eq(both.1.iter()),
                 "n={n}: a restored ring goes on alike"
