@@ -25,22 +25,42 @@ use crate::spec::{OperatorKind, OperatorSpec};
 
 /// At most one pending event-time timer per key: the earliest one its state needs. A later
 /// need is met when that timer fires and re-arms; an earlier one registers anew.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TimerSlot(Option<i64>);
+///
+/// Held as a bare time, `i64::MIN` meaning none (8 bytes a key rather than an `Option`'s 16).
+/// A timer due at `i64::MIN` itself is registered and then looks like none: the next need
+/// registers again, a spare timer, which is harmless (operators check their state when a timer
+/// fires).
+#[derive(Clone, Copy, Debug)]
+pub struct TimerSlot(i64);
+
+impl Default for TimerSlot {
+    fn default() -> Self {
+        TimerSlot(TimerSlot::NONE)
+    }
+}
 
 impl TimerSlot {
+    const NONE: i64 = i64::MIN;
+
+    fn pending(self) -> Option<i64> {
+        (self.0 != TimerSlot::NONE).then_some(self.0)
+    }
+
     /// Makes sure a timer at or before `due` is pending.
     pub fn arm(&mut self, due: i64, cx: &mut Context<'_>) {
-        if self.0.is_none_or(|pending| due < pending) {
+        if self.pending().is_none_or(|pending| due < pending) {
             cx.register_event_time_timer(due);
-            self.0 = Some(due);
+            self.0 = due;
         }
     }
 
     /// Forgets the pending timer once the watermark reached it.
     pub fn fired(&mut self, watermark: i64) {
-        if self.0.is_some_and(|pending| is_due(pending, watermark)) {
-            self.0 = None;
+        if self
+            .pending()
+            .is_some_and(|pending| is_due(pending, watermark))
+        {
+            self.0 = TimerSlot::NONE;
         }
     }
 }
