@@ -47,8 +47,8 @@ pub(crate) struct OperatorRunner<O: Operator> {
     index: u16,
     state: KeyedState<O::State>,
     timers: Timers,
-    /// (expire-check time, key): lazily re-armed from the key's newest event time.
-    ttl_timers: TimerQueue,
+    /// (expire-check time, entry number): lazily re-armed from the key's newest event time.
+    ttl_timers: TimerQueue<u32>,
     ttl: Option<i64>,
 }
 
@@ -86,18 +86,37 @@ impl<O: Operator> OperatorRunner<O> {
         );
     }
 
-    /// Drops a key whose newest event is older than watermark − TTL, or re-arms its check.
-    fn expire(&mut self, key: Key, watermark: i64, ttl: i64) {
-        let Some(last) = self.state.last_time(&key) else {
-            return;
-        };
-        let due = last.saturating_add(ttl).saturating_add(1);
-        if due <= watermark {
-            self.state.remove(&key);
-        } else {
-            self.ttl_timers.register(due, key);
+    /// Drops every key whose newest event is older than watermark − TTL, re-arming the check
+    /// of a key that had newer events since its check was set.
+    ///
+    /// A check names an entry number, not a key: the key it was set for may be gone and the
+    /// entry hold another key since. Checking that key is still right (whatever key an entry
+    /// holds is dropped exactly when its own newest event is too old), and a check it did not
+    /// need is re-armed at the same time as its own, so the two fire side by side and the
+    /// second is dropped as a repeat.
+    fn expire(&mut self, watermark: i64, ttl: i64) {
+        let mut last = None;
+        while let Some(check) = self.ttl_timers.pop_due(watermark) {
+            if last.replace(check) == Some(check) {
+                continue;
+            }
+            let entry = check.1;
+            let Some(newest) = self.state.entry_last_time(entry) else {
+                continue;
+            };
+            let due = expiry(newest, ttl);
+            if due <= watermark {
+                self.state.remove_entry(entry);
+            } else {
+                self.ttl_timers.register(due, entry);
+            }
         }
     }
+}
+
+/// When a key whose newest event is at `time` expires: once the watermark passes time + TTL.
+fn expiry(time: i64, ttl: i64) -> i64 {
+    time.saturating_add(ttl).saturating_add(1)
 }
 
 impl<O: Operator> Runner for OperatorRunner<O> {
@@ -120,9 +139,8 @@ impl<O: Operator> Runner for OperatorRunner<O> {
                 op.on_event(s, input, &mut cx);
             },
         );
-        if let (Some(ttl), Some(((), true))) = (self.ttl, created) {
-            let due = input.time.saturating_add(ttl).saturating_add(1);
-            self.ttl_timers.register(due, key.clone());
+        if let (Some(ttl), Some(((), Some(entry)))) = (self.ttl, created) {
+            self.ttl_timers.register(expiry(input.time, ttl), entry);
         }
     }
 
@@ -147,9 +165,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             self.fire(&key, time, TimeDomain::EventTime, 1, &mut at);
         }
         if let Some(ttl) = self.ttl {
-            while let Some((_, key)) = self.ttl_timers.pop_due(wm) {
-                self.expire(key, wm, ttl);
-            }
+            self.expire(wm, ttl);
         }
     }
 
@@ -224,14 +240,12 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             self.index,
         );
         self.op.restore_timers(&mut state, &mut cx);
-        if let Some(ttl) = self.ttl {
-            self.ttl_timers.register(
-                row.last_time.saturating_add(ttl).saturating_add(1),
-                row.key.clone(),
-            );
-        }
-        self.state
+        let entry = self
+            .state
             .restore(row.key.clone(), hash, state, row.last_time);
+        if let Some(ttl) = self.ttl {
+            self.ttl_timers.register(expiry(row.last_time, ttl), entry);
+        }
         Ok(())
     }
 

@@ -158,8 +158,8 @@ impl<S: Default> KeyedState<S> {
 
     /// Runs `f` on the state of `key`, creating it (empty) when `create` is set. Records `time`
     /// as the key's newest event time, marks the key changed, and drops it when left empty.
-    /// Returns `None` when the key had no state and `create` is false; else `f`'s result and
-    /// whether the key was created. `hash` is `key_hash(key)`.
+    /// Returns `None` when the key had no state and `create` is false; else `f`'s result and,
+    /// when the key was created, its entry number. `hash` is `key_hash(key)`.
     pub fn update<R>(
         &mut self,
         key: &Key,
@@ -168,7 +168,7 @@ impl<S: Default> KeyedState<S> {
         create: bool,
         is_empty: impl Fn(&S) -> bool,
         f: impl FnOnce(&mut S) -> R,
-    ) -> Option<(R, bool)> {
+    ) -> Option<(R, Option<u32>)> {
         debug_assert_eq!(hash, key_hash(key));
         if let Some(i) = self.find_hashed(key, hash) {
             let entry = &mut self.entries[i];
@@ -181,17 +181,15 @@ impl<S: Default> KeyedState<S> {
             } else {
                 self.mark(i);
             }
-            return Some((result, false));
+            return Some((result, None));
         }
         if !create {
             return None;
         }
         let mut state = S::default();
         let result = f(&mut state);
-        let created = !is_empty(&state);
-        if created {
-            self.insert(key.clone(), hash, state, time.unwrap_or(i64::MIN), true);
-        }
+        let created = (!is_empty(&state))
+            .then(|| self.insert(key.clone(), hash, state, time.unwrap_or(i64::MIN), true) as u32);
         Some((result, created))
     }
 
@@ -216,19 +214,34 @@ impl<S: Default> KeyedState<S> {
     }
 
     /// Puts restored state without marking it changed (it is what the checkpoint holds);
-    /// `hash` is the key's [`key_hash`].
-    pub fn restore(&mut self, key: Key, hash: u32, state: S, last_time: i64) {
+    /// `hash` is the key's [`key_hash`]. Answers the key's entry number.
+    pub fn restore(&mut self, key: Key, hash: u32, state: S, last_time: i64) -> u32 {
         debug_assert_eq!(hash, key_hash(&key));
-        match self.find_hashed(&key, hash) {
+        let i = match self.find_hashed(&key, hash) {
             Some(i) => {
                 let entry = &mut self.entries[i];
                 entry.state = state;
                 entry.last_time = last_time;
+                i
             }
-            None => {
-                self.insert(key, hash, state, last_time, false);
-            }
-        }
+            None => self.insert(key, hash, state, last_time, false),
+        };
+        i as u32
+    }
+
+    /// The newest event time of the key in entry `i`, if the entry holds one. Entry numbers
+    /// are reused once a key is gone: the key may not be the one the number was taken for.
+    pub fn entry_last_time(&self, i: u32) -> Option<i64> {
+        self.entries
+            .get(i as usize)
+            .filter(|e| e.live)
+            .map(|e| e.last_time)
+    }
+
+    /// Drops the key in entry `i` (TTL expiry), which must hold one.
+    pub fn remove_entry(&mut self, i: u32) {
+        debug_assert!(self.entries[i as usize].live);
+        self.free_entry(i as usize);
     }
 
     /// Number of keys with state.
