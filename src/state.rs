@@ -3,6 +3,7 @@
 //!
 //! Invariant: state is owned by exactly one shard thread; nothing here locks.
 
+mod expiry;
 mod index;
 mod json_text;
 mod keyed;
@@ -10,6 +11,7 @@ mod num;
 mod primitives;
 mod timers;
 
+pub use expiry::ExpiryQueue;
 pub use json_text::JsonText;
 pub use keyed::{Change, KeyedState, key_hash};
 pub use num::Num;

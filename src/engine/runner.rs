@@ -3,7 +3,7 @@
 
 use super::operator::{Context, Emission, Input, Operator, TimeDomain, Timers};
 pub use crate::state::StateRow;
-use crate::state::{Change, Key, KeyedState, TimerQueue, key_hash};
+use crate::state::{Change, ExpiryQueue, Key, KeyedState, key_hash};
 use serde_json::Value;
 
 /// How many keys ahead of the one applied (or fired) state is prefetched for.
@@ -47,8 +47,8 @@ pub(crate) struct OperatorRunner<O: Operator> {
     index: u16,
     state: KeyedState<O::State>,
     timers: Timers,
-    /// (expire-check time, entry number): lazily re-armed from the key's newest event time.
-    ttl_timers: TimerQueue<u32>,
+    /// TTL checks, by entry number.
+    expiry: ExpiryQueue,
     ttl: Option<i64>,
 }
 
@@ -59,7 +59,7 @@ impl<O: Operator> OperatorRunner<O> {
             index,
             state: KeyedState::default(),
             timers: Timers::default(),
-            ttl_timers: TimerQueue::default(),
+            expiry: ExpiryQueue::default(),
             ttl,
         }
     }
@@ -86,36 +86,20 @@ impl<O: Operator> OperatorRunner<O> {
         );
     }
 
-    /// Drops every key whose newest event is older than watermark − TTL, re-arming the check
-    /// of a key that had newer events since its check was set.
-    ///
-    /// A check names an entry number, not a key: the key it was set for may be gone and the
-    /// entry hold another key since. Checking that key is still right (whatever key an entry
-    /// holds is dropped exactly when its own newest event is too old), and a check it did not
-    /// need is re-armed at the same time as its own, so the two fire side by side and the
-    /// second is dropped as a repeat.
+    /// Drops every key whose newest event is older than watermark − TTL.
     fn expire(&mut self, watermark: i64, ttl: i64) {
-        let mut last = None;
-        while let Some(check) = self.ttl_timers.pop_due(watermark) {
-            if last.replace(check) == Some(check) {
-                continue;
-            }
-            let entry = check.1;
-            let Some(newest) = self.state.entry_last_time(entry) else {
-                continue;
-            };
-            let due = expiry(newest, ttl);
-            if due <= watermark {
-                self.state.remove_entry(entry);
-            } else {
-                self.ttl_timers.register(due, entry);
-            }
+        let state = &self.state;
+        let due = self.expiry.due(watermark, |entry| {
+            state.entry_last_time(entry).map(|t| expires_at(t, ttl))
+        });
+        for entry in due {
+            self.state.remove_entry(entry);
         }
     }
 }
 
 /// When a key whose newest event is at `time` expires: once the watermark passes time + TTL.
-fn expiry(time: i64, ttl: i64) -> i64 {
+fn expires_at(time: i64, ttl: i64) -> i64 {
     time.saturating_add(ttl).saturating_add(1)
 }
 
@@ -140,7 +124,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             },
         );
         if let (Some(ttl), Some(((), Some(entry)))) = (self.ttl, created) {
-            self.ttl_timers.register(expiry(input.time, ttl), entry);
+            self.expiry.register(expires_at(input.time, ttl), entry);
         }
     }
 
@@ -244,7 +228,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             .state
             .restore(row.key.clone(), hash, state, row.last_time);
         if let Some(ttl) = self.ttl {
-            self.ttl_timers.register(expiry(row.last_time, ttl), entry);
+            self.expiry.register(expires_at(row.last_time, ttl), entry);
         }
         Ok(())
     }

@@ -193,17 +193,6 @@ impl<S: Default> KeyedState<S> {
         Some((result, created))
     }
 
-    /// Drops `key` (TTL expiry); true when it had state.
-    pub fn remove(&mut self, key: &Key) -> bool {
-        match self.find(key) {
-            Some(i) => {
-                self.free_entry(i);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Lists `key` as changed again (its checkpoint failed): its current state, or its absence,
     /// goes into the next checkpoint.
     pub fn mark_changed(&mut self, key: &Key) {
@@ -365,7 +354,10 @@ mod tests {
         let mut ks = KeyedState::default();
         add(&mut ks, "a", 1);
         drain(&mut ks);
-        assert!(ks.remove(&"a".into()));
+        let entry = ks.find("a").expect("a has state") as u32;
+        assert_eq!(ks.entry_last_time(entry), Some(1));
+        ks.remove_entry(entry);
+        assert_eq!(ks.entry_last_time(entry), None, "the entry is free");
         add(&mut ks, "a", 2);
         assert_eq!(drain(&mut ks), ["put a [2]"]);
     }

@@ -24,37 +24,24 @@ fn bucket(time: i64) -> i64 {
     time >> BUCKET_BITS
 }
 
-/// Pending timers, earliest first, each for an item `T`: a key, or anything ordered that names
-/// one (the TTL checks name a key's entry number, 16 bytes a timer rather than 32).
-#[derive(Debug)]
-pub struct TimerQueue<T = Key> {
+/// Pending timers, earliest first.
+#[derive(Debug, Default)]
+pub struct TimerQueue {
     /// Timers of the buckets not yet reached, unsorted within a bucket.
-    buckets: FxHashMap<i64, Vec<(i64, T)>>,
+    buckets: FxHashMap<i64, Vec<(i64, Key)>>,
     /// The buckets of `buckets`, in order.
     order: BTreeSet<i64>,
     /// The timers of the buckets reached so far, sorted latest first: every one of them is
     /// earlier than every timer in `buckets`.
-    firing: Vec<(i64, T)>,
+    firing: Vec<(i64, Key)>,
     /// The last bucket moved into `firing`.
     reached: Option<i64>,
     len: usize,
 }
 
-impl<T> Default for TimerQueue<T> {
-    fn default() -> Self {
-        TimerQueue {
-            buckets: FxHashMap::default(),
-            order: BTreeSet::new(),
-            firing: Vec::new(),
-            reached: None,
-            len: 0,
-        }
-    }
-}
-
-impl<T: Ord> TimerQueue<T> {
+impl TimerQueue {
     /// Registers a timer for `key` at `time`.
-    pub fn register(&mut self, time: i64, key: T) {
+    pub fn register(&mut self, time: i64, key: Key) {
         self.len += 1;
         let b = bucket(time);
         if self.reached.is_some_and(|reached| b <= reached) {
@@ -73,7 +60,7 @@ impl<T: Ord> TimerQueue<T> {
     }
 
     /// Removes and returns the earliest timer due at `now` (time <= now).
-    pub fn pop_due(&mut self, now: i64) -> Option<(i64, T)> {
+    pub fn pop_due(&mut self, now: i64) -> Option<(i64, Key)> {
         loop {
             if let Some((time, _)) = self.firing.last() {
                 if *time > now {
@@ -100,7 +87,7 @@ impl<T: Ord> TimerQueue<T> {
 
     /// The key of the timer `n` places after the next one in firing order, if it is already
     /// in the bucket being fired: for prefetching its state (a hint, it may not be due yet).
-    pub fn upcoming(&self, n: usize) -> Option<&T> {
+    pub fn upcoming(&self, n: usize) -> Option<&Key> {
         let at = self.firing.len().checked_sub(n + 1)?;
         Some(&self.firing[at].1)
     }
@@ -130,7 +117,7 @@ mod tests {
 
     #[test]
     fn timers_fire_in_time_then_key_order_and_only_when_due() {
-        let mut q: TimerQueue = TimerQueue::default();
+        let mut q = TimerQueue::default();
         assert_eq!(q.upcoming(0), None);
         q.register(20, "b".into());
         q.register(10, "z".into());
@@ -168,7 +155,7 @@ mod tests {
         /// registrations (also into the past and into the bucket being fired) and advances.
         #[test]
         fn fires_exactly_as_a_heap_would(ops in proptest::collection::vec(op(), 0..300)) {
-            let mut q: TimerQueue = TimerQueue::default();
+            let mut q = TimerQueue::default();
             let mut heap = BinaryHeap::new();
             let mut now = -6_000i64;
             for op in ops {
