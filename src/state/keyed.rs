@@ -5,7 +5,9 @@
 //! (slots of removed keys are reused), and a hash table of 4-byte entry numbers (plus the
 //! 4-byte hash, so growing never rereads a key) finds them. A hash map of whole entries would
 //! leave half of its (large) buckets empty after it doubles; here an empty bucket costs 8
-//! bytes. Changes are entry numbers, 4 bytes each, so draining costs O(changed keys).
+//! bytes. Changes are entry numbers, 4 bytes each, so draining costs O(changed keys). The two
+//! flags of an entry (it holds a key; it is listed as changed) are bits beside the entries,
+//! not fields of them: two bools would pad every entry by 8 bytes.
 //!
 //! Invariant: a live entry holds non-empty state; an update that leaves a key empty removes it.
 
@@ -19,10 +21,28 @@ struct Entry<S> {
     /// Newest event time applied to this key.
     last_time: i64,
     state: S,
-    /// Whether the key has state (false: a free slot).
-    live: bool,
-    /// Whether the entry number is listed in `changed` and the key not yet drained.
-    changed: bool,
+}
+
+/// One bit per entry.
+#[derive(Debug, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, i: usize, on: bool) {
+        if i / 64 >= self.0.len() {
+            self.0.resize(i / 64 + 1, 0);
+        }
+        let word = &mut self.0[i / 64];
+        if on {
+            *word |= 1 << (i % 64);
+        } else {
+            *word &= !(1 << (i % 64));
+        }
+    }
 }
 
 /// One change since the last checkpoint.
@@ -40,6 +60,10 @@ pub struct KeyedState<S> {
     /// Entry number of every live key, by hash.
     index: Index,
     entries: Vec<Entry<S>>,
+    /// Which entries hold a key (the others are free).
+    occupied: Bits,
+    /// Which entries are listed in `changed` with their key not yet drained.
+    dirty: Bits,
     /// Numbers of free entries.
     free: Vec<u32>,
     live: usize,
@@ -54,6 +78,8 @@ impl<S> Default for KeyedState<S> {
         KeyedState {
             index: Index::default(),
             entries: Vec::new(),
+            occupied: Bits::default(),
+            dirty: Bits::default(),
             free: Vec::new(),
             live: 0,
             changed: Vec::new(),
@@ -110,9 +136,8 @@ impl<S: Default> KeyedState<S> {
     }
 
     fn mark(&mut self, i: usize) {
-        let entry = &mut self.entries[i];
-        if !entry.changed {
-            entry.changed = true;
+        if !self.dirty.get(i) {
+            self.dirty.set(i, true);
             self.changed.push(i as u32);
         }
     }
@@ -123,8 +148,6 @@ impl<S: Default> KeyedState<S> {
             key,
             last_time,
             state,
-            live: true,
-            changed,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -137,6 +160,8 @@ impl<S: Default> KeyedState<S> {
             }
         };
         self.index.insert(h, i as u32);
+        self.occupied.set(i, true);
+        self.dirty.set(i, changed);
         self.live += 1;
         if changed {
             self.changed.push(i as u32);
@@ -148,10 +173,10 @@ impl<S: Default> KeyedState<S> {
     fn free_entry(&mut self, i: usize) {
         self.index.remove(key_hash(&self.entries[i].key), i as u32);
         let entry = &mut self.entries[i];
-        entry.live = false;
-        entry.changed = false;
         entry.state = S::default();
         self.removed.push(std::mem::take(&mut entry.key));
+        self.occupied.set(i, false);
+        self.dirty.set(i, false);
         self.free.push(i as u32);
         self.live -= 1;
     }
@@ -221,15 +246,13 @@ impl<S: Default> KeyedState<S> {
     /// The newest event time of the key in entry `i`, if the entry holds one. Entry numbers
     /// are reused once a key is gone: the key may not be the one the number was taken for.
     pub fn entry_last_time(&self, i: u32) -> Option<i64> {
-        self.entries
-            .get(i as usize)
-            .filter(|e| e.live)
-            .map(|e| e.last_time)
+        let i = i as usize;
+        self.occupied.get(i).then(|| self.entries[i].last_time)
     }
 
     /// Drops the key in entry `i` (TTL expiry), which must hold one.
     pub fn remove_entry(&mut self, i: u32) {
-        debug_assert!(self.entries[i as usize].live);
+        debug_assert!(self.occupied.get(i as usize));
         self.free_entry(i as usize);
     }
 
@@ -247,8 +270,9 @@ impl<S: Default> KeyedState<S> {
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &S)> {
         self.entries
             .iter()
-            .filter(|e| e.live)
-            .map(|e| (&e.key, &e.state))
+            .enumerate()
+            .filter(|(i, _)| self.occupied.get(*i))
+            .map(|(_, e)| (&e.key, &e.state))
     }
 
     /// Number of keys changed since the last drain (an upper bound: a key may be counted as
@@ -269,9 +293,11 @@ impl<S: Default> KeyedState<S> {
             }
         }
         for i in std::mem::take(&mut self.changed) {
-            let entry = &mut self.entries[i as usize];
-            if entry.live && entry.changed {
-                entry.changed = false;
+            // A freed entry's bit is cleared: only entries holding a key are still dirty.
+            let i = i as usize;
+            if self.dirty.get(i) {
+                self.dirty.set(i, false);
+                let entry = &self.entries[i];
                 sink(Change::Put(&entry.key, &entry.state), entry.last_time);
             }
         }
