@@ -7,6 +7,7 @@ mod expiry;
 mod index;
 mod json_text;
 mod keyed;
+mod keys;
 mod num;
 mod primitives;
 mod timers;
@@ -14,6 +15,7 @@ mod timers;
 pub use expiry::ExpiryQueue;
 pub use json_text::JsonText;
 pub use keyed::{Change, KeyedState, key_hash};
+pub use keys::KeyTable;
 pub use num::Num;
 pub use primitives::{
     AggregateFunction, AggregatingState, ListState, MapState, ReducingState, ValueState,

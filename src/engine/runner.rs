@@ -1,13 +1,28 @@
 //! Runs one operator instance over its keyed state: the type-erased face a shard drives, so a
-//! shard holds built-in and user operators alike as `Box<dyn Runner>`.
+//! shard holds built-in and user operators alike as `Box<dyn Runner>`. The shard's key table,
+//! shared by its runners, is handed to each call.
 
 use super::operator::{Context, Emission, Input, Operator, TimeDomain, Timers};
 pub use crate::state::StateRow;
-use crate::state::{Change, ExpiryQueue, Key, KeyedState, key_hash};
+use crate::state::{Change, ExpiryQueue, Key, KeyTable, KeyedState, key_hash};
 use serde_json::Value;
 
-/// How many keys ahead of the one applied (or fired) state is prefetched for.
-pub(crate) const PREFETCH_AHEAD: usize = 8;
+/// How a key's state is brought into the cache ahead of its use, one dependent step at a
+/// time: the key table's index slot, then the key and its entry numbers (found through the
+/// slot), then the operator's entry (found through those).
+#[derive(Clone, Copy)]
+pub(crate) enum Prefetch {
+    Slot,
+    Key,
+    Entry,
+}
+
+/// How many keys ahead of the one applied (or fired) each step is taken.
+pub(crate) const PREFETCH_STAGES: [(usize, Prefetch); 3] = [
+    (12, Prefetch::Slot),
+    (8, Prefetch::Key),
+    (4, Prefetch::Entry),
+];
 
 /// Where a shard stands when it calls a runner.
 pub(crate) struct Step<'a> {
@@ -19,26 +34,38 @@ pub(crate) struct Step<'a> {
 /// What a shard needs of an operator instance.
 pub(crate) trait Runner: Send {
     /// Applies one event to `key`, whose `key_hash` is `hash`.
-    fn apply(&mut self, key: &Key, hash: u32, input: &Input<'_>, at: Step<'_>);
-    /// Brings the index slot (`entry` false) or the entry (true) of a key soon applied into
-    /// the cache: a hint with no effect on results.
-    fn prefetch(&self, hash: u32, entry: bool);
+    fn apply(&mut self, keys: &mut KeyTable, key: &Key, hash: u32, input: &Input<'_>, at: Step<'_>);
+    /// Brings the entry of a key soon applied into the cache, once the key table's part is
+    /// there: a hint with no effect on results.
+    fn prefetch(&self, keys: &KeyTable, hash: u32);
     /// Fires due event-time timers and expires keys past their TTL.
-    fn advance_watermark(&mut self, at: Step<'_>);
+    fn advance_watermark(&mut self, keys: &mut KeyTable, at: Step<'_>);
     /// Fires due processing-time timers.
-    fn advance_clock(&mut self, now: i64, at: Step<'_>);
-    fn query(&self, key: &str) -> Option<Value>;
+    fn advance_clock(&mut self, keys: &mut KeyTable, now: i64, at: Step<'_>);
+    fn query(&self, keys: &KeyTable, key: &str) -> Option<Value>;
     /// Up to `limit` keys after `after` that start with `prefix`, in byte order, answered.
-    fn list(&self, after: Option<&str>, prefix: &str, limit: usize) -> Vec<(Key, Value)>;
+    fn list(
+        &self,
+        keys: &KeyTable,
+        after: Option<&str>,
+        prefix: &str,
+        limit: usize,
+    ) -> Vec<(Key, Value)>;
     fn key_count(&self) -> usize;
     fn changed_keys(&self) -> usize;
     /// Appends every change since the last drain to `out`, encoded.
-    fn drain_changes(&mut self, out: &mut Vec<StateRow>);
+    fn drain_changes(&mut self, keys: &KeyTable, out: &mut Vec<StateRow>);
     /// Puts a key's state from a checkpoint and registers the timers it needs; `hash` is the
     /// key's `key_hash`.
-    fn restore(&mut self, row: &StateRow, hash: u32, watermark: Option<i64>) -> Result<(), String>;
+    fn restore(
+        &mut self,
+        keys: &mut KeyTable,
+        row: &StateRow,
+        hash: u32,
+        watermark: Option<i64>,
+    ) -> Result<(), String>;
     /// Lists a key as changed again.
-    fn remark(&mut self, key: &Key);
+    fn remark(&mut self, keys: &KeyTable, key: &Key);
 }
 
 /// An operator with its keyed state, its timers and the pipeline's TTL.
@@ -57,14 +84,21 @@ impl<O: Operator> OperatorRunner<O> {
         OperatorRunner {
             op,
             index,
-            state: KeyedState::default(),
+            state: KeyedState::new(usize::from(index)),
             timers: Timers::default(),
             expiry: ExpiryQueue::default(),
             ttl,
         }
     }
 
-    fn fire(&mut self, key: &Key, time: i64, domain: TimeDomain, phase: u8, at: &mut Step<'_>) {
+    fn fire(
+        &mut self,
+        keys: &mut KeyTable,
+        key: &Key,
+        time: i64,
+        (domain, phase): (TimeDomain, u8),
+        at: &mut Step<'_>,
+    ) {
         let Self {
             op,
             state,
@@ -73,6 +107,7 @@ impl<O: Operator> OperatorRunner<O> {
             ..
         } = self;
         state.update(
+            keys,
             key,
             key_hash(key),
             None,
@@ -86,14 +121,22 @@ impl<O: Operator> OperatorRunner<O> {
         );
     }
 
+    fn prefetch_stage(&self, keys: &KeyTable, hash: u32, stage: Prefetch) {
+        match stage {
+            Prefetch::Slot => keys.prefetch_slot(hash),
+            Prefetch::Key => keys.prefetch_key(hash),
+            Prefetch::Entry => self.state.prefetch_entry(keys, hash),
+        }
+    }
+
     /// Drops every key whose newest event is older than watermark − TTL.
-    fn expire(&mut self, watermark: i64, ttl: i64) {
+    fn expire(&mut self, keys: &mut KeyTable, watermark: i64, ttl: i64) {
         let state = &self.state;
         let due = self.expiry.due(watermark, |entry| {
             state.entry_last_time(entry).map(|t| expires_at(t, ttl))
         });
         for entry in due {
-            self.state.remove_entry(entry);
+            self.state.remove_entry(keys, entry);
         }
     }
 }
@@ -104,7 +147,14 @@ fn expires_at(time: i64, ttl: i64) -> i64 {
 }
 
 impl<O: Operator> Runner for OperatorRunner<O> {
-    fn apply(&mut self, key: &Key, hash: u32, input: &Input<'_>, at: Step<'_>) {
+    fn apply(
+        &mut self,
+        keys: &mut KeyTable,
+        key: &Key,
+        hash: u32,
+        input: &Input<'_>,
+        at: Step<'_>,
+    ) {
         let Self {
             op,
             state,
@@ -113,6 +163,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             ..
         } = self;
         let created = state.update(
+            keys,
             key,
             hash,
             Some(input.time),
@@ -128,45 +179,46 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         }
     }
 
-    fn prefetch(&self, hash: u32, entry: bool) {
-        if entry {
-            self.state.prefetch_entry(hash);
-        } else {
-            self.state.prefetch_slot(hash);
-        }
+    fn prefetch(&self, keys: &KeyTable, hash: u32) {
+        self.state.prefetch_entry(keys, hash);
     }
 
-    fn advance_watermark(&mut self, mut at: Step<'_>) {
+    fn advance_watermark(&mut self, keys: &mut KeyTable, mut at: Step<'_>) {
         let Some(wm) = at.watermark else { return };
         while let Some((time, key)) = self.timers.event.pop_due(wm) {
             // Timers fire in time order, their keys in no order: overlap the lookups' misses.
-            if let Some(next) = self.timers.event.upcoming(2 * PREFETCH_AHEAD) {
-                self.state.prefetch_slot(key_hash(next));
+            for (ahead, stage) in PREFETCH_STAGES {
+                if let Some(next) = self.timers.event.upcoming(ahead) {
+                    self.prefetch_stage(keys, key_hash(next), stage);
+                }
             }
-            if let Some(next) = self.timers.event.upcoming(PREFETCH_AHEAD) {
-                self.state.prefetch_entry(key_hash(next));
-            }
-            self.fire(&key, time, TimeDomain::EventTime, 1, &mut at);
+            self.fire(keys, &key, time, (TimeDomain::EventTime, 1), &mut at);
         }
         if let Some(ttl) = self.ttl {
-            self.expire(wm, ttl);
+            self.expire(keys, wm, ttl);
         }
     }
 
-    fn advance_clock(&mut self, now: i64, mut at: Step<'_>) {
+    fn advance_clock(&mut self, keys: &mut KeyTable, now: i64, mut at: Step<'_>) {
         while let Some((time, key)) = self.timers.processing.pop_due(now) {
-            self.fire(&key, time, TimeDomain::ProcessingTime, 1, &mut at);
+            self.fire(keys, &key, time, (TimeDomain::ProcessingTime, 1), &mut at);
         }
     }
 
-    fn query(&self, key: &str) -> Option<Value> {
-        self.state.get(key).map(|s| self.op.query(s))
+    fn query(&self, keys: &KeyTable, key: &str) -> Option<Value> {
+        self.state.get(keys, key).map(|s| self.op.query(s))
     }
 
-    fn list(&self, after: Option<&str>, prefix: &str, limit: usize) -> Vec<(Key, Value)> {
+    fn list(
+        &self,
+        table: &KeyTable,
+        after: Option<&str>,
+        prefix: &str,
+        limit: usize,
+    ) -> Vec<(Key, Value)> {
         let mut keys: Vec<&Key> = self
             .state
-            .iter()
+            .iter(table)
             .map(|(k, _)| k)
             .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
             .collect();
@@ -176,7 +228,10 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         }
         keys.sort_unstable();
         keys.into_iter()
-            .map(|k| (k.clone(), self.op.query(self.state.get(k).expect("listed"))))
+            .map(|k| {
+                let state = self.state.get(table, k).expect("listed");
+                (k.clone(), self.op.query(state))
+            })
             .collect()
     }
 
@@ -188,9 +243,9 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         self.state.changed_len()
     }
 
-    fn drain_changes(&mut self, out: &mut Vec<StateRow>) {
+    fn drain_changes(&mut self, keys: &KeyTable, out: &mut Vec<StateRow>) {
         let operator = self.index;
-        self.state.drain_changes(|change, last_time| {
+        self.state.drain_changes(keys, |change, last_time| {
             let (key, value) = match change {
                 Change::Put(key, s) => {
                     let value = serde_json::to_vec(s).expect("operator state serialises");
@@ -208,7 +263,13 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         });
     }
 
-    fn restore(&mut self, row: &StateRow, hash: u32, watermark: Option<i64>) -> Result<(), String> {
+    fn restore(
+        &mut self,
+        keys: &mut KeyTable,
+        row: &StateRow,
+        hash: u32,
+        watermark: Option<i64>,
+    ) -> Result<(), String> {
         let Some(bytes) = &row.value else {
             return Ok(());
         };
@@ -226,14 +287,14 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         self.op.restore_timers(&mut state, &mut cx);
         let entry = self
             .state
-            .restore(row.key.clone(), hash, state, row.last_time);
+            .restore(keys, &row.key, hash, state, row.last_time);
         if let Some(ttl) = self.ttl {
             self.expiry.register(expires_at(row.last_time, ttl), entry);
         }
         Ok(())
     }
 
-    fn remark(&mut self, key: &Key) {
-        self.state.mark_changed(key);
+    fn remark(&mut self, keys: &KeyTable, key: &Key) {
+        self.state.mark_changed(keys, key);
     }
 }

@@ -5,9 +5,9 @@
 use super::ingest::OpInput;
 use super::operator::{Emission, Input};
 use super::output::Output;
-use super::runner::{PREFETCH_AHEAD, Runner, StateRow, Step};
+use super::runner::{PREFETCH_STAGES, Prefetch, Runner, StateRow, Step};
 use super::sequencer::{Mark, is_late};
-use crate::state::{Key, key_hash};
+use crate::state::{Key, KeyTable, key_hash};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -69,6 +69,8 @@ pub(crate) enum Command {
 
 pub(crate) struct Shard {
     runners: Vec<Box<dyn Runner>>,
+    /// The keys of this shard's state, shared by its runners.
+    table: KeyTable,
     watermark: Option<i64>,
     output: Arc<Output>,
     /// Keys with state per shard, this one's at `index` (the sequencer reads their sum).
@@ -90,6 +92,7 @@ impl Shard {
     ) -> Shard {
         Shard {
             applied: vec![0; runners.len()],
+            table: KeyTable::new(runners.len()),
             runners,
             watermark: None,
             output,
@@ -128,7 +131,7 @@ impl Shard {
                 if let Some(reply) = checkpoint {
                     let mut rows = Vec::new();
                     for runner in &mut self.runners {
-                        runner.drain_changes(&mut rows);
+                        runner.drain_changes(&self.table, &mut rows);
                     }
                     let _ = reply.send(rows);
                 }
@@ -148,7 +151,7 @@ impl Shard {
             }
             Command::Remark { keys } => {
                 for (operator, key) in keys {
-                    self.runners[usize::from(operator)].remark(&key);
+                    self.runners[usize::from(operator)].remark(&self.table, &key);
                 }
             }
             Command::Get {
@@ -156,7 +159,7 @@ impl Shard {
                 key,
                 reply,
             } => {
-                let _ = reply.send(self.runners[operator].query(&key));
+                let _ = reply.send(self.runners[operator].query(&self.table, &key));
             }
             Command::List {
                 operator,
@@ -165,7 +168,9 @@ impl Shard {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.runners[operator].list(after.as_deref(), &prefix, limit));
+                let listed =
+                    self.runners[operator].list(&self.table, after.as_deref(), &prefix, limit);
+                let _ = reply.send(listed);
             }
             Command::KeyCounts { reply } => {
                 let counts = self
@@ -177,17 +182,33 @@ impl Shard {
         }
     }
 
-    /// Puts checkpointed rows in, the index slots of rows to come fetched ahead (the keys
-    /// are in no order, so nearly every lookup misses the cache).
+    /// Brings what applying to the key with `hash` in `operator` reads into the cache, one
+    /// step of it (see [`Prefetch`]).
+    fn prefetch(&self, operator: u16, hash: u32, stage: Prefetch) {
+        match stage {
+            Prefetch::Slot => self.table.prefetch_slot(hash),
+            Prefetch::Key => self.table.prefetch_key(hash),
+            Prefetch::Entry => self.runners[usize::from(operator)].prefetch(&self.table, hash),
+        }
+    }
+
+    /// Puts checkpointed rows in, what rows to come read fetched ahead (the keys are in no
+    /// order, so nearly every lookup misses the cache).
     fn restore(&mut self, rows: &[StateRow], watermark: Option<i64>) -> Result<(), String> {
         let hashes: Vec<u32> = rows.iter().map(|row| key_hash(&row.key)).collect();
         for (i, (row, &hash)) in rows.iter().zip(&hashes).enumerate() {
-            if let (Some(next), Some(&next_hash)) =
-                (rows.get(i + PREFETCH_AHEAD), hashes.get(i + PREFETCH_AHEAD))
-            {
-                self.runners[usize::from(next.operator)].prefetch(next_hash, false);
+            for (ahead, stage) in PREFETCH_STAGES {
+                if let (Some(next), Some(&next_hash)) = (rows.get(i + ahead), hashes.get(i + ahead))
+                {
+                    self.prefetch(next.operator, next_hash, stage);
+                }
             }
-            self.runners[usize::from(row.operator)].restore(row, hash, watermark)?;
+            self.runners[usize::from(row.operator)].restore(
+                &mut self.table,
+                row,
+                hash,
+                watermark,
+            )?;
         }
         Ok(())
     }
@@ -196,11 +217,10 @@ impl Shard {
         let mut out = Vec::new();
         let mut marks = batch.marks.iter().peekable();
         for (i, item) in batch.items.iter().enumerate() {
-            // Overlap the cache misses of lookups to come: the index slot of the key applied
-            // 2 * AHEAD items from now, the entry of the one AHEAD from now.
-            for (ahead, entry) in [(2 * PREFETCH_AHEAD, false), (PREFETCH_AHEAD, true)] {
+            // Overlap the cache misses of lookups to come, a step of each further ahead.
+            for (ahead, stage) in PREFETCH_STAGES {
                 if let Some(next) = batch.items.get(i + ahead) {
-                    self.runners[usize::from(next.operator)].prefetch(next.input.hash, entry);
+                    self.prefetch(next.operator, next.input.hash, stage);
                 }
             }
             while let Some(mark) = marks.next_if(|m| m.step < item.step) {
@@ -219,7 +239,13 @@ impl Shard {
             };
             self.applied[usize::from(item.operator)] += 1;
             let runner = &mut self.runners[usize::from(item.operator)];
-            runner.apply(&item.input.key, item.input.hash, &input, at);
+            runner.apply(
+                &mut self.table,
+                &item.input.key,
+                item.input.hash,
+                &input,
+                at,
+            );
         }
         for mark in marks {
             self.advance(mark, &mut out);
@@ -231,7 +257,7 @@ impl Shard {
                     step: u32::MAX,
                     out: &mut out,
                 };
-                runner.advance_clock(now, at);
+                runner.advance_clock(&mut self.table, now, at);
             }
         }
         out
@@ -245,7 +271,7 @@ impl Shard {
                 step: mark.step,
                 out,
             };
-            runner.advance_watermark(at);
+            runner.advance_watermark(&mut self.table, at);
         }
     }
 }

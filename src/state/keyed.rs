@@ -2,22 +2,24 @@
 //! event time per key (for TTL), and the keys changed since the last checkpoint.
 //!
 //! Layout, for memory and speed at millions of keys: the entries live in one dense vector
-//! (slots of removed keys are reused), and a hash table of 4-byte entry numbers (plus the
-//! 4-byte hash, so growing never rereads a key) finds them. A hash map of whole entries would
-//! leave half of its (large) buckets empty after it doubles; here an empty bucket costs 8
-//! bytes. Changes are entry numbers, 4 bytes each, so draining costs O(changed keys). The two
-//! flags of an entry (it holds a key; it is listed as changed) are bits beside the entries,
-//! not fields of them: two bools would pad every entry by 8 bytes.
+//! (slots of removed keys are reused); the keys themselves, and the index that finds them,
+//! are the shard's [`KeyTable`], shared by its operators, which keeps each key's entry number
+//! per operator. An entry names its key by id (4 bytes, not a 24-byte copy, kept beside the
+//! entries: the hot path never reads it, and inside an entry it would be padded to 8). Changes are entry
+//! numbers, 4 bytes each, so draining costs O(changed keys). The two flags of an entry (it
+//! holds a key; it is listed as changed) are bits beside the entries, not fields of them: two
+//! bools would pad every entry by 8 bytes.
 //!
-//! Invariant: a live entry holds non-empty state; an update that leaves a key empty removes it.
+//! Invariant: a live entry holds non-empty state, and the key table names it as its key's
+//! entry for this operator; an update that leaves a key empty removes it.
 
 use super::Key;
-use super::index::{Index, prefetch};
+use super::index::prefetch;
+use super::keys::KeyTable;
 use std::hash::{BuildHasher, Hasher};
 
 #[derive(Debug)]
 struct Entry<S> {
-    key: Key,
     /// Newest event time applied to this key.
     last_time: i64,
     state: S,
@@ -54,12 +56,13 @@ pub enum Change<'a, S> {
     Delete(Key),
 }
 
-/// Per-key state of one operator instance.
+/// Per-key state of one operator instance: operator `operator` of its shard's key table.
 #[derive(Debug)]
 pub struct KeyedState<S> {
-    /// Entry number of every live key, by hash.
-    index: Index,
+    operator: usize,
     entries: Vec<Entry<S>>,
+    /// The key id of each entry.
+    ids: Vec<u32>,
     /// Which entries hold a key (the others are free).
     occupied: Bits,
     /// Which entries are listed in `changed` with their key not yet drained.
@@ -73,21 +76,6 @@ pub struct KeyedState<S> {
     removed: Vec<Key>,
 }
 
-impl<S> Default for KeyedState<S> {
-    fn default() -> Self {
-        KeyedState {
-            index: Index::default(),
-            entries: Vec::new(),
-            occupied: Bits::default(),
-            dirty: Bits::default(),
-            free: Vec::new(),
-            live: 0,
-            changed: Vec::new(),
-            removed: Vec::new(),
-        }
-    }
-}
-
 /// 32 well-mixed bits of the key's hash (FxHash's own low and middle bits are weak, so its
 /// output is multiplied once more and the high half kept). Computed once per event, at
 /// extraction, and carried with the key.
@@ -98,27 +86,31 @@ pub fn key_hash(key: &str) -> u32 {
 }
 
 impl<S: Default> KeyedState<S> {
-    fn find(&self, key: &str) -> Option<usize> {
-        self.find_hashed(key, key_hash(key))
+    /// The state of operator `operator` of a shard's key table.
+    pub fn new(operator: usize) -> KeyedState<S> {
+        KeyedState {
+            operator,
+            entries: Vec::new(),
+            ids: Vec::new(),
+            occupied: Bits::default(),
+            dirty: Bits::default(),
+            free: Vec::new(),
+            live: 0,
+            changed: Vec::new(),
+            removed: Vec::new(),
+        }
     }
 
-    fn find_hashed(&self, key: &str, hash: u32) -> Option<usize> {
-        let entries = &self.entries;
-        self.index
-            .find(hash, |i| entries[i as usize].key.as_str() == key)
-            .map(|i| i as usize)
+    fn find(&self, keys: &KeyTable, key: &str, hash: u32) -> Option<usize> {
+        let id = keys.find(key, hash)?;
+        keys.entry(id, self.operator).map(|e| e as usize)
     }
 
-    /// Brings the index slot of the key with `hash` into the cache (a hint: see [`Index`]).
-    pub fn prefetch_slot(&self, hash: u32) {
-        self.index.prefetch_slot(hash);
-    }
-
-    /// Brings the entry of the key with `hash` into the cache, once its slot is there.
-    pub fn prefetch_entry(&self, hash: u32) {
-        if let Some(entry) = self
-            .index
-            .likely_entry(hash)
+    /// Brings the entry of the key with `hash` into the cache, once the key table's slot and
+    /// entry numbers are there (a hint).
+    pub fn prefetch_entry(&self, keys: &KeyTable, hash: u32) {
+        if let Some(entry) = keys
+            .likely_entry(hash, self.operator)
             .and_then(|e| self.entries.get(e as usize))
         {
             prefetch(entry);
@@ -126,13 +118,9 @@ impl<S: Default> KeyedState<S> {
     }
 
     /// The state of `key`.
-    pub fn get(&self, key: &str) -> Option<&S> {
-        self.find(key).map(|i| &self.entries[i].state)
-    }
-
-    /// The newest event time applied to `key`.
-    pub fn last_time(&self, key: &str) -> Option<i64> {
-        self.find(key).map(|i| self.entries[i].last_time)
+    pub fn get(&self, keys: &KeyTable, key: &str) -> Option<&S> {
+        self.find(keys, key, key_hash(key))
+            .map(|i| &self.entries[i].state)
     }
 
     fn mark(&mut self, i: usize) {
@@ -142,24 +130,29 @@ impl<S: Default> KeyedState<S> {
         }
     }
 
-    /// Puts a new live entry for `key`, whose hash is `h`; answers its number.
-    fn insert(&mut self, key: Key, h: u32, state: S, last_time: i64, changed: bool) -> usize {
-        let entry = Entry {
-            key,
-            last_time,
-            state,
-        };
+    /// Puts a new live entry for key `id`; answers its number.
+    fn insert(
+        &mut self,
+        keys: &mut KeyTable,
+        id: u32,
+        state: S,
+        last_time: i64,
+        changed: bool,
+    ) -> usize {
+        let entry = Entry { last_time, state };
         let i = match self.free.pop() {
             Some(i) => {
                 self.entries[i as usize] = entry;
+                self.ids[i as usize] = id;
                 i as usize
             }
             None => {
                 self.entries.push(entry);
+                self.ids.push(id);
                 self.entries.len() - 1
             }
         };
-        self.index.insert(h, i as u32);
+        keys.set_entry(id, self.operator, Some(i as u32));
         self.occupied.set(i, true);
         self.dirty.set(i, changed);
         self.live += 1;
@@ -170,11 +163,11 @@ impl<S: Default> KeyedState<S> {
     }
 
     /// Frees entry `i`, remembering its key as removed.
-    fn free_entry(&mut self, i: usize) {
-        self.index.remove(key_hash(&self.entries[i].key), i as u32);
-        let entry = &mut self.entries[i];
-        entry.state = S::default();
-        self.removed.push(std::mem::take(&mut entry.key));
+    fn free_entry(&mut self, keys: &mut KeyTable, i: usize) {
+        self.entries[i].state = S::default();
+        let id = self.ids[i];
+        self.removed.push(keys.key(id).clone());
+        keys.set_entry(id, self.operator, None);
         self.occupied.set(i, false);
         self.dirty.set(i, false);
         self.free.push(i as u32);
@@ -185,8 +178,10 @@ impl<S: Default> KeyedState<S> {
     /// as the key's newest event time, marks the key changed, and drops it when left empty.
     /// Returns `None` when the key had no state and `create` is false; else `f`'s result and,
     /// when the key was created, its entry number. `hash` is `key_hash(key)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn update<R>(
         &mut self,
+        keys: &mut KeyTable,
         key: &Key,
         hash: u32,
         time: Option<i64>,
@@ -194,15 +189,16 @@ impl<S: Default> KeyedState<S> {
         is_empty: impl Fn(&S) -> bool,
         f: impl FnOnce(&mut S) -> R,
     ) -> Option<(R, Option<u32>)> {
-        debug_assert_eq!(hash, key_hash(key));
-        if let Some(i) = self.find_hashed(key, hash) {
+        let id = keys.find(key, hash);
+        if let Some(i) = id.and_then(|id| keys.entry(id, self.operator)) {
+            let i = i as usize;
             let entry = &mut self.entries[i];
             let result = f(&mut entry.state);
             if let Some(t) = time {
                 entry.last_time = entry.last_time.max(t);
             }
             if is_empty(&entry.state) {
-                self.free_entry(i);
+                self.free_entry(keys, i);
             } else {
                 self.mark(i);
             }
@@ -213,15 +209,17 @@ impl<S: Default> KeyedState<S> {
         }
         let mut state = S::default();
         let result = f(&mut state);
-        let created = (!is_empty(&state))
-            .then(|| self.insert(key.clone(), hash, state, time.unwrap_or(i64::MIN), true) as u32);
+        let created = (!is_empty(&state)).then(|| {
+            let id = id.unwrap_or_else(|| keys.intern(key, hash));
+            self.insert(keys, id, state, time.unwrap_or(i64::MIN), true) as u32
+        });
         Some((result, created))
     }
 
     /// Lists `key` as changed again (its checkpoint failed): its current state, or its absence,
     /// goes into the next checkpoint.
-    pub fn mark_changed(&mut self, key: &Key) {
-        match self.find(key) {
+    pub fn mark_changed(&mut self, keys: &KeyTable, key: &Key) {
+        match self.find(keys, key, key_hash(key)) {
             Some(i) => self.mark(i),
             None => self.removed.push(key.clone()),
         }
@@ -229,16 +227,25 @@ impl<S: Default> KeyedState<S> {
 
     /// Puts restored state without marking it changed (it is what the checkpoint holds);
     /// `hash` is the key's [`key_hash`]. Answers the key's entry number.
-    pub fn restore(&mut self, key: Key, hash: u32, state: S, last_time: i64) -> u32 {
-        debug_assert_eq!(hash, key_hash(&key));
-        let i = match self.find_hashed(&key, hash) {
+    pub fn restore(
+        &mut self,
+        keys: &mut KeyTable,
+        key: &Key,
+        hash: u32,
+        state: S,
+        last_time: i64,
+    ) -> u32 {
+        let i = match self.find(keys, key, hash) {
             Some(i) => {
                 let entry = &mut self.entries[i];
                 entry.state = state;
                 entry.last_time = last_time;
                 i
             }
-            None => self.insert(key, hash, state, last_time, false),
+            None => {
+                let id = keys.intern(key, hash);
+                self.insert(keys, id, state, last_time, false)
+            }
         };
         i as u32
     }
@@ -251,9 +258,9 @@ impl<S: Default> KeyedState<S> {
     }
 
     /// Drops the key in entry `i` (TTL expiry), which must hold one.
-    pub fn remove_entry(&mut self, i: u32) {
+    pub fn remove_entry(&mut self, keys: &mut KeyTable, i: u32) {
         debug_assert!(self.occupied.get(i as usize));
-        self.free_entry(i as usize);
+        self.free_entry(keys, i as usize);
     }
 
     /// Number of keys with state.
@@ -267,12 +274,13 @@ impl<S: Default> KeyedState<S> {
     }
 
     /// Every key and its state, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &S)> {
+    pub fn iter<'a>(&'a self, keys: &'a KeyTable) -> impl Iterator<Item = (&'a Key, &'a S)> {
         self.entries
             .iter()
+            .zip(&self.ids)
             .enumerate()
             .filter(|(i, _)| self.occupied.get(*i))
-            .map(|(_, e)| (&e.key, &e.state))
+            .map(|(_, (e, &id))| (keys.key(id), &e.state))
     }
 
     /// Number of keys changed since the last drain (an upper bound: a key may be counted as
@@ -283,12 +291,12 @@ impl<S: Default> KeyedState<S> {
 
     /// Hands every change since the last drain to `sink`, once per key, and forgets them: the
     /// removals of keys that have no state now, then the keys' current states.
-    pub fn drain_changes(&mut self, mut sink: impl FnMut(Change<'_, S>, i64)) {
+    pub fn drain_changes(&mut self, keys: &KeyTable, mut sink: impl FnMut(Change<'_, S>, i64)) {
         let mut removed = std::mem::take(&mut self.removed);
         removed.sort_unstable();
         removed.dedup();
         for key in removed {
-            if self.find(&key).is_none() {
+            if self.find(keys, &key, key_hash(&key)).is_none() {
                 sink(Change::Delete(key), 0);
             }
         }
@@ -298,7 +306,10 @@ impl<S: Default> KeyedState<S> {
             if self.dirty.get(i) {
                 self.dirty.set(i, false);
                 let entry = &self.entries[i];
-                sink(Change::Put(&entry.key, &entry.state), entry.last_time);
+                sink(
+                    Change::Put(keys.key(self.ids[i]), &entry.state),
+                    entry.last_time,
+                );
             }
         }
     }
@@ -308,62 +319,119 @@ impl<S: Default> KeyedState<S> {
 mod tests {
     use super::*;
 
-    fn add(ks: &mut KeyedState<Vec<i32>>, key: &str, v: i32) {
-        ks.update(
-            &key.into(),
-            key_hash(key),
-            Some(i64::from(v)),
-            true,
-            Vec::is_empty,
-            |s| s.push(v),
-        );
+    /// Two operators over one shard's key table.
+    struct Shard {
+        keys: KeyTable,
+        ops: [KeyedState<Vec<i32>>; 2],
     }
 
-    fn drain(ks: &mut KeyedState<Vec<i32>>) -> Vec<String> {
-        let mut out = Vec::new();
-        ks.drain_changes(|c, _| {
-            out.push(match c {
-                Change::Put(k, s) => format!("put {k} {s:?}"),
-                Change::Delete(k) => format!("del {k}"),
-            })
-        });
-        out.sort();
-        out
+    impl Shard {
+        fn new() -> Shard {
+            Shard {
+                keys: KeyTable::new(2),
+                ops: [KeyedState::new(0), KeyedState::new(1)],
+            }
+        }
+
+        fn add(&mut self, op: usize, key: &str, v: i32) {
+            self.ops[op].update(
+                &mut self.keys,
+                &key.into(),
+                key_hash(key),
+                Some(i64::from(v)),
+                true,
+                Vec::is_empty,
+                |s| s.push(v),
+            );
+        }
+
+        fn clear(&mut self, op: usize, key: &str) {
+            self.ops[op].update(
+                &mut self.keys,
+                &key.into(),
+                key_hash(key),
+                None,
+                false,
+                Vec::is_empty,
+                Vec::clear,
+            );
+        }
+
+        fn get(&self, op: usize, key: &str) -> Option<&Vec<i32>> {
+            self.ops[op].get(&self.keys, key)
+        }
+
+        fn drain(&mut self, op: usize) -> Vec<String> {
+            let mut out = Vec::new();
+            self.ops[op].drain_changes(&self.keys, |c, _| {
+                out.push(match c {
+                    Change::Put(k, s) => format!("put {k} {s:?}"),
+                    Change::Delete(k) => format!("del {k}"),
+                })
+            });
+            out.sort();
+            out
+        }
     }
 
     #[test]
     fn only_keys_changed_since_the_last_drain_are_handed_over() {
-        let mut ks = KeyedState::default();
-        add(&mut ks, "a", 1);
-        add(&mut ks, "a", 2);
-        add(&mut ks, "b", 3);
-        assert_eq!(drain(&mut ks), ["put a [1, 2]", "put b [3]"]);
-        assert_eq!(drain(&mut ks), Vec::<String>::new());
-        add(&mut ks, "b", 4);
-        assert_eq!(drain(&mut ks), ["put b [3, 4]"]);
+        let mut sh = Shard::new();
+        sh.add(0, "a", 1);
+        sh.add(0, "a", 2);
+        sh.add(0, "b", 3);
+        assert_eq!(sh.drain(0), ["put a [1, 2]", "put b [3]"]);
+        assert_eq!(sh.drain(0), Vec::<String>::new());
+        sh.add(0, "b", 4);
+        assert_eq!(sh.drain(0), ["put b [3, 4]"]);
     }
 
     #[test]
     fn a_key_left_empty_is_removed_and_drained_as_a_delete() {
-        let mut ks = KeyedState::default();
-        add(&mut ks, "a", 1);
-        drain(&mut ks);
-        ks.update(
-            &"a".into(),
-            key_hash("a"),
-            None,
-            false,
-            Vec::is_empty,
-            Vec::clear,
+        let mut sh = Shard::new();
+        sh.add(0, "a", 1);
+        sh.drain(0);
+        sh.clear(0, "a");
+        assert_eq!(sh.get(0, "a"), None);
+        assert_eq!(sh.drain(0), ["del a"]);
+        assert!(
+            sh.keys.is_empty(),
+            "no operator holds a: the table lets it go"
         );
-        assert_eq!(ks.get("a"), None);
-        assert_eq!(drain(&mut ks), ["del a"]);
+    }
+
+    #[test]
+    fn operators_share_a_key_and_each_keeps_its_own_state() {
+        let mut sh = Shard::new();
+        sh.add(0, "a", 1);
+        sh.add(1, "a", 2);
+        sh.add(1, "b", 3);
+        assert_eq!(sh.keys.len(), 2);
+        assert_eq!(sh.get(0, "a"), Some(&vec![1]));
+        assert_eq!(sh.get(1, "a"), Some(&vec![2]));
+        assert_eq!(sh.get(0, "b"), None);
+        sh.clear(1, "a");
+        assert_eq!(sh.get(0, "a"), Some(&vec![1]), "operator 0 still holds a");
+        assert_eq!(sh.keys.len(), 2);
+        sh.clear(0, "a");
+        assert_eq!(sh.keys.len(), 1, "a is gone, b stays");
+        sh.add(0, "c", 4);
+        assert_eq!(
+            sh.get(0, "c"),
+            Some(&vec![4]),
+            "a reused id holds its new key"
+        );
+        assert_eq!(sh.get(1, "b"), Some(&vec![3]));
+        let listed: Vec<(&Key, &Vec<i32>)> = sh.ops[1].iter(&sh.keys).collect();
+        assert_eq!(listed, [(&Key::from("b"), &vec![3])]);
+        assert_eq!(sh.drain(1), ["del a", "put b [3]"]);
     }
 
     #[test]
     fn creating_nothing_leaves_no_trace() {
-        let mut ks: KeyedState<Vec<i32>> = KeyedState::default();
-        ks.update(
+        let mut sh = Shard::new();
+        sh.ops[0].update(
+            &mut sh.keys,
             &"a".into(),
             key_hash("a"),
             Some(1),
@@ -371,28 +439,28 @@ mod tests {
             Vec::is_empty,
             |_| (),
         );
-        assert!(ks.is_empty());
-        assert_eq!(drain(&mut ks), Vec::<String>::new());
+        assert!(sh.ops[0].is_empty());
+        assert!(sh.keys.is_empty());
+        assert_eq!(sh.drain(0), Vec::<String>::new());
     }
 
     #[test]
     fn deleted_then_recreated_is_one_put() {
-        let mut ks = KeyedState::default();
-        add(&mut ks, "a", 1);
-        drain(&mut ks);
-        let entry = ks.find("a").expect("a has state") as u32;
-        assert_eq!(ks.entry_last_time(entry), Some(1));
-        ks.remove_entry(entry);
-        assert_eq!(ks.entry_last_time(entry), None, "the entry is free");
-        add(&mut ks, "a", 2);
-        assert_eq!(drain(&mut ks), ["put a [2]"]);
-    }
-
-    #[test]
-    fn last_time_is_the_newest_event_time() {
-        let mut ks = KeyedState::default();
-        add(&mut ks, "a", 5);
-        add(&mut ks, "a", 3);
-        assert_eq!(ks.last_time("a"), Some(5));
+        let mut sh = Shard::new();
+        sh.add(0, "a", 5);
+        sh.add(0, "a", 3);
+        sh.drain(0);
+        let entry = sh.ops[0]
+            .find(&sh.keys, "a", key_hash("a"))
+            .expect("a has state") as u32;
+        assert_eq!(
+            sh.ops[0].entry_last_time(entry),
+            Some(5),
+            "the newest event time"
+        );
+        sh.ops[0].remove_entry(&mut sh.keys, entry);
+        assert_eq!(sh.ops[0].entry_last_time(entry), None, "the entry is free");
+        sh.add(0, "a", 2);
+        assert_eq!(sh.drain(0), ["put a [2]"]);
     }
 }
