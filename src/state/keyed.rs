@@ -210,7 +210,7 @@ impl<S: Default> KeyedState<S> {
         let mut state = S::default();
         let result = f(&mut state);
         let created = (!is_empty(&state)).then(|| {
-            let id = id.unwrap_or_else(|| keys.intern(key, hash));
+            let id = id.unwrap_or_else(|| keys.add(key, hash));
             self.insert(keys, id, state, time.unwrap_or(i64::MIN), true) as u32
         });
         Some((result, created))
@@ -235,15 +235,17 @@ impl<S: Default> KeyedState<S> {
         state: S,
         last_time: i64,
     ) -> u32 {
-        let i = match self.find(keys, key, hash) {
+        let id = keys.find(key, hash);
+        let i = match id.and_then(|id| keys.entry(id, self.operator)) {
             Some(i) => {
+                let i = i as usize;
                 let entry = &mut self.entries[i];
                 entry.state = state;
                 entry.last_time = last_time;
                 i
             }
             None => {
-                let id = keys.intern(key, hash);
+                let id = id.unwrap_or_else(|| keys.add(key, hash));
                 self.insert(keys, id, state, last_time, false)
             }
         };

@@ -61,11 +61,9 @@ impl KeyTable {
         self.entries[self.at(id, operator)].checked_sub(1)
     }
 
-    /// The id of `key` (hash `hash`), added with no entries when it is new.
-    pub fn intern(&mut self, key: &Key, hash: u32) -> u32 {
-        if let Some(id) = self.find(key, hash) {
-            return id;
-        }
+    /// Adds `key` (hash `hash`), which must not be held, with no entries; answers its id.
+    pub fn add(&mut self, key: &Key, hash: u32) -> u32 {
+        debug_assert!(self.find(key, hash).is_none());
         let id = match self.free.pop() {
             Some(id) => {
                 self.keys[id as usize] = key.clone();
@@ -157,7 +155,7 @@ mod tests {
                 let hash = key_hash(&key);
                 match entry {
                     Some(entry) => {
-                        let id = table.intern(&key, hash);
+                        let id = table.find(&key, hash).unwrap_or_else(|| table.add(&key, hash));
                         table.set_entry(id, operator, Some(entry));
                         model.insert((key.to_string(), operator), entry);
                     }
