@@ -1,6 +1,7 @@
 //! Memory per key per operator kind: RSS growth after loading 1,000,000 distinct keys (one
 //! event each) into a one-operator pipeline, divided by the keys. Also the six-operator
-//! pipeline per key, its operators alone and as the whole seed spec (with its state TTL). Linux only (reads /proc/self/statm).
+//! pipeline per key, its operators alone and as the whole seed spec (with its state TTL), with
+//! one event per user and with five. Linux only (reads /proc/self/statm).
 //!
 //! Run: cargo bench --bench memory
 
@@ -17,8 +18,9 @@ fn rss_bytes() -> u64 {
 }
 
 /// Loads the keys into a pipeline of `spec`: operators alone (keyed by `/user_id`, event time
-/// from `/ts`, no TTL) or, when it names itself, a whole pipeline spec.
-async fn load(spec: Value) -> (f64, usize) {
+/// from `/ts`, no TTL) or, when it names itself, a whole pipeline spec. Each key gets one
+/// event per round.
+async fn load(spec: Value, rounds: usize) -> (f64, usize) {
     let spec = if spec.get("name").is_some() {
         spec
     } else {
@@ -33,11 +35,23 @@ async fn load(spec: Value) -> (f64, usize) {
         },
     );
     let before = rss_bytes();
-    for chunk in 0..KEYS / 10_000 {
+    for (round, chunk) in (0..rounds).flat_map(|r| (0..KEYS / 10_000).map(move |c| (r, c))) {
         let mut body = Vec::new();
         for i in chunk * 10_000..(chunk + 1) * 10_000 {
-            let event = json!({"user_id": format!("user{i:07}"), "ts": 1_700_000_000_000_i64 + i as i64,
-                               "page": "/p/1", "type": "purchase", "amount": 12.5});
+            // One round: a millisecond per key, all on one page (as this bench always
+            // loaded). More: every key's events within seconds, so that no session or window
+            // closes (the growth is state, not retained output), each on a page of its own.
+            let (ts, page) = if rounds == 1 {
+                (i as i64, "/p/1".to_owned())
+            } else {
+                (
+                    ((round * KEYS + i) / 1_000) as i64,
+                    format!("/p/{}", (i + round) % 50),
+                )
+            };
+            let ts = 1_700_000_000_000_i64 + ts;
+            let event = json!({"user_id": format!("user{i:07}"), "ts": ts,
+                               "page": page, "type": "purchase", "amount": 12.5});
             serde_json::to_writer(&mut body, &event).unwrap();
             body.push(b'\n');
         }
@@ -89,6 +103,8 @@ fn kinds() -> Vec<(&'static str, Value)> {
         ),
         // The whole seed spec: also its 7-day state TTL and 5 s out-of-orderness.
         ("seed spec", eddy::workload::seed_spec("mem")),
+        // The same with five events per user: `last_n` holds five values.
+        ("seed spec x5", eddy::workload::seed_spec("mem")),
     ]
 }
 
@@ -106,7 +122,8 @@ fn main() {
             .find(|(n, _)| n == name)
             .expect("known kind");
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let (per_key, keys) = runtime.block_on(load(ops));
+        let rounds = if name.ends_with("x5") { 5 } else { 1 };
+        let (per_key, keys) = runtime.block_on(load(ops, rounds));
         println!("{name:<12} {keys:>10} {per_key:>14.1}");
         return;
     }
