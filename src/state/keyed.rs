@@ -5,10 +5,10 @@
 //! (slots of removed keys are reused); the keys themselves, and the index that finds them,
 //! are the shard's [`KeyTable`], shared by its operators, which keeps each key's entry number
 //! per operator. An entry names its key by id (4 bytes, not a 24-byte copy, kept beside the
-//! entries: the hot path never reads it, and inside an entry it would be padded to 8). Changes are entry
-//! numbers, 4 bytes each, so draining costs O(changed keys). The two flags of an entry (it
-//! holds a key; it is listed as changed) are bits beside the entries, not fields of them: two
-//! bools would pad every entry by 8 bytes.
+//! entries: the hot path never reads it, and inside an entry it would be padded to 8). The two
+//! flags of an entry (it holds a key; it changed since the last drain) are bits beside the
+//! entries, not fields of them: two bools would pad every entry by 8 bytes. A drain scans the
+//! changed bits (a word per 64 entries), so a changed key costs no more than its bit.
 //!
 //! Invariant: a live entry holds non-empty state, and the key table names it as its key's
 //! entry for this operator; an update that leaves a key empty removes it.
@@ -32,6 +32,20 @@ struct Bits(Vec<u64>);
 impl Bits {
     fn get(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// The numbers of the set bits, in order, clearing them.
+    fn drain(&mut self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter_mut().enumerate().flat_map(|(w, word)| {
+            let mut bits = std::mem::take(word);
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    w * 64 + bit
+                })
+            })
+        })
     }
 
     fn set(&mut self, i: usize, on: bool) {
@@ -65,13 +79,15 @@ pub struct KeyedState<S> {
     ids: Vec<u32>,
     /// Which entries hold a key (the others are free).
     occupied: Bits,
-    /// Which entries are listed in `changed` with their key not yet drained.
+    /// Which entries changed since the last drain (found by a scan of the bits at a drain:
+    /// 1,000,000 entries are 16,000 words, where a list of entry numbers would take 4 bytes
+    /// a changed key).
     dirty: Bits,
+    /// How many bits of `dirty` are set.
+    dirty_count: usize,
     /// Numbers of free entries.
     free: Vec<u32>,
     live: usize,
-    /// Entry numbers changed since the last drain (a number may repeat; the flag decides).
-    changed: Vec<u32>,
     /// Keys removed since the last drain.
     removed: Vec<Key>,
 }
@@ -96,7 +112,7 @@ impl<S: Default> KeyedState<S> {
             dirty: Bits::default(),
             free: Vec::new(),
             live: 0,
-            changed: Vec::new(),
+            dirty_count: 0,
             removed: Vec::new(),
         }
     }
@@ -126,7 +142,7 @@ impl<S: Default> KeyedState<S> {
     fn mark(&mut self, i: usize) {
         if !self.dirty.get(i) {
             self.dirty.set(i, true);
-            self.changed.push(i as u32);
+            self.dirty_count += 1;
         }
     }
 
@@ -155,10 +171,8 @@ impl<S: Default> KeyedState<S> {
         keys.set_entry(id, self.operator, Some(i as u32));
         self.occupied.set(i, true);
         self.dirty.set(i, changed);
+        self.dirty_count += usize::from(changed);
         self.live += 1;
-        if changed {
-            self.changed.push(i as u32);
-        }
         i
     }
 
@@ -169,6 +183,7 @@ impl<S: Default> KeyedState<S> {
         self.removed.push(keys.key(id).clone());
         keys.set_entry(id, self.operator, None);
         self.occupied.set(i, false);
+        self.dirty_count -= usize::from(self.dirty.get(i));
         self.dirty.set(i, false);
         self.free.push(i as u32);
         self.live -= 1;
@@ -288,7 +303,7 @@ impl<S: Default> KeyedState<S> {
     /// Number of keys changed since the last drain (an upper bound: a key may be counted as
     /// removed and changed).
     pub fn changed_len(&self) -> usize {
-        self.changed.len() + self.removed.len()
+        self.dirty_count + self.removed.len()
     }
 
     /// Hands every change since the last drain to `sink`, once per key, and forgets them: the
@@ -302,18 +317,15 @@ impl<S: Default> KeyedState<S> {
                 sink(Change::Delete(key), 0);
             }
         }
-        for i in std::mem::take(&mut self.changed) {
-            // A freed entry's bit is cleared: only entries holding a key are still dirty.
-            let i = i as usize;
-            if self.dirty.get(i) {
-                self.dirty.set(i, false);
-                let entry = &self.entries[i];
-                sink(
-                    Change::Put(keys.key(self.ids[i]), &entry.state),
-                    entry.last_time,
-                );
-            }
+        // A freed entry's bit is cleared: only entries holding a key are dirty.
+        for i in self.dirty.drain() {
+            let entry = &self.entries[i];
+            sink(
+                Change::Put(keys.key(self.ids[i]), &entry.state),
+                entry.last_time,
+            );
         }
+        self.dirty_count = 0;
     }
 }
 

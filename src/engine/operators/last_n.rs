@@ -2,27 +2,28 @@
 
 use crate::engine::operator::{Context, Field, Input, Operator};
 use crate::state::JsonText;
-use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use smallvec::SmallVec;
 
 /// The `last_n` operator.
 pub struct LastN {
     pub n: usize,
 }
 
-/// The newest values of a key, at most `n`, packed into one string: each value's compact text
+/// The newest values of a key, at most `n`, packed into one buffer: each value's compact text
 /// followed by a newline (which compact JSON text never holds), oldest first, after `dead`
-/// bytes of values already dropped. A key's few short values sit inline in the entry (up to
-/// 24 bytes); adding one appends its text and drops the oldest by moving `dead` past it, so
+/// bytes of values already dropped. A key's values sit inline in the entry up to 40 bytes
+/// (five short ones: a heap buffer would cost a cache miss per event, which prefetching does
+/// not cover); adding one appends its text and drops the oldest by moving `dead` past it, so
 /// neither costs more than the value's own bytes (the dropped prefix is cut off when a value
 /// would not fit otherwise and the prefix is as long as what is kept).
 ///
 /// Invariant: `text[dead..]` is `len` values, each ended by `\n`; `dead <= text.len()`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Recent {
-    text: CompactString,
+    text: SmallVec<[u8; 40]>,
     dead: u32,
     len: u32,
 }
@@ -33,28 +34,30 @@ impl Recent {
         let dead = self.dead as usize;
         if self.len as usize >= n {
             // Values are short: a plain loop beats a call to memchr.
-            let kept = &self.text.as_bytes()[dead..];
+            let kept = &self.text[dead..];
             let oldest = kept.iter().position(|&b| b == b'\n');
             self.dead += oldest.expect("every value ends with a newline") as u32 + 1;
             self.len -= 1;
         }
-        // Cut the dropped prefix off when the value would not fit otherwise, and only once it
-        // is at least as long as what is kept: moving the kept values then costs no more than
-        // the bytes added since the last cut.
+        // Cut the dropped prefix off when the value would not fit otherwise: inline always (a
+        // few bytes to move, and the buffer stays off the heap), on the heap only once the
+        // prefix is at least as long as what is kept, so that moving the kept values costs no
+        // more than the bytes added since the last cut.
         let dead = self.dead as usize;
         let full = self.text.len() + value.len() + 1 > self.text.capacity();
-        if full && dead > 0 && dead * 2 >= self.text.len() {
-            self.text.replace_range(..dead, "");
+        if full && dead > 0 && (!self.text.spilled() || dead * 2 >= self.text.len()) {
+            self.text.drain(..dead);
             self.dead = 0;
         }
-        self.text.push_str(value);
-        self.text.push('\n');
+        self.text.extend_from_slice(value.as_bytes());
+        self.text.push(b'\n');
         self.len += 1;
     }
 
     /// Values, oldest first.
     fn iter(&self) -> impl DoubleEndedIterator<Item = &str> {
-        self.text[self.dead as usize..].split_terminator('\n')
+        let kept = std::str::from_utf8(&self.text[self.dead as usize..]);
+        kept.expect("JSON text is UTF-8").split_terminator('\n')
     }
 }
 
@@ -108,6 +111,16 @@ mod tests {
     }
 
     #[test]
+    fn five_short_values_sit_inline_in_56_bytes() {
+        assert_eq!(std::mem::size_of::<Recent>(), 56);
+        let mut ring = Recent::default();
+        for v in 0..20 {
+            ring.add(&format!("\"/p/{v}\""), 5);
+        }
+        assert!(!ring.text.spilled(), "five page paths fit inline");
+    }
+
+    #[test]
     fn the_ring_keeps_the_newest_n_in_order_and_checkpoints_them_oldest_first() {
         for n in [1, 3, 5, 8, 40] {
             let mut ring = Recent::default();
@@ -123,7 +136,7 @@ mod tests {
                 let kept = ring.text.len() - ring.dead as usize;
                 most_kept = most_kept.max(kept);
                 assert!(
-                    ring.text.capacity() <= 6 * most_kept.max(24),
+                    ring.text.capacity() <= 6 * most_kept.max(40),
                     "n={n} after {v}: the string grew to {} for at most {most_kept} kept bytes",
                     ring.text.capacity()
                 );
