@@ -2,7 +2,7 @@
 //! times differ by at most `gap`, chained; a session closes when the watermark passes
 //! `end + gap` (no on-time event can join it any more) and is emitted as `session_closed`.
 
-use super::{TimerSlot, is_due};
+use super::is_due;
 use crate::engine::operator::{Context, Input, Operator, TimeDomain};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -47,12 +47,14 @@ impl From<&Session> for SessionAnswer {
 /// The open sessions of one key.
 ///
 /// Invariant: sorted by start, and any two are more than `gap` apart, so ends are sorted too
-/// and the first session is the first to close.
+/// and the first session is the first to close. While a session is open, a timer is pending
+/// at or before the first one's closing time: one is registered when the first closing time
+/// moves earlier (or appears), and again each time one fires. No pending time is kept (8
+/// bytes a key): a timer registered where one was pending already is a spare, which the
+/// engine drops once the two fall due together (one timer per key and time, as in Flink).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SessionState {
     sessions: SmallVec<[Session; 1]>,
-    #[serde(skip)]
-    timer: TimerSlot,
 }
 
 impl SessionOp {
@@ -60,10 +62,9 @@ impl SessionOp {
         session.end.saturating_add(self.gap).saturating_add(1)
     }
 
-    fn arm(&self, state: &mut SessionState, cx: &mut Context<'_>) {
-        if let Some(first) = state.sessions.first() {
-            state.timer.arm(self.closes_at(first), cx);
-        }
+    /// When the first open session closes.
+    fn first_close(&self, state: &SessionState) -> Option<i64> {
+        state.sessions.first().map(|s| self.closes_at(s))
     }
 
     fn answer(session: &Session) -> Value {
@@ -78,6 +79,7 @@ impl Operator for SessionOp {
         if input.late {
             return;
         }
+        let closed_at = self.first_close(state);
         let t = input.time;
         let mut merged = Session {
             start: t,
@@ -96,14 +98,17 @@ impl Operator for SessionOp {
         });
         let at = state.sessions.partition_point(|s| s.start < merged.start);
         state.sessions.insert(at, merged);
-        self.arm(state, cx);
+        if let Some(due) = self.first_close(state) {
+            if closed_at.is_none_or(|before| due < before) {
+                cx.register_event_time_timer(due);
+            }
+        }
     }
 
     fn on_timer(&self, state: &mut SessionState, _: i64, _: TimeDomain, cx: &mut Context<'_>) {
         let Some(watermark) = cx.watermark() else {
             return;
         };
-        state.timer.fired(watermark);
         let closing = state
             .sessions
             .iter()
@@ -114,7 +119,9 @@ impl Operator for SessionOp {
                 .expect("a session serialises");
             cx.emit_json("session_closed", record);
         }
-        self.arm(state, cx);
+        if let Some(due) = self.first_close(state) {
+            cx.register_event_time_timer(due);
+        }
     }
 
     fn is_empty(&self, state: &SessionState) -> bool {
@@ -127,6 +134,8 @@ impl Operator for SessionOp {
     }
 
     fn restore_timers(&self, state: &mut SessionState, cx: &mut Context<'_>) {
-        self.arm(state, cx);
+        if let Some(due) = self.first_close(state) {
+            cx.register_event_time_timer(due);
+        }
     }
 }
