@@ -185,11 +185,7 @@ impl Shard {
     /// Brings what applying to the key with `hash` in `operator` reads into the cache, one
     /// step of it (see [`Prefetch`]).
     fn prefetch(&self, operator: u16, hash: u32, stage: Prefetch) {
-        match stage {
-            Prefetch::Slot => self.table.prefetch_slot(hash),
-            Prefetch::Key => self.table.prefetch_key(hash),
-            Prefetch::Entry => self.runners[usize::from(operator)].prefetch(&self.table, hash),
-        }
+        self.runners[usize::from(operator)].prefetch(&self.table, hash, stage);
     }
 
     /// Puts checkpointed rows in, what rows to come read fetched ahead (the keys are in no
