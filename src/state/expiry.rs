@@ -13,24 +13,13 @@
 //! time (the caller files one when it creates a key; re-filing only moves a check later when
 //! the key's due time moved later).
 
-use rustc_hash::FxHashMap;
-use std::collections::BTreeSet;
-use std::collections::hash_map::Entry;
-
-/// Bucket width: 2^10 ms.
-const BUCKET_BITS: u32 = 10;
-
-fn bucket(time: i64) -> i64 {
-    time >> BUCKET_BITS
-}
+use super::timers::{Buckets, bucket};
 
 /// Pending TTL checks, by entry number.
 #[derive(Debug, Default)]
 pub struct ExpiryQueue {
     /// Checks of the buckets not yet reached.
-    buckets: FxHashMap<i64, Vec<u32>>,
-    /// The buckets of `buckets`, in order.
-    order: BTreeSet<i64>,
+    buckets: Buckets<u32>,
     /// (due time, entry) of the checks of the buckets reached so far, latest first.
     reached_checks: Vec<(i64, u32)>,
     /// The last bucket reached.
@@ -47,13 +36,7 @@ impl ExpiryQueue {
             self.reached_checks.insert(at, check);
             return;
         }
-        match self.buckets.entry(b) {
-            Entry::Occupied(bucket) => bucket.into_mut().push(entry),
-            Entry::Vacant(bucket) => {
-                self.order.insert(b);
-                bucket.insert(vec![entry]);
-            }
-        }
+        self.buckets.push(b, entry);
     }
 
     /// Every entry whose key is due at `watermark` (due time <= watermark), in entry order;
@@ -74,17 +57,12 @@ impl ExpiryQueue {
                 }
             }
             // Every reached check is earlier than every bucket ahead: none left due, none ahead.
-            let next = self.order.first().copied();
-            let Some(b) =
-                next.filter(|b| b << BUCKET_BITS <= watermark && self.reached_checks.is_empty())
-            else {
+            if !self.reached_checks.is_empty() {
+                break;
+            }
+            let Some((b, entries)) = self.buckets.pop_reached(watermark) else {
                 break;
             };
-            self.order.pop_first();
-            let entries = self
-                .buckets
-                .remove(&b)
-                .expect("every ordered bucket is held");
             self.reached = Some(b);
             for entry in entries {
                 match due_of(entry) {

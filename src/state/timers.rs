@@ -10,8 +10,8 @@
 //!
 //! Timers are hints: a registration is never cancelled, so a timer may fire after the state it
 //! was set for changed. As in Flink, there is one timer per key and time: registering one that
-//! is pending already fires it once. Operators check their state when a timer fires (the built-ins also keep
-//! at most one pending timer per key, see `timer_at` in their states).
+//! is pending already fires it once. Operators check their state when a timer fires (the
+//! built-ins also keep about one pending timer per key, see `TimerSlot` and `SessionState`).
 
 use super::Key;
 use rustc_hash::FxHashMap;
@@ -21,17 +21,59 @@ use std::collections::hash_map::Entry;
 /// Bucket width: 2^10 ms.
 const BUCKET_BITS: u32 = 10;
 
-fn bucket(time: i64) -> i64 {
+/// The bucket of `time`.
+pub(super) fn bucket(time: i64) -> i64 {
     time >> BUCKET_BITS
+}
+
+/// Items filed by bucket, handed out a whole bucket at a time in bucket order: a hash map of
+/// buckets, their times kept in order beside it (timers and TTL checks both file this way).
+#[derive(Debug)]
+pub(super) struct Buckets<T> {
+    /// Items by bucket, unsorted within a bucket.
+    map: FxHashMap<i64, Vec<T>>,
+    /// The buckets of `map`, in order.
+    order: BTreeSet<i64>,
+}
+
+impl<T> Default for Buckets<T> {
+    fn default() -> Self {
+        Buckets {
+            map: FxHashMap::default(),
+            order: BTreeSet::new(),
+        }
+    }
+}
+
+impl<T> Buckets<T> {
+    /// Files `item` in bucket `b`.
+    pub fn push(&mut self, b: i64, item: T) {
+        match self.map.entry(b) {
+            Entry::Occupied(bucket) => bucket.into_mut().push(item),
+            Entry::Vacant(bucket) => {
+                self.order.insert(b);
+                bucket.insert(vec![item]);
+            }
+        }
+    }
+
+    /// Removes the earliest bucket and its items, once `now` has reached its start.
+    pub fn pop_reached(&mut self, now: i64) -> Option<(i64, Vec<T>)> {
+        let b = *self.order.first()?;
+        if b << BUCKET_BITS > now {
+            return None;
+        }
+        self.order.pop_first();
+        let items = self.map.remove(&b).expect("every ordered bucket is held");
+        Some((b, items))
+    }
 }
 
 /// Pending timers, earliest first.
 #[derive(Debug, Default)]
 pub struct TimerQueue {
-    /// Timers of the buckets not yet reached, unsorted within a bucket.
-    buckets: FxHashMap<i64, Vec<(i64, Key)>>,
-    /// The buckets of `buckets`, in order.
-    order: BTreeSet<i64>,
+    /// Timers of the buckets not yet reached.
+    buckets: Buckets<(i64, Key)>,
     /// The timers of the buckets reached so far, sorted latest first: every one of them is
     /// earlier than every timer in `buckets`.
     firing: Vec<(i64, Key)>,
@@ -50,13 +92,7 @@ impl TimerQueue {
             let at = self.firing.partition_point(|t| *t > timer);
             self.firing.insert(at, timer);
         } else {
-            match self.buckets.entry(b) {
-                Entry::Occupied(bucket) => bucket.into_mut().push((time, key)),
-                Entry::Vacant(bucket) => {
-                    self.order.insert(b);
-                    bucket.insert(vec![(time, key)]);
-                }
-            }
+            self.buckets.push(b, (time, key));
         }
     }
 
@@ -77,15 +113,7 @@ impl TimerQueue {
                 }
                 return Some(timer);
             }
-            let b = *self.order.first()?;
-            if b << BUCKET_BITS > now {
-                return None;
-            }
-            self.order.pop_first();
-            let mut timers = self
-                .buckets
-                .remove(&b)
-                .expect("every ordered bucket is held");
+            let (b, mut timers) = self.buckets.pop_reached(now)?;
             timers.sort_unstable_by(|a, b| b.cmp(a));
             // Reuse the emptied run's allocation for the next bucket.
             std::mem::swap(&mut self.firing, &mut timers);
@@ -162,7 +190,7 @@ mod tests {
         /// the bucket being fired) and advances.
         #[test]
         fn fires_exactly_as_an_ordered_set_would(ops in proptest::collection::vec(op(), 0..300)) {
-            let mut q: TimerQueue = TimerQueue::default();
+            let mut q = TimerQueue::default();
             let mut pending = BTreeSet::new();
             let mut now = -6_000i64;
             for op in ops {
