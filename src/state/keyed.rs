@@ -5,10 +5,10 @@
 //! (slots of removed keys are reused); the keys themselves, and the index that finds them,
 //! are the shard's [`KeyTable`], shared by its operators, which keeps each key's entry number
 //! per operator. An entry names its key by id (4 bytes, not a 24-byte copy, kept beside the
-//! entries: the hot path never reads it, and inside an entry it would be padded to 8). The two
-//! flags of an entry (it holds a key; it changed since the last drain) are bits beside the
-//! entries, not fields of them: two bools would pad every entry by 8 bytes. A drain scans the
-//! changed bits (a word per 64 entries), so a changed key costs no more than its bit.
+//! entries: the hot path never reads it, and inside an entry it would be padded to 8); a free
+//! entry's id is `FREE`. Whether an entry changed since the last drain is a bit beside the
+//! entries, not a field (a bool would pad every entry by 8 bytes); a drain scans the bits (a
+//! word per 64 entries), so a changed key costs no more than its bit.
 //!
 //! Invariant: a live entry holds non-empty state, and the key table names it as its key's
 //! entry for this operator; an update that leaves a key empty removes it.
@@ -24,6 +24,9 @@ struct Entry<S> {
     last_time: i64,
     state: S,
 }
+
+/// The id of a free entry.
+const FREE: u32 = u32::MAX;
 
 /// One bit per entry.
 #[derive(Debug, Default)]
@@ -75,10 +78,8 @@ pub enum Change<'a, S> {
 pub struct KeyedState<S> {
     operator: usize,
     entries: Vec<Entry<S>>,
-    /// The key id of each entry.
+    /// The key id of each entry, `FREE` for a free one.
     ids: Vec<u32>,
-    /// Which entries hold a key (the others are free).
-    occupied: Bits,
     /// Which entries changed since the last drain (found by a scan of the bits at a drain:
     /// 1,000,000 entries are 16,000 words, where a list of entry numbers would take 4 bytes
     /// a changed key).
@@ -108,13 +109,16 @@ impl<S: Default> KeyedState<S> {
             operator,
             entries: Vec::new(),
             ids: Vec::new(),
-            occupied: Bits::default(),
             dirty: Bits::default(),
             free: Vec::new(),
             live: 0,
             dirty_count: 0,
             removed: Vec::new(),
         }
+    }
+
+    fn holds_key(&self, i: usize) -> bool {
+        self.ids.get(i).is_some_and(|&id| id != FREE)
     }
 
     fn find(&self, keys: &KeyTable, key: &str, hash: u32) -> Option<usize> {
@@ -169,7 +173,6 @@ impl<S: Default> KeyedState<S> {
             }
         };
         keys.set_entry(id, self.operator, Some(i as u32));
-        self.occupied.set(i, true);
         self.dirty.set(i, changed);
         self.dirty_count += usize::from(changed);
         self.live += 1;
@@ -179,10 +182,9 @@ impl<S: Default> KeyedState<S> {
     /// Frees entry `i`, remembering its key as removed.
     fn free_entry(&mut self, keys: &mut KeyTable, i: usize) {
         self.entries[i].state = S::default();
-        let id = self.ids[i];
+        let id = std::mem::replace(&mut self.ids[i], FREE);
         self.removed.push(keys.key(id).clone());
         keys.set_entry(id, self.operator, None);
-        self.occupied.set(i, false);
         self.dirty_count -= usize::from(self.dirty.get(i));
         self.dirty.set(i, false);
         self.free.push(i as u32);
@@ -271,12 +273,12 @@ impl<S: Default> KeyedState<S> {
     /// are reused once a key is gone: the key may not be the one the number was taken for.
     pub fn entry_last_time(&self, i: u32) -> Option<i64> {
         let i = i as usize;
-        self.occupied.get(i).then(|| self.entries[i].last_time)
+        self.holds_key(i).then(|| self.entries[i].last_time)
     }
 
     /// Drops the key in entry `i` (TTL expiry), which must hold one.
     pub fn remove_entry(&mut self, keys: &mut KeyTable, i: u32) {
-        debug_assert!(self.occupied.get(i as usize));
+        debug_assert!(self.holds_key(i as usize));
         self.free_entry(keys, i as usize);
     }
 
@@ -295,9 +297,8 @@ impl<S: Default> KeyedState<S> {
         self.entries
             .iter()
             .zip(&self.ids)
-            .enumerate()
-            .filter(|(i, _)| self.occupied.get(*i))
-            .map(|(_, (e, &id))| (keys.key(id), &e.state))
+            .filter(|(_, id)| **id != FREE)
+            .map(|(e, &id)| (keys.key(id), &e.state))
     }
 
     /// Number of keys changed since the last drain (an upper bound: a key may be counted as
