@@ -35,9 +35,9 @@ pub(crate) struct Step<'a> {
 pub(crate) trait Runner: Send {
     /// Applies one event to `key`, whose `key_hash` is `hash`.
     fn apply(&mut self, keys: &mut KeyTable, key: &Key, hash: u32, input: &Input<'_>, at: Step<'_>);
-    /// Brings one step (see [`Prefetch`]) of what applying to the key with `hash` reads into
-    /// the cache, once the steps before are there: a hint with no effect on results.
-    fn prefetch(&self, keys: &KeyTable, hash: u32, stage: Prefetch);
+    /// Brings the entry of a key soon applied into the cache, once the key table's part is
+    /// there: a hint with no effect on results.
+    fn prefetch(&self, keys: &KeyTable, hash: u32);
     /// Fires due event-time timers and expires keys past their TTL.
     fn advance_watermark(&mut self, keys: &mut KeyTable, at: Step<'_>);
     /// Fires due processing-time timers.
@@ -121,6 +121,14 @@ impl<O: Operator> OperatorRunner<O> {
         );
     }
 
+    fn prefetch_stage(&self, keys: &KeyTable, hash: u32, stage: Prefetch) {
+        match stage {
+            Prefetch::Slot => keys.prefetch_slot(hash),
+            Prefetch::Key => keys.prefetch_key(hash),
+            Prefetch::Entry => self.state.prefetch_entry(keys, hash),
+        }
+    }
+
     /// Drops every key whose newest event is older than watermark − TTL.
     fn expire(&mut self, keys: &mut KeyTable, watermark: i64, ttl: i64) {
         let state = &self.state;
@@ -171,12 +179,8 @@ impl<O: Operator> Runner for OperatorRunner<O> {
         }
     }
 
-    fn prefetch(&self, keys: &KeyTable, hash: u32, stage: Prefetch) {
-        match stage {
-            Prefetch::Slot => keys.prefetch_slot(hash),
-            Prefetch::Key => keys.prefetch_key(hash),
-            Prefetch::Entry => self.state.prefetch_entry(keys, hash),
-        }
+    fn prefetch(&self, keys: &KeyTable, hash: u32) {
+        self.state.prefetch_entry(keys, hash);
     }
 
     fn advance_watermark(&mut self, keys: &mut KeyTable, mut at: Step<'_>) {
@@ -185,7 +189,7 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             // Timers fire in time order, their keys in no order: overlap the lookups' misses.
             for (ahead, stage) in PREFETCH_STAGES {
                 if let Some(next) = self.timers.event.upcoming(ahead) {
-                    Runner::prefetch(self, keys, key_hash(next), stage);
+                    self.prefetch_stage(keys, key_hash(next), stage);
                 }
             }
             self.fire(keys, &key, time, (TimeDomain::EventTime, 1), &mut at);

@@ -183,9 +183,14 @@ impl Shard {
     }
 
     /// Brings what applying to the key with `hash` in `operator` reads into the cache, one
-    /// step of it (see [`Prefetch`]).
+    /// step of it (see [`Prefetch`]). The key table's steps are taken here, not through the
+    /// runner: a dynamic call per step and item cost 6% of a six-operator replay.
     fn prefetch(&self, operator: u16, hash: u32, stage: Prefetch) {
-        self.runners[usize::from(operator)].prefetch(&self.table, hash, stage);
+        match stage {
+            Prefetch::Slot => self.table.prefetch_slot(hash),
+            Prefetch::Key => self.table.prefetch_key(hash),
+            Prefetch::Entry => self.runners[usize::from(operator)].prefetch(&self.table, hash),
+        }
     }
 
     /// Puts checkpointed rows in, what rows to come read fetched ahead (the keys are in no
