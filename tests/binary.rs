@@ -1,18 +1,14 @@
 //! The `eddy` binary itself: subcommands, the loopback rule, and a graceful SIGTERM.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const EDDY: &str = env!("CARGO_BIN_EXE_eddy");
+#[path = "common/ports.rs"]
+mod ports;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use ports::free_port;
+
+const EDDY: &str = env!("CARGO_BIN_EXE_eddy");
 
 #[test]
 fn openapi_prints_the_committed_document() {

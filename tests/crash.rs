@@ -149,11 +149,7 @@ async fn run_client(http: reqwest::Client, base: String, mut me: Client) -> Clie
 async fn crash_and_recover(backend: Backend) {
     let dir = tempfile::TempDir::new().unwrap();
     let url = database_for(backend, dir.path()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::ports::free_port();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

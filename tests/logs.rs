@@ -8,6 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[path = "common/ports.rs"]
+mod ports;
+
+use ports::free_port;
+
 const EDDY: &str = env!("CARGO_BIN_EXE_eddy");
 
 /// A child `eddy serve` whose stdout (the log) is read line by line.
@@ -23,14 +28,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod nats;
 pub mod pg;
+pub mod ports;
 pub mod reference;
 
 use eddy::api::AppState;

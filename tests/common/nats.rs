@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+pub use super::ports::free_port;
+
 /// How long a server (or a cluster's JetStream) may take to come up on a busy machine.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -34,15 +36,6 @@ fn nats_server_binary() -> String {
                  newer) or set EDDY_TEST_NATS_SERVER=/path/to/nats-server."
             )
         })
-}
-
-/// A free loopback port (bound and released: another process could take it in between, which
-/// a test on this machine would notice as a server that does not start).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// Spawns `command` so that it is killed when this process dies, even by a panic or a signal.

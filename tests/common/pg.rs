@@ -33,10 +33,7 @@ impl ThrowawayPostgres {
             "--no-sync",
         ]);
         run(&mut initdb);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::ports::free_port();
         let pg = ThrowawayPostgres { dir, port };
         pg.start_again();
         pg
