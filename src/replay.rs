@@ -47,7 +47,13 @@ impl Totals {
             events: Option<i64>,
             duration_ms: Option<i64>,
         }
-        *self.records.entry(record.operator.to_string()).or_default() += 1;
+        // Looked up by `&str` first: no `String` per record.
+        match self.records.get_mut(&*record.operator) {
+            Some(n) => *n += 1,
+            None => {
+                self.records.insert(record.operator.to_string(), 1);
+            }
+        }
         let counted: Counted = serde_json::from_str(record.value.get()).unwrap_or_default();
         self.count_sum += (counted.count.unwrap_or(0) + counted.events.unwrap_or(0)) as u64;
         self.duration_sum += counted.duration_ms.unwrap_or(0);
