@@ -13,7 +13,7 @@
 //! time (the caller files one when it creates a key; re-filing only moves a check later when
 //! the key's due time moved later).
 
-use super::timers::{Buckets, bucket};
+use super::timers::{Buckets, bucket, insert_into_run};
 
 /// Pending TTL checks, by entry number.
 #[derive(Debug, Default)]
@@ -22,21 +22,17 @@ pub struct ExpiryQueue {
     buckets: Buckets<u32>,
     /// (due time, entry) of the checks of the buckets reached so far, latest first.
     reached_checks: Vec<(i64, u32)>,
-    /// The last bucket reached.
-    reached: Option<i64>,
 }
 
 impl ExpiryQueue {
     /// Files a check of `entry`, whose key falls due at `due`.
     pub fn register(&mut self, due: i64, entry: u32) {
         let b = bucket(due);
-        if self.reached.is_some_and(|reached| b <= reached) {
-            let check = (due, entry);
-            let at = self.reached_checks.partition_point(|c| *c > check);
-            self.reached_checks.insert(at, check);
-            return;
+        if self.buckets.is_reached(b) {
+            insert_into_run(&mut self.reached_checks, (due, entry));
+        } else {
+            self.buckets.push(b, entry);
         }
-        self.buckets.push(b, entry);
     }
 
     /// Every entry whose key is due at `watermark` (due time <= watermark), in entry order;
@@ -63,7 +59,6 @@ impl ExpiryQueue {
             let Some((b, entries)) = self.buckets.pop_reached(watermark) else {
                 break;
             };
-            self.reached = Some(b);
             for entry in entries {
                 match due_of(entry) {
                     Some(due) if bucket(due) <= b => self.reached_checks.push((due, entry)),

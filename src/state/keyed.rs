@@ -88,7 +88,6 @@ pub struct KeyedState<S> {
     dirty_count: usize,
     /// Numbers of free entries.
     free: Vec<u32>,
-    live: usize,
     /// Keys removed since the last drain.
     removed: Vec<Key>,
 }
@@ -111,7 +110,6 @@ impl<S: Default> KeyedState<S> {
             ids: Vec::new(),
             dirty: Bits::default(),
             free: Vec::new(),
-            live: 0,
             dirty_count: 0,
             removed: Vec::new(),
         }
@@ -175,7 +173,6 @@ impl<S: Default> KeyedState<S> {
         keys.set_entry(id, self.operator, Some(i as u32));
         self.dirty.set(i, changed);
         self.dirty_count += usize::from(changed);
-        self.live += 1;
         i
     }
 
@@ -188,7 +185,6 @@ impl<S: Default> KeyedState<S> {
         self.dirty_count -= usize::from(self.dirty.get(i));
         self.dirty.set(i, false);
         self.free.push(i as u32);
-        self.live -= 1;
     }
 
     /// Runs `f` on the state of `key`, creating it (empty) when `create` is set. Records `time`
@@ -284,12 +280,12 @@ impl<S: Default> KeyedState<S> {
 
     /// Number of keys with state.
     pub fn len(&self) -> usize {
-        self.live
+        self.entries.len() - self.free.len()
     }
 
     /// Whether no key has state.
     pub fn is_empty(&self) -> bool {
-        self.live == 0
+        self.len() == 0
     }
 
     /// Every key and its state, in no particular order.

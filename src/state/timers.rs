@@ -34,6 +34,8 @@ pub(super) struct Buckets<T> {
     map: FxHashMap<i64, Vec<T>>,
     /// The buckets of `map`, in order.
     order: BTreeSet<i64>,
+    /// The last bucket handed out.
+    reached: Option<i64>,
 }
 
 impl<T> Default for Buckets<T> {
@@ -41,11 +43,25 @@ impl<T> Default for Buckets<T> {
         Buckets {
             map: FxHashMap::default(),
             order: BTreeSet::new(),
+            reached: None,
         }
     }
 }
 
+/// Inserts `item` into `run`, which is sorted latest first: what is filed for a bucket
+/// already handed out joins the run being worked through.
+pub(super) fn insert_into_run<T: Ord>(run: &mut Vec<T>, item: T) {
+    let at = run.partition_point(|x| *x > item);
+    run.insert(at, item);
+}
+
 impl<T> Buckets<T> {
+    /// Whether bucket `b` has been handed out already (what falls in it goes to the run
+    /// being worked through, not here).
+    pub fn is_reached(&self, b: i64) -> bool {
+        self.reached.is_some_and(|reached| b <= reached)
+    }
+
     /// Files `item` in bucket `b`.
     pub fn push(&mut self, b: i64, item: T) {
         match self.map.entry(b) {
@@ -64,6 +80,7 @@ impl<T> Buckets<T> {
             return None;
         }
         self.order.pop_first();
+        self.reached = Some(b);
         let items = self.map.remove(&b).expect("every ordered bucket is held");
         Some((b, items))
     }
@@ -77,8 +94,6 @@ pub struct TimerQueue {
     /// The timers of the buckets reached so far, sorted latest first: every one of them is
     /// earlier than every timer in `buckets`.
     firing: Vec<(i64, Key)>,
-    /// The last bucket moved into `firing`.
-    reached: Option<i64>,
     len: usize,
 }
 
@@ -87,10 +102,8 @@ impl TimerQueue {
     pub fn register(&mut self, time: i64, key: Key) {
         self.len += 1;
         let b = bucket(time);
-        if self.reached.is_some_and(|reached| b <= reached) {
-            let timer = (time, key);
-            let at = self.firing.partition_point(|t| *t > timer);
-            self.firing.insert(at, timer);
+        if self.buckets.is_reached(b) {
+            insert_into_run(&mut self.firing, (time, key));
         } else {
             self.buckets.push(b, (time, key));
         }
@@ -113,11 +126,10 @@ impl TimerQueue {
                 }
                 return Some(timer);
             }
-            let (b, mut timers) = self.buckets.pop_reached(now)?;
+            let (_, mut timers) = self.buckets.pop_reached(now)?;
             timers.sort_unstable_by(|a, b| b.cmp(a));
             // Reuse the emptied run's allocation for the next bucket.
             std::mem::swap(&mut self.firing, &mut timers);
-            self.reached = Some(b);
         }
     }
 
