@@ -17,6 +17,19 @@ pub(crate) enum Prefetch {
     Entry,
 }
 
+impl Prefetch {
+    /// Takes this step for the key with `hash`: the key table's own steps here, the
+    /// operator's entry through `entry`.
+    #[inline]
+    pub(crate) fn take(self, keys: &KeyTable, hash: u32, entry: impl FnOnce(&KeyTable, u32)) {
+        match self {
+            Prefetch::Slot => keys.prefetch_slot(hash),
+            Prefetch::Key => keys.prefetch_key(hash),
+            Prefetch::Entry => entry(keys, hash),
+        }
+    }
+}
+
 /// How many keys ahead of the one applied (or fired) each step is taken.
 pub(crate) const PREFETCH_STAGES: [(usize, Prefetch); 3] = [
     (12, Prefetch::Slot),
@@ -121,14 +134,6 @@ impl<O: Operator> OperatorRunner<O> {
         );
     }
 
-    fn prefetch_stage(&self, keys: &KeyTable, hash: u32, stage: Prefetch) {
-        match stage {
-            Prefetch::Slot => keys.prefetch_slot(hash),
-            Prefetch::Key => keys.prefetch_key(hash),
-            Prefetch::Entry => self.state.prefetch_entry(keys, hash),
-        }
-    }
-
     /// Drops every key whose newest event is older than watermark − TTL.
     fn expire(&mut self, keys: &mut KeyTable, watermark: i64, ttl: i64) {
         let state = &self.state;
@@ -189,7 +194,10 @@ impl<O: Operator> Runner for OperatorRunner<O> {
             // Timers fire in time order, their keys in no order: overlap the lookups' misses.
             for (ahead, stage) in PREFETCH_STAGES {
                 if let Some(next) = self.timers.event.upcoming(ahead) {
-                    self.prefetch_stage(keys, key_hash(next), stage);
+                    let state = &self.state;
+                    stage.take(keys, key_hash(next), |keys, hash| {
+                        state.prefetch_entry(keys, hash)
+                    });
                 }
             }
             self.fire(keys, &key, time, (TimeDomain::EventTime, 1), &mut at);

@@ -186,11 +186,8 @@ impl Shard {
     /// step of it (see [`Prefetch`]). The key table's steps are taken here, not through the
     /// runner: a dynamic call per step and item cost 6% of a six-operator replay.
     fn prefetch(&self, operator: u16, hash: u32, stage: Prefetch) {
-        match stage {
-            Prefetch::Slot => self.table.prefetch_slot(hash),
-            Prefetch::Key => self.table.prefetch_key(hash),
-            Prefetch::Entry => self.runners[usize::from(operator)].prefetch(&self.table, hash),
-        }
+        let runner = &self.runners[usize::from(operator)];
+        stage.take(&self.table, hash, |keys, hash| runner.prefetch(keys, hash));
     }
 
     /// Puts checkpointed rows in, what rows to come read fetched ahead (the keys are in no

@@ -67,6 +67,13 @@ impl SessionOp {
         state.sessions.first().map(|s| self.closes_at(s))
     }
 
+    /// Registers a timer at the first open session's closing time, if any.
+    fn register_first_close(&self, state: &SessionState, cx: &mut Context<'_>) {
+        if let Some(due) = self.first_close(state) {
+            cx.register_event_time_timer(due);
+        }
+    }
+
     fn answer(session: &Session) -> Value {
         serde_json::to_value(SessionAnswer::from(session)).expect("a session serialises")
     }
@@ -119,9 +126,7 @@ impl Operator for SessionOp {
                 .expect("a session serialises");
             cx.emit_json("session_closed", record);
         }
-        if let Some(due) = self.first_close(state) {
-            cx.register_event_time_timer(due);
-        }
+        self.register_first_close(state, cx);
     }
 
     fn is_empty(&self, state: &SessionState) -> bool {
@@ -134,8 +139,6 @@ impl Operator for SessionOp {
     }
 
     fn restore_timers(&self, state: &mut SessionState, cx: &mut Context<'_>) {
-        if let Some(due) = self.first_close(state) {
-            cx.register_event_time_timer(due);
-        }
+        self.register_first_close(state, cx);
     }
 }
