@@ -234,6 +234,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_checkpoint_row_with_only_one_of_min_and_max_is_refused() {
+        for row in [
+            json!({"count": 1, "sum": 1, "min": 1, "max": null}),
+            json!({"count": 1, "sum": 1, "min": null, "max": 1}),
+        ] {
+            let err = serde_json::from_value::<Stats>(row.clone()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("min and max are both set or both null"),
+                "{row}: {err}"
+            );
+        }
+        let row = json!({"count": 1, "sum": 1, "min": null, "max": null});
+        assert_eq!(
+            serde_json::from_value::<Stats>(row).unwrap().min_max(),
+            None
+        );
+    }
+
     fn num() -> impl Strategy<Value = Num> {
         prop_oneof![
             any::<i64>().prop_map(Num::Int),
